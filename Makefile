@@ -1,0 +1,44 @@
+# The README's commands. Everything runs from a local virtualenv that `make` creates on demand.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: run test test-slow bench lint migrate install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[postgres,redis,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+migrate: install
+	$(BIN)/python manage.py migrate --no-input -v0
+
+## run: the whole platform (API, admin, a worker) on SQLite with the ORM broker
+run: migrate
+	@$(BIN)/python manage.py bootstrap_demo
+	PORT=$(PORT) exec $(BIN)/python manage.py serve --host $${HOST:-127.0.0.1} --port $(PORT)
+
+## test: the default test suite (no external services needed)
+test: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+## test-slow: fault and load tests (real processes killed, many jobs)
+test-slow: install
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+## bench: throughput and latency figures against raw django-q2 on the same broker
+bench: install
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+lint: install
+	$(BIN)/python -m ruff check . || true
+
+clean:
+	rm -rf $(VENV) var staticfiles

@@ -1,0 +1,217 @@
+"""Wake stream readers up when a job appends events.
+
+Writers call ``publish_on_commit(channel)`` after appending events; readers (async SSE views)
+``watch(channel)`` and await new events. Event rows in the database are the only data; a wake-up
+carries nothing but "look again", so a lost one costs latency, never an event.
+
+- With ``REDIS_URL``: writers PUBLISH on Redis; each server process holds ONE pub/sub connection
+  for all its streams, plus a slow database poll as a safety net.
+- Without Redis (embedded mode): each server process runs ONE poller that asks the database for
+  the version (last event seq) of every watched job in a single query per kind, every
+  ``EVENT_HUB_POLL_INTERVAL`` seconds, however many streams are open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import transaction
+
+logger = logging.getLogger(__name__)
+
+CHANNEL_PREFIX = "agentjobs:events:"
+
+# kind -> function(ids) -> {id: version}; a version grows whenever the job gets a new event.
+VersionProbe = Callable[[list[str]], dict[str, int]]
+_version_probes: dict[str, VersionProbe] = {}
+
+
+def register_kind(kind: str, probe: VersionProbe) -> None:
+    """Declare how the database poller reads the event versions of jobs of ``kind``."""
+    _version_probes[kind] = probe
+
+
+def channel_name(kind: str, job_id: object) -> str:
+    return f"{kind}:{job_id}"
+
+
+# --- writers --------------------------------------------------------------------------------------
+
+def publish(channel: str) -> None:
+    if not settings.REDIS_URL:
+        return  # readers poll the database
+    from project.redis_pool import redis_client
+
+    try:
+        # The process's pool, not a client per thread: under ASGI that was a connection per request.
+        # A failed command drops its connection; the pool opens a fresh one next time.
+        redis_client(settings.REDIS_URL).publish(CHANNEL_PREFIX + channel, b"")
+    except Exception:  # readers fall back to their database poll
+        logger.warning("could not publish a wake-up on %s", channel, exc_info=True)
+
+
+def publish_on_commit(channel: str) -> None:
+    transaction.on_commit(lambda: publish(channel))
+
+
+# --- readers --------------------------------------------------------------------------------------
+
+
+class Watcher:
+    """One reader's view of one channel: ``wait`` returns once something new may be there."""
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        self._event = asyncio.Event()
+
+    def arm(self) -> None:
+        """Call before reading the database; a wake-up after this point is never missed."""
+        self._event.clear()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+
+class Hub:
+    def __init__(self) -> None:
+        self._watchers: dict[str, set[Watcher]] = defaultdict(set)
+        self._versions: dict[str, int] = {}
+        self._task: asyncio.Task | None = None
+        self._use_redis = bool(settings.REDIS_URL)
+        # With Redis the poll is only a safety net for lost messages.
+        base = float(getattr(settings, "EVENT_HUB_POLL_INTERVAL", 0.1))
+        self._poll_interval = base * 20 if self._use_redis else base
+
+    @property
+    def open_watchers(self) -> int:
+        return sum(len(w) for w in self._watchers.values())
+
+    def add(self, watcher: Watcher) -> None:
+        self._watchers[watcher.channel].add(watcher)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="event-hub")
+
+    def remove(self, watcher: Watcher) -> None:
+        watchers = self._watchers.get(watcher.channel)
+        if watchers is not None:
+            watchers.discard(watcher)
+            if not watchers:
+                del self._watchers[watcher.channel]
+                self._versions.pop(watcher.channel, None)
+
+    def _wake(self, channels: Iterable[str]) -> None:
+        for channel in channels:
+            for watcher in self._watchers.get(channel, ()):
+                watcher.wake()
+
+    async def _run(self) -> None:
+        tasks = [asyncio.create_task(self._poll_forever())]
+        if self._use_redis:
+            tasks.append(asyncio.create_task(self._listen_forever()))
+        try:
+            # Both loops end when nobody watches; whichever ends first ends the hub's task, so
+            # the next watcher starts both afresh (a poller left alone would keep the task
+            # "running" with no Redis listener, and wake-ups would wait for the slow poll).
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            if self._watchers and asyncio.current_task() is self._task:
+                # Watchers arrived while the loops were winding down: start over for them.
+                self._task = asyncio.get_running_loop().create_task(self._run(), name="event-hub")
+
+    async def _poll_forever(self) -> None:
+        while self._watchers:
+            await asyncio.sleep(self._poll_interval)
+            try:
+                await self._poll_once()
+            except Exception:
+                logger.warning("event hub poll failed", exc_info=True)
+
+    async def _poll_once(self) -> None:
+        by_kind: dict[str, list[str]] = defaultdict(list)
+        for channel in list(self._watchers):
+            kind, _, job_id = channel.partition(":")
+            by_kind[kind].append(job_id)
+        changed = []
+        for kind, ids in by_kind.items():
+            probe = _version_probes.get(kind)
+            if probe is None:
+                continue
+            versions = await sync_to_async(probe)(ids)
+            for job_id in ids:
+                channel = channel_name(kind, job_id)
+                version = versions.get(job_id, -1)
+                if self._versions.get(channel) != version:
+                    # The first sighting wakes too: an event may have landed between the
+                    # reader's first database read and this poll.
+                    changed.append(channel)
+                    self._versions[channel] = version
+        self._wake(changed)
+
+    async def _listen_forever(self) -> None:
+        import redis.asyncio as aioredis
+
+        while self._watchers:
+            client = aioredis.Redis.from_url(settings.REDIS_URL)
+            pubsub = client.pubsub()
+            try:
+                await pubsub.psubscribe(CHANNEL_PREFIX + "*")
+                # Something may have happened while we were not subscribed.
+                self._wake(list(self._watchers))
+                while self._watchers:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None:
+                        channel = message["channel"].decode()[len(CHANNEL_PREFIX):]
+                        self._wake([channel])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("event hub lost Redis; reconnecting", exc_info=True)
+                await asyncio.sleep(1.0)
+            finally:
+                try:
+                    await pubsub.aclose()
+                    await client.aclose()
+                except Exception:
+                    pass
+
+
+_hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
+
+
+def hub() -> Hub:
+    """The hub of the running event loop (one per server process in practice)."""
+    loop = asyncio.get_running_loop()
+    current = _hubs.get(loop)
+    if current is None:
+        for stale in [other for other in _hubs if other.is_closed()]:
+            del _hubs[stale]
+        current = _hubs[loop] = Hub()
+    return current
+
+
+@asynccontextmanager
+async def watch(channel: str) -> AsyncIterator[Watcher]:
+    """Register a watcher for the duration of a stream; always unregistered, even on disconnect."""
+    watcher = Watcher(channel)
+    current = hub()
+    current.add(watcher)
+    try:
+        yield watcher
+    finally:
+        current.remove(watcher)

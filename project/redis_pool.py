@@ -1,0 +1,48 @@
+"""One Redis connection pool per process, however many threads the server runs requests in.
+
+Under ASGI, Django runs each request's sync code in a thread of its own, and anything kept per
+thread (``threading.local``, Django's per-thread cache handles) is rebuilt per request: a new
+Redis connection, its handshake (``HELLO``/``CLIENT SETINFO``) and a socket left to the garbage
+collector, for every request. redis-py clients and pools are thread-safe, so one pool per process
+serves all threads. Pools are keyed by process id: a forked worker builds its own instead of
+using sockets it shares with its parent.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import redis
+
+_lock = threading.Lock()
+_pools: dict[tuple, redis.ConnectionPool] = {}
+
+
+class SharedConnectionPool(redis.ConnectionPool):
+    """``CACHES[...]["OPTIONS"]["pool_class"]``: Django's ``RedisCache`` makes a new client, and so
+    a new pool, for each thread; this hands every one of them the process's pool for the URL."""
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> redis.ConnectionPool:
+        key = (os.getpid(), url, tuple(sorted((name, repr(value)) for name, value in kwargs.items())))
+        pool = _pools.get(key)
+        if pool is None:
+            with _lock:
+                pool = _pools.get(key)
+                if pool is None:
+                    pool = _pools[key] = redis.ConnectionPool.from_url(url, **kwargs)
+        return pool
+
+
+_clients: dict[tuple[int, str], redis.Redis] = {}
+
+
+def redis_client(url: str) -> redis.Redis:
+    """This process's client for ``url`` (thread-safe: each command borrows a pooled connection)."""
+    key = (os.getpid(), url)
+    client = _clients.get(key)
+    if client is None:
+        client = _clients[key] = redis.Redis(connection_pool=SharedConnectionPool.from_url(url))
+    return client
