@@ -1,0 +1,558 @@
+"""Staff view of every execution: status badges, live progress bars, cancel/retry, timeline.
+
+The admin is read-only on purpose: an execution's row is changed only by the services and the
+runtime (conditional UPDATEs), never by a form. Staff act on executions through the "Cancel" and
+"Retry" actions and the cancel button, which call ``executions.services``.
+
+Live progress: ``static/executions/admin_progress.js`` opens ONE server-sent events stream
+(``progress/stream/``, see ``executions.admin_streams``) for all the active executions on the page
+and patches their badge, bar and duration in place whenever a snapshot arrives; it falls back to
+polling the ``progress/`` JSON URL where EventSource is missing or the stream keeps failing. The
+markup it patches is rendered here, from the same ``_progress_snapshot`` both endpoints send, so
+the first paint and the updates never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import CharField, Q, QuerySet, Value
+from django.db.models.functions import Cast, Replace
+from django.db.models.lookups import Contains
+from django.forms import Media
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.cache import add_never_cache_headers
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+from django.views.decorators.http import require_POST
+
+from executions.admin_streams import progress_events
+from executions.models import Execution, ExecutionStatus
+from executions.services import execution_cancel, executions_cancel_many, executions_retry_many
+from project.errors import Conflict
+from project.sse import EventStreamResponse
+
+# The progress endpoints answer for one changelist page at most; more ids is a client bug.
+PROGRESS_MAX_IDS = 200
+# Events shown on the change page; a long `sleep` writes thousands of progress events.
+TIMELINE_LIMIT = 300
+
+_HEX_FRAGMENT = re.compile(r"^[0-9a-fA-F-]{4,36}$")
+
+
+# --- rendering shared by the changelist, the change page and the JSON endpoint ------------------
+
+
+def _format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m {secs:02d}s"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def _step_label(execution: Execution) -> str:
+    parts = []
+    if execution.total_steps:
+        parts.append(f"step {execution.current_step}/{execution.total_steps}")
+    if execution.step_name:
+        parts.append(execution.step_name)
+    return " · ".join(parts)
+
+
+def _progress_snapshot(execution: Execution) -> dict[str, Any]:
+    """What the page shows about one execution's state; also the JSON endpoint's item shape."""
+    return {
+        "id": str(execution.pk),
+        "status": execution.status,
+        "status_label": ExecutionStatus(execution.status).label,
+        "active": execution.is_active,
+        "current_step": execution.current_step,
+        "total_steps": execution.total_steps,
+        "step_name": execution.step_name,
+        "percentage": execution.percentage,
+        "percentage_label": f"{execution.percentage:.0f}%",
+        "step_label": _step_label(execution),
+        "duration": _format_duration(execution.duration_seconds),
+        # The execution's last event number: a snapshot is new when this moved.
+        "seq": execution.event_seq,
+    }
+
+
+def parse_progress_ids(raw: str) -> list[uuid.UUID]:
+    """The ids of ``?ids=a,b,c``; ``ValueError`` with a message for staff when they are unusable."""
+    parts = [part.strip() for part in raw.split(",") if part.strip()]
+    if not parts:
+        raise ValueError("Pass the execution ids as ?ids=<uuid>,<uuid>.")
+    if len(parts) > PROGRESS_MAX_IDS:
+        raise ValueError(f"At most {PROGRESS_MAX_IDS} ids per request.")
+    ids = []
+    for part in parts:
+        try:
+            ids.append(uuid.UUID(part))
+        except ValueError:
+            raise ValueError(f"Not an execution id: {part[:60]!r}.") from None
+    return list(dict.fromkeys(ids))
+
+
+def progress_snapshots(ids: Iterable[uuid.UUID | str]) -> list[dict[str, Any]]:
+    """The current snapshot of each of these executions that exists, in one query."""
+    executions = Execution.objects.filter(pk__in=list(ids)).only(
+        "id",
+        "status",
+        "current_step",
+        "total_steps",
+        "step_name",
+        "percentage",
+        "started_at",
+        "completed_at",
+        "cancelled_at",
+        "event_seq",
+    )
+    return [_progress_snapshot(execution) for execution in executions]
+
+
+def _status_badge(execution: Execution) -> SafeString:
+    snapshot = _progress_snapshot(execution)
+    return format_html(
+        '<span class="exec-status exec-status--{}" data-execution-id="{}" '
+        'data-execution-field="status" data-active="{}">{}</span>',
+        snapshot["status"],
+        snapshot["id"],
+        "true" if snapshot["active"] else "false",
+        snapshot["status_label"],
+    )
+
+
+def _progress_bar(execution: Execution) -> SafeString:
+    snapshot = _progress_snapshot(execution)
+    width = f"{execution.percentage:.2f}"
+    return format_html(
+        '<div class="exec-progress exec-progress--{}" data-execution-id="{}" '
+        'data-execution-field="progress">'
+        '<div class="exec-progress__track" role="progressbar" aria-valuemin="0" '
+        'aria-valuemax="100" aria-valuenow="{}">'
+        '<div class="exec-progress__fill" style="width: {}%"></div></div>'
+        '<span class="exec-progress__pct">{}</span>'
+        '<span class="exec-progress__step">{}</span></div>',
+        snapshot["status"],
+        snapshot["id"],
+        width,
+        width,
+        snapshot["percentage_label"],
+        snapshot["step_label"],
+    )
+
+
+def _duration(execution: Execution) -> SafeString:
+    return format_html(
+        '<span data-execution-id="{}" data-execution-field="duration">{}</span>',
+        str(execution.pk),
+        _format_duration(execution.duration_seconds),
+    )
+
+
+def _pretty_json(value: Any) -> SafeString:
+    if value is None:
+        return format_html('<span class="exec-empty">{}</span>', "-")
+    text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+    return format_html('<pre class="exec-json">{}</pre>', text)
+
+
+def _id_search(term: str) -> Q | None:
+    """A condition matching executions whose id is ``term`` or contains it, or None.
+
+    A full UUID is an indexed primary-key lookup on every database. A fragment is compared with
+    the id's hex digits only: SQLite stores UUIDs as 32 hex digits, PostgreSQL renders them with
+    dashes, and a plain ``id__icontains`` would make "1234-abcd" match on one and not the other.
+    """
+    try:
+        return Q(pk=uuid.UUID(term))
+    except ValueError:
+        pass
+    if not _HEX_FRAGMENT.match(term):
+        return None
+    digits = term.replace("-", "").lower()
+    if len(digits) < 4:
+        return None
+    id_digits = Replace(Cast("id", output_field=CharField()), Value("-"), Value(""))
+    return Q(Contains(id_digits, digits))
+
+
+# --- filters ----------------------------------------------------------------------------------------
+
+
+class TargetFilter(admin.SimpleListFilter):
+    title = "target"
+    parameter_name = "target"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        targets = (
+            Execution.objects.order_by("target_id").values_list("target_id", flat=True).distinct()
+        )
+        return [(target, target) for target in targets]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value():
+            return queryset.filter(target_id=self.value())
+        return queryset
+
+
+# --- the admin ---------------------------------------------------------------------------------------
+
+
+@admin.register(Execution)
+class ExecutionAdmin(admin.ModelAdmin):
+    change_list_template = "admin/executions/execution/change_list.html"
+    change_form_template = "admin/executions/execution/change_form.html"
+
+    list_display = (
+        "short_id",
+        "status_badge",
+        "type",
+        "target_id",
+        "owner",
+        "progress",
+        "duration",
+        "created_at",
+    )
+    list_display_links = ("short_id",)
+    list_filter = (
+        "status",
+        "type",
+        TargetFilter,
+        ("owner", admin.RelatedOnlyFieldListFilter),
+        "created_at",
+    )
+    list_select_related = ("owner",)
+    date_hierarchy = "created_at"
+    search_fields = ("target_id",)
+    search_help_text = "Search by execution id (full or a part of it) or target."
+    # The table only grows; an unfiltered COUNT(*) per page view is not worth it.
+    show_full_result_count = False
+    list_per_page = 50
+    actions = ("cancel_selected", "retry_selected")
+
+    fieldsets = (
+        (
+            None,
+            {"fields": ("id", "status_badge", "type", "target_id", "owner", "retry_of", "retries")},
+        ),
+        ("Progress", {"fields": ("progress", "duration")}),
+        (
+            "Timing",
+            {
+                "fields": (
+                    "created_at",
+                    "started_at",
+                    "completed_at",
+                    "cancelled_at",
+                    "heartbeat_at",
+                    "worker",
+                    "attempts",
+                )
+            },
+        ),
+        ("Data", {"fields": ("inputs_pretty", "config_pretty", "outputs_pretty", "error_pretty")}),
+    )
+    readonly_fields = (
+        "id",
+        "status_badge",
+        "type",
+        "target_id",
+        "owner",
+        "retry_of",
+        "retries",
+        "progress",
+        "duration",
+        "created_at",
+        "started_at",
+        "completed_at",
+        "cancelled_at",
+        "heartbeat_at",
+        "worker",
+        "attempts",
+        "inputs_pretty",
+        "config_pretty",
+        "outputs_pretty",
+        "error_pretty",
+    )
+
+    @property
+    def media(self) -> Media:
+        return super().media + Media(
+            js=["executions/admin_progress.js"], css={"all": ["executions/admin.css"]}
+        )
+
+    # --- permissions: nothing is edited, added or deleted through forms --------------------------
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # Executions are created through the API or `manage.py execute`, which validate inputs.
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Execution | None = None) -> bool:
+        # Status and progress belong to the services and the worker; the change page is a view.
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Execution | None = None) -> bool:
+        # Deleting a running row would leave its worker writing into nothing; use `prune`.
+        return False
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        """May cancel and retry: the model's change permission, which superusers always hold."""
+        opts = self.opts
+        return (
+            request.user.is_active
+            and request.user.is_staff
+            and request.user.has_perm(f"{opts.app_label}.change_{opts.model_name}")
+        )
+
+    # --- columns and fields ----------------------------------------------------------------------
+
+    @admin.display(description="id", ordering="id")
+    def short_id(self, obj: Execution) -> str:
+        return str(obj.pk)[:8]
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: Execution) -> SafeString:
+        return _status_badge(obj)
+
+    @admin.display(description="progress", ordering="percentage")
+    def progress(self, obj: Execution) -> SafeString:
+        return _progress_bar(obj)
+
+    @admin.display(description="duration")
+    def duration(self, obj: Execution) -> SafeString:
+        return _duration(obj)
+
+    @admin.display(description="retried as")
+    def retries(self, obj: Execution) -> SafeString:
+        retries = list(obj.retries.order_by("created_at").values_list("pk", flat=True))
+        if not retries:
+            return format_html("{}", self.get_empty_value_display())
+        return format_html_join(
+            ", ",
+            '<a href="{}">{}</a>',
+            (
+                (reverse("admin:executions_execution_change", args=[pk]), str(pk)[:8])
+                for pk in retries
+            ),
+        )
+
+    @admin.display(description="inputs")
+    def inputs_pretty(self, obj: Execution) -> SafeString:
+        return _pretty_json(obj.inputs)
+
+    @admin.display(description="config")
+    def config_pretty(self, obj: Execution) -> SafeString:
+        return _pretty_json(obj.config)
+
+    @admin.display(description="outputs")
+    def outputs_pretty(self, obj: Execution) -> SafeString:
+        return _pretty_json(obj.outputs)
+
+    @admin.display(description="error")
+    def error_pretty(self, obj: Execution) -> SafeString:
+        error = obj.error
+        traceback = None
+        if isinstance(error, dict) and isinstance(error.get("details"), dict):
+            traceback = error["details"].get("traceback")
+            if isinstance(traceback, str):
+                # Escaped newlines make a traceback unreadable; it gets a <pre> of its own.
+                error = {**error, "details": {**error["details"], "traceback": "(shown below)"}}
+            else:
+                traceback = None
+        if traceback is None:
+            return _pretty_json(error)
+        return format_html(
+            '{}<pre class="exec-json exec-traceback">{}</pre>', _pretty_json(error), traceback
+        )
+
+    # --- search ------------------------------------------------------------------------------------
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet, search_term: str
+    ) -> tuple[QuerySet, bool]:
+        """Each word must match the target (contains) or the execution id (full or fragment)."""
+        for term in search_term.split():
+            condition = Q(target_id__icontains=term)
+            id_condition = _id_search(term)
+            if id_condition is not None:
+                condition |= id_condition
+            queryset = queryset.filter(condition)
+        return queryset, False
+
+    # --- actions -----------------------------------------------------------------------------------
+
+    @admin.action(description="Cancel selected executions", permissions=["operate"])
+    def cancel_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        result = executions_cancel_many(executions=list(queryset))
+        changed, skipped = len(result.changed), len(result.skipped)
+        self.message_user(
+            request,
+            f"Cancelled {_count(changed)}; skipped {_count(skipped)} that "
+            f"{'was' if skipped == 1 else 'were'} not pending or running.",
+            messages.SUCCESS if changed else messages.WARNING,
+        )
+
+    @admin.action(description="Retry selected executions", permissions=["operate"])
+    def retry_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        created, skipped = executions_retry_many(executions=list(queryset))
+        self.message_user(
+            request,
+            f"Retried {_count(len(created))} as new executions; skipped {_count(len(skipped))} "
+            "still pending or running (or whose target is no longer registered).",
+            messages.SUCCESS if created else messages.WARNING,
+        )
+
+    # --- custom URLs: cancel button and live progress -------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
+        custom = [
+            # Before the default `<path:object_id>/` pattern, which would swallow "progress/".
+            path("progress/", self.progress_view, name=f"{prefix}_progress"),
+            path("progress/stream/", self.progress_stream_view, name=f"{prefix}_progress_stream"),
+            path(
+                "<path:object_id>/cancel/",
+                self.admin_site.admin_view(require_POST(self.cancel_view)),
+                name=f"{prefix}_cancel",
+            ),
+        ]
+        return custom + super().get_urls()
+
+    def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The change page's cancel button: POST only, CSRF-checked by ``admin_view``."""
+        if not self.has_operate_permission(request):
+            raise PermissionDenied
+        execution = self.get_object(request, object_id)  # None for unknown or malformed ids
+        if execution is None:
+            raise Http404("No execution with this id.")
+        try:
+            execution_cancel(execution=execution)
+        except Conflict as exc:
+            self.message_user(request, str(exc.detail), messages.ERROR)
+        else:
+            self.message_user(request, f"Cancelled execution {execution.pk}.", messages.SUCCESS)
+        return HttpResponseRedirect(
+            reverse("admin:executions_execution_change", args=[execution.pk])
+        )
+
+    @staticmethod
+    def _json_error(message: str, status: int) -> JsonResponse:
+        return JsonResponse({"detail": message}, status=status)
+
+    def _progress_denied(self, request: HttpRequest) -> JsonResponse | None:
+        """Why this request may not see live progress, as a JSON error, or None when it may.
+
+        Neither progress endpoint is wrapped in ``admin_view`` (which is sync-only, and would
+        redirect): a script following progress needs a 403, not the login page, when the session
+        ends.
+        """
+        user = request.user
+        if not (user.is_active and user.is_staff):
+            return self._json_error("Staff only.", 403)
+        if not self.has_view_permission(request):
+            return self._json_error("You may not view executions.", 403)
+        return None
+
+    def progress_view(self, request: HttpRequest) -> JsonResponse:
+        """``GET progress/?ids=a,b`` -> the current snapshot of each of those executions."""
+        if request.method != "GET":
+            return self._json_error("Use GET.", 405)
+        denied = self._progress_denied(request)
+        if denied is not None:
+            return denied
+        try:
+            ids = parse_progress_ids(request.GET.get("ids", ""))
+        except ValueError as exc:
+            return self._json_error(str(exc), 400)
+        response = JsonResponse({"executions": progress_snapshots(ids)})
+        add_never_cache_headers(response)
+        return response
+
+    async def progress_stream_view(self, request: HttpRequest) -> HttpResponse:
+        """``GET progress/stream/?ids=a,b`` -> SSE: a ``snapshot`` of each execution at once and
+        whenever its events move, until none of them is active (``executions.admin_streams``)."""
+        if request.method != "GET":
+            return self._json_error("Use GET.", 405)
+        # The permission check reads the session and the user's permissions: sync ORM.
+        denied = await sync_to_async(self._progress_denied)(request)
+        if denied is not None:
+            return denied
+        try:
+            ids = parse_progress_ids(request.GET.get("ids", ""))
+        except ValueError as exc:
+            return self._json_error(str(exc), 400)
+        return EventStreamResponse(progress_events(ids, snapshots=progress_snapshots))
+
+    # --- views -------------------------------------------------------------------------------------
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).select_related("owner", "retry_of")
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict | None = None
+    ) -> TemplateResponse:
+        extra_context = {**(extra_context or {}), **self._progress_context()}
+        return super().changelist_view(request, extra_context)
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict | None = None,
+    ) -> HttpResponse:
+        extra_context = {**(extra_context or {}), **self._progress_context()}
+        execution = self.get_object(request, object_id)
+        if execution is not None:
+            events = list(execution.events.order_by("-seq")[:TIMELINE_LIMIT])
+            events.reverse()
+            extra_context.update(
+                timeline=[
+                    {
+                        "seq": event.seq,
+                        "at": event.at,
+                        "type": event.get_type_display(),
+                        "type_code": event.type,
+                        "data": json.dumps(event.data, ensure_ascii=False, sort_keys=True),
+                    }
+                    for event in events
+                ],
+                # event_seq is the last number used, so the row already knows the total.
+                timeline_total=execution.event_seq,
+                timeline_truncated=execution.event_seq > len(events),
+                can_cancel=execution.is_active and self.has_operate_permission(request),
+                cancel_url=reverse("admin:executions_execution_cancel", args=[execution.pk]),
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def _progress_context(self) -> dict[str, Any]:
+        return {
+            "execution_progress_config": {
+                "url": reverse("admin:executions_execution_progress"),
+                "streamUrl": reverse("admin:executions_execution_progress_stream"),
+                "intervalMs": 1000,
+            }
+        }
+
+
+def _count(n: int) -> str:
+    return f"{n} execution" if n == 1 else f"{n} executions"

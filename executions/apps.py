@@ -1,0 +1,19 @@
+from django.apps import AppConfig
+from django.utils.module_loading import autodiscover_modules
+
+
+class ExecutionsConfig(AppConfig):
+    name = "executions"
+    verbose_name = "Executions"
+
+    def ready(self) -> None:
+        from executions import builtins  # noqa: F401  the demo targets that ship with the platform
+
+        # Like admin.py: every installed app may register targets in an agents.py module.
+        autodiscover_modules("agents")
+
+        from django_q.signals import post_spawn
+
+        from executions.recovery import start_sweeper
+
+        post_spawn.connect(start_sweeper, dispatch_uid="executions-sweeper")

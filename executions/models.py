@@ -1,0 +1,188 @@
+import uuid
+from datetime import datetime
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class ExecutionType(models.TextChoices):
+    AGENT = "agent", "Agent"
+    PIPELINE = "pipeline", "Pipeline"
+
+
+class ExecutionStatus(models.TextChoices):
+    """Where an execution is in its life.
+
+    Transitions (each one a conditional UPDATE in ``executions.services`` / ``runtime``)::
+
+        pending  -> running     a worker claimed it
+        pending  -> cancelled   cancelled before any worker took it
+        running  -> completed   the target returned
+        running  -> failed      the target raised, timed out, or its worker was lost
+        running  -> cancelled   cancelled while running; the worker stops at its next check
+
+    completed, failed and cancelled are terminal: nothing changes them again.
+    """
+
+    PENDING = "pending", "Pending"
+    """Created and queued; no worker has claimed it yet."""
+    RUNNING = "running", "Running"
+    """A worker claimed it and is running the target."""
+    COMPLETED = "completed", "Completed"
+    """The target returned; ``outputs`` holds what it returned."""
+    FAILED = "failed", "Failed"
+    """The target raised or timed out; ``error`` says why."""
+    CANCELLED = "cancelled", "Cancelled"
+    """Cancelled by a user before it finished."""
+
+    @classmethod
+    def active(cls) -> tuple[str, ...]:
+        return (cls.PENDING, cls.RUNNING)
+
+    @classmethod
+    def terminal(cls) -> tuple[str, ...]:
+        return (cls.COMPLETED, cls.FAILED, cls.CANCELLED)
+
+
+class ExecutionQuerySet(models.QuerySet):
+    def active(self) -> "ExecutionQuerySet":
+        return self.filter(status__in=ExecutionStatus.active())
+
+    def terminal(self) -> "ExecutionQuerySet":
+        return self.filter(status__in=ExecutionStatus.terminal())
+
+    def owned_by(self, user) -> "ExecutionQuerySet":
+        return self.filter(owner=user)
+
+    def finished_before(self, moment: datetime) -> "ExecutionQuerySet":
+        return self.terminal().filter(
+            Q(completed_at__lt=moment) | Q(cancelled_at__lt=moment)
+            | Q(completed_at__isnull=True, cancelled_at__isnull=True, created_at__lt=moment)
+        )
+
+    def stale(self, *, before: datetime) -> "ExecutionQuerySet":
+        """Running rows whose worker has not beaten its heartbeat since ``before``."""
+        return self.filter(status=ExecutionStatus.RUNNING, heartbeat_at__lt=before)
+
+
+class Execution(models.Model):
+    """One background run of a registered agent or pipeline. This row is the truth about it."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="executions",
+        help_text="Empty for executions started from the terminal without --user.",
+    )
+    type = models.CharField(max_length=16, choices=ExecutionType.choices)
+    target_id = models.CharField(max_length=200)
+    inputs = models.JSONField(default=dict, blank=True)
+    config = models.JSONField(default=dict, blank=True)
+    status = models.CharField(
+        max_length=16, choices=ExecutionStatus.choices, default=ExecutionStatus.PENDING
+    )
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+
+    current_step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(null=True, blank=True)
+    step_name = models.CharField(max_length=200, blank=True)
+    percentage = models.FloatField(default=0.0)
+
+    outputs = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+
+    worker = models.CharField(max_length=200, blank=True, help_text="host:pid of the claiming worker.")
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0, help_text="Claims so far, counted at claim time.")
+    requeued_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last time recovery enqueued it again."
+    )
+    not_before = models.DateTimeField(
+        null=True, blank=True, help_text="A retry waiting for its backoff: not claimed before this."
+    )
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    retry_of = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="retries"
+    )
+    # Last sequence number used in this execution's event stream; bumped in the same
+    # transaction as each event insert, so writers never collide on (execution, seq).
+    event_seq = models.PositiveIntegerField(default=0)
+
+    objects = ExecutionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="execution_owner_created"),
+            models.Index(fields=["status", "created_at"], name="execution_status_created"),
+            models.Index(fields=["target_id", "-created_at"], name="execution_target_created"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="execution_idempotency_key_unique",
+            ),
+            models.CheckConstraint(
+                condition=Q(percentage__gte=0) & Q(percentage__lte=100),
+                name="execution_percentage_0_100",
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=ExecutionStatus.values), name="execution_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(type__in=ExecutionType.values), name="execution_type_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.target_id} {self.id}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ExecutionStatus.active()
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.completed_at or self.cancelled_at
+        if end is None:
+            end = timezone.now()
+        return max(0.0, (end - self.started_at).total_seconds())
+
+
+class ExecutionEventType(models.TextChoices):
+    CREATED = "created", "Created"
+    STATUS = "status", "Status changed"
+    PROGRESS = "progress", "Progress"
+    LOG = "log", "Log"
+    WORKER_STOPPED = "worker_stopped", "Worker stopped"
+
+
+class ExecutionEvent(models.Model):
+    """Append-only timeline of one execution: status changes, progress steps and logs."""
+
+    execution = models.ForeignKey(Execution, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    type = models.CharField(max_length=32, choices=ExecutionEventType.choices)
+    data = models.JSONField(default=dict, blank=True)
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["execution", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["execution", "seq"], name="execution_event_seq_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.execution_id} #{self.seq} {self.type}"

@@ -1,0 +1,101 @@
+"""Hand execution ids to the django-q2 broker. The queue carries the id and nothing else."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+from django.db import router, transaction
+from django_q.brokers import Broker, get_broker
+from django_q.conf import Conf
+from django_q.tasks import async_task
+
+from executions.models import Execution
+
+logger = logging.getLogger(__name__)
+
+# pid -> broker. async_task builds a new broker (a new Redis connection) per call unless handed
+# one. One per process, not per thread: under ASGI every request runs in a thread of its own, so a
+# thread-local broker was a new connection per request. Keyed by pid so a forked worker builds
+# its own. Both brokers are thread-safe (Redis: a connection pool; ORM: Django's connections).
+_brokers: dict[int, Broker] = {}
+
+
+def shared_broker() -> Broker:
+    """This process's broker, for ``async_task(..., broker=shared_broker())``."""
+    broker = _brokers.get(os.getpid())
+    if broker is None:
+        broker = _brokers[os.getpid()] = get_broker()
+    return broker
+
+
+def _forget_broker() -> None:
+    _brokers.pop(os.getpid(), None)
+
+
+def _task_options(execution: Execution) -> dict:
+    options = {}
+    timeout = (execution.config or {}).get("timeout") if isinstance(execution.config, dict) else None
+    if timeout:
+        options["timeout"] = math.ceil(timeout)  # django-q2 arms SIGALRM, whole seconds
+    return options
+
+
+def _async_task(execution: Execution) -> None:
+    async_task(
+        "executions.tasks.run_execution",
+        str(execution.pk),
+        broker=shared_broker(),
+        task_name=f"execution-{execution.pk}",
+        **_task_options(execution),
+    )
+
+
+def enqueue_execution(execution: Execution) -> None:
+    """Queue ``execution`` for a worker, outside any transaction (after commit), so a worker
+    always finds the row.
+
+    A broker failure is logged, not raised: the row is committed and stays ``pending``, which is
+    what the recovery sweep re-enqueues.
+    """
+    try:
+        _async_task(execution)
+    except Exception:
+        _forget_broker()
+        logger.exception("could not enqueue execution %s; it stays pending", execution.pk)
+
+
+def _queue_is_in_the_same_database(execution: Execution) -> bool:
+    return bool(Conf.ORM) and not Conf.SYNC and Conf.ORM == router.db_for_write(type(execution))
+
+
+def enqueue_execution_on_commit(execution: Execution) -> None:
+    """Queue ``execution`` as part of the current transaction: it reaches workers when, and only
+    when, the transaction commits.
+
+    The design's rule is ``on_commit``; with the ORM broker on the execution's own database we
+    depart from it on purpose and insert the queue row inside the transaction. Workers still
+    cannot see the message before the row (both commit together), a rollback drops both, and a
+    crash between commit and enqueue can no longer strand a pending row. It is also much
+    cheaper: outside a transaction, django-q2's ORM broker calls ``close_old_connections()``,
+    which under ASGI (no persistent connections) closes the request's connection and opens a
+    new one just for the queue INSERT and its own commit. A failure here fails the transaction
+    instead of being logged: the database that could not take the queue row would not have
+    committed the execution either. Redis (or a queue on another database) keeps ``on_commit``.
+    """
+    if transaction.get_autocommit(router.db_for_write(type(execution))):
+        enqueue_execution(execution)
+    elif _queue_is_in_the_same_database(execution):
+        _async_task(execution)
+    else:
+        transaction.on_commit(lambda: enqueue_execution(execution))
+
+
+def broker_queue_size() -> int:
+    """Messages waiting in the broker (not counting those a cluster has already prefetched)."""
+    try:
+        return shared_broker().queue_size() or 0
+    except Exception:
+        _forget_broker()
+        raise

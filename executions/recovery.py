@@ -1,0 +1,176 @@
+"""Recovery from the database row: jobs whose worker died, and jobs whose queue message was lost.
+
+django-q2 alone loses a job whose worker is killed on the Redis broker, and re-runs it forever
+without counting on the ORM broker. Here the row decides:
+
+- A ``running`` row whose heartbeat is older than ``EXECUTIONS_HEARTBEAT_TIMEOUT`` lost its
+  worker. It goes back to ``pending`` (and the queue) if it has attempts left, else ``failed``
+  with ``error.type`` = ``worker_lost`` naming the worker. Attempts are counted at claim time, so
+  a job that kills its worker every time ends failed after ``EXECUTIONS_MAX_ATTEMPTS`` tries.
+- A ``pending`` row older than ``EXECUTIONS_REQUEUE_AFTER`` while the broker's queue is empty was
+  never enqueued or its message was lost (broker down, Redis restarted): it is enqueued again.
+  A duplicate message is harmless: the claim is a conditional UPDATE.
+
+Every worker process runs a sweeper thread (started on django-q2's ``post_spawn``) that does
+this every ``EXECUTIONS_SWEEP_INTERVAL`` seconds; several sweepers are safe for the same reason.
+Other apps add their own sweeps with ``register_sweep``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from executions.models import Execution, ExecutionEventType, ExecutionStatus
+from executions.queueing import broker_queue_size, enqueue_execution
+from executions.transitions import execution_transition
+
+logger = logging.getLogger(__name__)
+
+_sweeps: list[Callable[[], object]] = []
+
+
+def register_sweep(sweep: Callable[[], object]) -> None:
+    """Have every worker's sweeper call ``sweep()`` each interval (it must be idempotent)."""
+    if sweep not in _sweeps:
+        _sweeps.append(sweep)
+
+
+def max_attempts(execution: Execution) -> int:
+    configured = execution.config.get("max_attempts") if isinstance(execution.config, dict) else None
+    if isinstance(configured, int) and configured >= 1:
+        return configured
+    return settings.EXECUTIONS_MAX_ATTEMPTS
+
+
+def executions_reap_stale(*, heartbeat_timeout: float | None = None) -> dict[str, int]:
+    """Finish or requeue running executions whose worker stopped beating its heartbeat."""
+    timeout = heartbeat_timeout if heartbeat_timeout is not None else settings.EXECUTIONS_HEARTBEAT_TIMEOUT
+    cutoff = timezone.now() - timedelta(seconds=timeout)
+    requeued = failed = 0
+    for execution in Execution.objects.stale(before=cutoff).only(
+        "id", "config", "attempts", "worker", "heartbeat_at", "type", "target_id"
+    ):
+        # Conditional on the heartbeat still being old: a worker that beats meanwhile keeps its job.
+        still_stale = Q(heartbeat_at__lt=cutoff)
+        if execution.attempts < max_attempts(execution):
+            won = _transition_if(
+                execution, still_stale,
+                event_data={"status": ExecutionStatus.PENDING, "reason": "worker_lost", "worker": execution.worker},
+                status=ExecutionStatus.PENDING, heartbeat_at=None, worker="",
+            )
+            if won:
+                requeued += 1
+                enqueue_execution(execution)
+        else:
+            message = (
+                f"The worker {execution.worker or '(unknown)'} stopped beating its heartbeat "
+                f"(last at {execution.heartbeat_at.isoformat()}) after {execution.attempts} "
+                f"attempt{'s' if execution.attempts != 1 else ''}."
+            )
+            error = {"type": "worker_lost", "message": message, "details": {"worker": execution.worker}}
+            won = _transition_if(
+                execution, still_stale,
+                event_data={"status": ExecutionStatus.FAILED, "error": error},
+                status=ExecutionStatus.FAILED, error=error, completed_at=timezone.now(), heartbeat_at=None,
+            )
+            failed += won
+    return {"requeued": requeued, "failed": failed}
+
+
+def _transition_if(execution: Execution, where: Q, *, event_data: dict, **fields) -> bool:
+    return execution_transition(
+        execution_id=execution.pk,
+        allowed=[ExecutionStatus.RUNNING],
+        where=where,
+        event_type=ExecutionEventType.STATUS,
+        event_data=event_data,
+        **fields,
+    )
+
+
+def executions_requeue_stranded(*, older_than: float | None = None) -> int:
+    """Enqueue again pending executions the broker does not seem to hold."""
+    age = older_than if older_than is not None else settings.EXECUTIONS_REQUEUE_AFTER
+    cutoff = timezone.now() - timedelta(seconds=age)
+    stranded = Execution.objects.annotate(last_enqueued=Coalesce("requeued_at", "created_at")).filter(
+        Q(not_before__isnull=True) | Q(not_before__lte=timezone.now()),
+        status=ExecutionStatus.PENDING,
+        last_enqueued__lt=cutoff,
+    )
+    if not stranded.exists():
+        return 0
+    # While the queue still holds messages the old rows are probably just waiting their turn.
+    if broker_queue_size() > 0:
+        return 0
+    count = 0
+    for execution in stranded.only("id", "type", "target_id", "config")[:1000]:
+        updated = Execution.objects.filter(
+            Q(requeued_at__lt=cutoff) | Q(requeued_at__isnull=True),
+            pk=execution.pk, status=ExecutionStatus.PENDING,
+        ).update(requeued_at=timezone.now())
+        if updated:
+            enqueue_execution(execution)
+            count += 1
+    return count
+
+
+def executions_enqueue_due_retries() -> int:
+    """Enqueue the executions whose retry backoff has passed."""
+    now = timezone.now()
+    count = 0
+    for execution in Execution.objects.filter(status=ExecutionStatus.PENDING, not_before__lte=now).only(
+        "id", "type", "target_id", "config"
+    )[:1000]:
+        updated = Execution.objects.filter(
+            pk=execution.pk, status=ExecutionStatus.PENDING, not_before__lte=now
+        ).update(not_before=None, requeued_at=now)
+        if updated:
+            enqueue_execution(execution)
+            count += 1
+    return count
+
+
+def sweep_once() -> None:
+    for sweep in [executions_reap_stale, executions_enqueue_due_retries, executions_requeue_stranded, *_sweeps]:
+        try:
+            sweep()
+        except Exception:  # one failing sweep (e.g. database restarting) must not stop the others
+            logger.warning("recovery sweep %s failed", getattr(sweep, "__name__", sweep), exc_info=True)
+            connection.close()
+
+
+class Sweeper(threading.Thread):
+    def __init__(self, interval: float) -> None:
+        super().__init__(name="executions-sweeper", daemon=True)
+        self._interval = interval
+
+    def run(self) -> None:
+        # Jitter, so the sweepers of a cluster's workers do not all query at the same instant.
+        wait = threading.Event().wait
+        wait(random.uniform(0, self._interval))
+        while True:
+            sweep_once()
+            wait(self._interval * random.uniform(0.8, 1.2))
+
+
+_sweeper: Sweeper | None = None
+
+
+def start_sweeper(**_signal_kwargs) -> None:
+    """Connected to django-q2's ``post_spawn``: runs in each freshly forked worker process."""
+    global _sweeper
+    if settings.EXECUTIONS_SWEEP_INTERVAL <= 0:
+        return
+    if _sweeper is None or not _sweeper.is_alive():
+        _sweeper = Sweeper(settings.EXECUTIONS_SWEEP_INTERVAL)
+        _sweeper.start()

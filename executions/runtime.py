@@ -1,0 +1,417 @@
+"""Worker side of an execution: claim, run the target with a context, heartbeat, finish.
+
+The claim is a conditional UPDATE pending -> running, so a job that was cancelled, or that
+another worker already took (a redelivered broker message), never starts. Every later write is
+conditional on the row still being ``running``: when a user cancels, the row turns ``cancelled``
+at once and the worker finds out at its next progress point or cancellation check and stops.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, ClassVar, TypeVar
+from uuid import UUID
+
+from django.conf import settings
+from django.db import Error as DatabaseFailure
+from django.db import InterfaceError, OperationalError, connection
+from django.db.models import F, Q
+from django.utils import timezone
+from django_q.exceptions import TimeoutException
+
+from executions.models import Execution, ExecutionEventType, ExecutionStatus, ExecutionType
+from executions.registry import TargetNotFound, registry
+from executions.transitions import (
+    execution_event_append,
+    execution_transition,
+    execution_transition_fetch,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+RECONNECT_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def _reconnecting(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call ``function``; when the database dropped our connection (a restart, a failover), retry
+    on a fresh one for a few seconds rather than fail a job that is doing fine."""
+    for delay in RECONNECT_DELAYS:
+        try:
+            return function(*args, **kwargs)
+        except (OperationalError, InterfaceError):
+            if connection.in_atomic_block:
+                raise
+            logger.warning("database connection lost; reconnecting in %.2fs", delay, exc_info=True)
+            connection.close()
+            time.sleep(delay)
+    return function(*args, **kwargs)
+
+
+class ExecutionCancelled(Exception):
+    """Raised inside a target when its execution is no longer running (cancelled)."""
+
+
+class TargetFailed(Exception):
+    """Raise from a target to fail with a clean message and no traceback in ``error.details``."""
+
+
+def _worker_name() -> str:
+    # The module may be imported before django-q2 forks its workers; name the process we run in.
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _percentage(value: float) -> float:
+    return round(min(100.0, max(0.0, float(value))), 2)
+
+
+class ExecutionContext:
+    """What a running target sees as ``ctx``: progress, logs and cancellation."""
+
+    def __init__(self, execution: Execution) -> None:
+        self.execution_id: UUID = execution.id
+        self.inputs: dict = execution.inputs
+        self.config: dict = execution.config
+        self._current_step = execution.current_step
+        self._total_steps = execution.total_steps
+        self._step_name = execution.step_name
+        self._percentage = execution.percentage
+        self._last_write = 0.0
+        self._last_cancel_check = time.monotonic()
+        self._cancelled = threading.Event()
+        self._progress_interval = settings.EXECUTIONS_PROGRESS_INTERVAL
+        self._cancel_check_interval = settings.EXECUTIONS_CANCEL_CHECK_INTERVAL
+
+    # --- progress -------------------------------------------------------------------------------
+
+    def progress(
+        self,
+        current_step: int | None = None,
+        total_steps: int | None = None,
+        step_name: str | None = None,
+        percentage: float | None = None,
+    ) -> None:
+        """Report progress. Step changes are written at once, the rest at most every interval.
+
+        Raises ``ExecutionCancelled`` when the execution was cancelled meanwhile.
+        """
+        step_changed = False
+        if current_step is not None and current_step != self._current_step:
+            self._current_step, step_changed = current_step, True
+        if total_steps is not None:
+            self._total_steps = total_steps
+        if step_name is not None and step_name != self._step_name:
+            self._step_name, step_changed = step_name, True
+        if percentage is not None:
+            self._percentage = _percentage(percentage)
+        elif step_changed and self._total_steps:
+            self._percentage = _percentage(100.0 * (self._current_step - 1) / self._total_steps)
+        now = time.monotonic()
+        if step_changed or now - self._last_write >= self._progress_interval:
+            self._write_progress(now)
+        else:
+            self.check_cancelled()
+
+    def _write_progress(self, now: float) -> None:
+        progress = self.progress_snapshot()
+        still_running = _reconnecting(
+            execution_transition,
+            execution_id=self.execution_id,
+            allowed=[ExecutionStatus.RUNNING],
+            event_type=ExecutionEventType.PROGRESS,
+            event_data=progress,
+            current_step=self._current_step,
+            total_steps=self._total_steps,
+            step_name=self._step_name[:200],
+            percentage=self._percentage,
+            heartbeat_at=timezone.now(),
+        )
+        self._last_write = self._last_cancel_check = now
+        if not still_running:
+            self._cancelled.set()
+            raise ExecutionCancelled()
+
+    def progress_snapshot(self) -> dict[str, Any]:
+        return {
+            "current_step": self._current_step,
+            "total_steps": self._total_steps,
+            "step_name": self._step_name,
+            "percentage": self._percentage,
+        }
+
+    def log(self, message: str, **data: Any) -> None:
+        """Append a log line to the execution's event timeline."""
+        execution_event_append(
+            execution_id=self.execution_id,
+            event_type=ExecutionEventType.LOG,
+            data={"message": str(message), **data},
+        )
+
+    # --- cancellation ---------------------------------------------------------------------------
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the execution is no longer running; checks the row at most every interval."""
+        if self._cancelled.is_set():
+            return True
+        now = time.monotonic()
+        if now - self._last_cancel_check >= self._cancel_check_interval:
+            self._last_cancel_check = now
+            status = _reconnecting(
+                Execution.objects.filter(pk=self.execution_id).values_list("status", flat=True).first
+            )
+            if status != ExecutionStatus.RUNNING:
+                self._cancelled.set()
+        return self._cancelled.is_set()
+
+    def check_cancelled(self) -> None:
+        if self.cancelled:
+            raise ExecutionCancelled()
+
+    def mark_cancelled(self) -> None:
+        self._cancelled.set()
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, waking to check for cancellation; raises ``ExecutionCancelled``."""
+        deadline = time.monotonic() + max(0.0, seconds)
+        while True:
+            self.check_cancelled()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._cancelled.wait(min(remaining, self._cancel_check_interval))
+
+
+class Heartbeat:
+    """Beats ``heartbeat_at`` while the target runs, and notices a cancel during long silences.
+
+    One thread per worker process beats every execution the process runs: a thread per
+    execution cost a thread start and a wake-up to stop it, for every job, most of which end long
+    before their first beat. The thread wakes every quarter interval, so an execution's first
+    beat comes between one and 1.25 intervals after it started; it is never woken on purpose.
+    """
+
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+    # execution id -> (its context, when its next beat is due on the monotonic clock)
+    _beating: ClassVar[dict[UUID, tuple[ExecutionContext, float]]] = {}
+    _thread: ClassVar[threading.Thread | None] = None
+    _pid: ClassVar[int | None] = None
+
+    def __init__(self, ctx: ExecutionContext, interval: float) -> None:
+        self._ctx = ctx
+        self._interval = interval
+
+    def start(self) -> None:
+        cls = Heartbeat
+        with cls._lock:
+            cls._beating[self._ctx.execution_id] = (self._ctx, time.monotonic() + self._interval)
+            # A forked worker inherits the class state but not the thread.
+            if cls._thread is None or cls._pid != os.getpid() or not cls._thread.is_alive():
+                cls._pid = os.getpid()
+                cls._thread = threading.Thread(
+                    target=cls._run, args=(self._interval,), name="heartbeats", daemon=True
+                )
+                cls._thread.start()
+
+    def stop(self) -> None:
+        with Heartbeat._lock:
+            Heartbeat._beating.pop(self._ctx.execution_id, None)
+
+    @classmethod
+    def _run(cls, interval: float) -> None:
+        while True:
+            time.sleep(interval / 4)
+            now = time.monotonic()
+            with cls._lock:
+                due = [ctx for ctx, next_beat in cls._beating.values() if next_beat <= now]
+                for ctx in due:
+                    cls._beating[ctx.execution_id] = (ctx, now + interval)
+            if not due:
+                continue
+            for ctx in due:
+                cls._beat(ctx)
+            with cls._lock:
+                idle = not cls._beating
+            if idle:
+                connection.close()  # hold a database connection only while jobs run
+
+    @classmethod
+    def _beat(cls, ctx: ExecutionContext) -> None:
+        try:
+            alive = Execution.objects.filter(
+                pk=ctx.execution_id, status=ExecutionStatus.RUNNING
+            ).update(heartbeat_at=timezone.now())
+        except DatabaseFailure:  # OperationalError, and InterfaceError once the link is closed
+            # The database restarted or dropped us: a failed beat must not end the beating,
+            # or a live job would look like a dead worker. Reconnect next time.
+            logger.warning("heartbeat of execution %s failed", ctx.execution_id, exc_info=True)
+            connection.close()
+            return
+        except Exception:  # anything else must not kill the thread that beats every job
+            logger.exception("heartbeat of execution %s failed", ctx.execution_id)
+            return
+        if not alive:
+            with cls._lock:
+                cls._beating.pop(ctx.execution_id, None)
+            ctx.mark_cancelled()
+
+
+def _error(error_type: str, message: str, details: dict | None = None) -> dict[str, Any]:
+    return {"type": error_type, "message": message, "details": details or {}}
+
+
+def _jsonable(value: Any) -> Any:
+    """Outputs go into a JSONField; anything else is a target bug reported as a failure."""
+    json.dumps(value)
+    return value
+
+
+def claim(execution_id: UUID | str) -> Execution | None:
+    """pending -> running for this worker; None if cancelled, already claimed, gone, or a retry
+    whose backoff has not passed."""
+    now = timezone.now()
+    # The row comes back from the UPDATE itself: no SELECT after the claim.
+    return execution_transition_fetch(
+        execution_id=execution_id,
+        allowed=[ExecutionStatus.PENDING],
+        where=Q(not_before__isnull=True) | Q(not_before__lte=now),
+        event_type=ExecutionEventType.STATUS,
+        event_data={"status": ExecutionStatus.RUNNING, "worker": _worker_name()},
+        status=ExecutionStatus.RUNNING,
+        started_at=now,
+        heartbeat_at=now,
+        worker=_worker_name(),
+        attempts=F("attempts") + 1,
+    )
+
+
+def _run_target(execution: Execution, ctx: ExecutionContext) -> Any:
+    target = registry.get(execution.type, execution.target_id)
+    inputs = target.validate_inputs(execution.inputs)
+    if execution.type == ExecutionType.AGENT:
+        return target.agent_function(inputs, ctx)
+    steps = target.steps_for(inputs)
+    data: Any = inputs
+    total = len(steps)
+    for index, pipeline_step in enumerate(steps, start=1):
+        ctx.progress(current_step=index, total_steps=total, step_name=pipeline_step.name)
+        data = pipeline_step.function(data, ctx)
+    return data
+
+
+def _finish(execution_id: UUID, **fields: Any) -> bool:
+    status = fields["status"]
+    data: dict[str, Any] = {"status": status}
+    if fields.get("error"):
+        data["error"] = fields["error"]
+    return _reconnecting(
+        execution_transition,
+        execution_id=execution_id,
+        allowed=[ExecutionStatus.RUNNING],
+        event_type=ExecutionEventType.STATUS,
+        event_data=data,
+        completed_at=timezone.now(),
+        heartbeat_at=None,
+        **fields,
+    )
+
+
+def retry_delay(*, attempt: int, base: float) -> float:
+    """Exponential backoff: base, 2·base, 4·base … capped at five minutes."""
+    return min(300.0, base * 2 ** max(0, attempt - 1))
+
+
+def _fail_or_retry(execution: Execution, error: dict[str, Any]) -> str:
+    """Executions that opted in with ``config.max_attempts`` go back to the queue after a backoff;
+    the others, and the last attempt, fail."""
+    config = execution.config if isinstance(execution.config, dict) else {}
+    max_attempts = config.get("max_attempts") or 1
+    if execution.attempts < max_attempts:
+        delay = retry_delay(attempt=execution.attempts, base=float(config.get("retry_backoff", 1.0)))
+        requeued = _reconnecting(
+            execution_transition,
+            execution_id=execution.id,
+            allowed=[ExecutionStatus.RUNNING],
+            event_type=ExecutionEventType.STATUS,
+            event_data={
+                "status": ExecutionStatus.PENDING, "reason": "retry", "attempt": execution.attempts,
+                "retry_in": delay, "error": error,
+            },
+            status=ExecutionStatus.PENDING,
+            not_before=timezone.now() + timedelta(seconds=delay),
+            error=error,
+            heartbeat_at=None,
+            worker="",
+        )
+        return "retrying" if requeued else "cancelled"
+    finished = _finish(execution.id, status=ExecutionStatus.FAILED, error=error)
+    return "failed" if finished else "cancelled"
+
+
+def _record_stop(execution_id: UUID, reason: str) -> None:
+    _reconnecting(
+        execution_event_append,
+        execution_id=execution_id,
+        event_type=ExecutionEventType.WORKER_STOPPED,
+        data={"reason": reason, "worker": _worker_name()},
+    )
+
+
+def execute(execution_id: UUID | str) -> str:
+    """Run one execution to a terminal state. Returns what happened, for logs and tests."""
+    execution = claim(execution_id)
+    if execution is None:
+        return "skipped"
+    ctx = ExecutionContext(execution)
+    heartbeat = Heartbeat(ctx, settings.EXECUTIONS_HEARTBEAT_INTERVAL)
+    heartbeat.start()
+    try:
+        try:
+            outputs = _jsonable(_run_target(execution, ctx))
+        except ExecutionCancelled:
+            _record_stop(execution.id, "cancelled")
+            return "cancelled"
+        except TimeoutException as exc:
+            _finish(
+                execution.id,
+                status=ExecutionStatus.FAILED,
+                error=_error("timeout", str(exc) or "The execution timed out."),
+            )
+            raise
+        except TargetNotFound as exc:
+            _finish(execution.id, status=ExecutionStatus.FAILED, error=_error("target_not_found", str(exc)))
+            return "failed"
+        except TargetFailed as exc:
+            return _fail_or_retry(execution, _error("TargetFailed", str(exc)))
+        except Exception as exc:
+            return _fail_or_retry(
+                execution,
+                _error(
+                    type(exc).__name__,
+                    str(exc) or type(exc).__name__,
+                    {"traceback": traceback.format_exc(limit=20)},
+                ),
+            )
+        if outputs is not None and not isinstance(outputs, dict):
+            outputs = {"result": outputs}
+        finished = _finish(
+            execution.id,
+            status=ExecutionStatus.COMPLETED,
+            outputs=outputs if outputs is not None else {},
+            error=None,
+            percentage=100.0,
+        )
+        if not finished:
+            _record_stop(execution.id, "cancelled")
+            return "cancelled"
+        return "completed"
+    finally:
+        heartbeat.stop()

@@ -1,0 +1,122 @@
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
+from rest_framework import serializers
+
+from executions.models import Execution, ExecutionStatus, ExecutionType
+
+
+class ExecutionCreateSerializer(serializers.Serializer):
+    type = serializers.ChoiceField(choices=ExecutionType.choices)
+    target_id = serializers.CharField(max_length=200)
+    inputs = serializers.DictField(required=False, default=dict)
+    config = serializers.DictField(required=False, default=dict)
+
+
+class ProgressSerializer(serializers.Serializer):
+    current_step = serializers.IntegerField()
+    total_steps = serializers.IntegerField(allow_null=True)
+    step_name = serializers.CharField(allow_blank=True)
+    percentage = serializers.FloatField()
+
+
+class ErrorSerializer(serializers.Serializer):
+    type = serializers.CharField()
+    message = serializers.CharField()
+    details = serializers.DictField()
+
+
+def status_url(request, execution: Execution) -> str:
+    path = reverse("executions:execution-detail", kwargs={"pk": execution.pk})
+    return request.build_absolute_uri(path) if request is not None else path
+
+
+class ExecutionCreatedSerializer(serializers.ModelSerializer):
+    execution_id = serializers.UUIDField(source="id")
+    status = serializers.ChoiceField(choices=ExecutionStatus.choices)
+    status_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Execution
+        fields = ["execution_id", "status", "status_url", "created_at"]
+
+    def get_status_url(self, execution: Execution) -> str:
+        return status_url(self.context.get("request"), execution)
+
+
+class ExecutionSerializer(serializers.ModelSerializer):
+    execution_id = serializers.UUIDField(source="id")
+    progress = serializers.SerializerMethodField()
+    outputs = serializers.JSONField(allow_null=True)
+    error = serializers.SerializerMethodField()
+    status_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Execution
+        fields = [
+            "execution_id",
+            "status",
+            "type",
+            "target_id",
+            "inputs",
+            "config",
+            "created_at",
+            "started_at",
+            "completed_at",
+            "cancelled_at",
+            "progress",
+            "outputs",
+            "error",
+            "attempts",
+            "retry_of",
+            "status_url",
+        ]
+
+    @extend_schema_field(ProgressSerializer)
+    def get_progress(self, execution: Execution) -> dict:
+        return {
+            "current_step": execution.current_step,
+            "total_steps": execution.total_steps,
+            "step_name": execution.step_name,
+            "percentage": execution.percentage,
+        }
+
+    @extend_schema_field(ErrorSerializer(allow_null=True))
+    def get_error(self, execution: Execution) -> dict | None:
+        return execution.error
+
+    def get_status_url(self, execution: Execution) -> str:
+        return status_url(self.context.get("request"), execution)
+
+
+# The list answers one page object, not the bare array drf-spectacular assumes for list views.
+@extend_schema_serializer(many=False)
+class ExecutionPageSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    page = serializers.IntegerField()
+    page_size = serializers.IntegerField()
+    executions = ExecutionSerializer(many=True)
+
+
+class TargetInputSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    type = serializers.CharField()
+    required = serializers.BooleanField()
+    default = serializers.JSONField(allow_null=True)
+    description = serializers.CharField(allow_blank=True)
+
+
+class TargetSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    type = serializers.ChoiceField(choices=ExecutionType.choices)
+    description = serializers.CharField(allow_blank=True)
+    steps = serializers.ListField(child=serializers.CharField(), allow_null=True)
+    inputs = TargetInputSerializer(many=True)
+
+
+class TargetListSerializer(serializers.Serializer):
+    targets = TargetSerializer(many=True)
+
+
+class ErrorResponseSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    errors = serializers.DictField(required=False)

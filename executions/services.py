@@ -1,0 +1,222 @@
+"""Every write to executions made on behalf of users: API, admin and management commands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from rest_framework import serializers
+
+from executions.models import Execution, ExecutionEventType, ExecutionStatus, ExecutionType
+from executions.queueing import enqueue_execution_on_commit
+from executions.registry import InputsInvalid, TargetNotFound, registry
+from executions.transitions import execution_transition
+from project.errors import Conflict, InvalidInput, TooManyActive
+
+
+def _validated(type_: str, target_id: str, inputs: Any) -> dict:
+    if type_ not in ExecutionType.values:
+        raise InvalidInput({"type": [f"Must be one of: {', '.join(ExecutionType.values)}."]})
+    try:
+        target = registry.get(type_, target_id)
+    except TargetNotFound as exc:
+        raise InvalidInput({"target_id": [str(exc)]}) from None
+    try:
+        return target.validate_inputs(inputs)
+    except InputsInvalid as exc:
+        raise InvalidInput({"inputs": exc.errors}) from None
+
+
+class ExecutionConfigSerializer(serializers.Serializer):
+    """The config keys the platform itself reads; any other key is passed on to the target."""
+
+    timeout = serializers.FloatField(
+        required=False, min_value=1,
+        help_text="Seconds before the execution is stopped and failed with error.type 'timeout'.",
+    )
+    max_attempts = serializers.IntegerField(
+        required=False, min_value=1, max_value=20,
+        help_text="Attempts before a failure is final (retries back off exponentially).",
+    )
+    retry_backoff = serializers.FloatField(
+        required=False, min_value=0, max_value=300, help_text="Seconds before the first retry."
+    )
+
+    def validate_timeout(self, value: float) -> float:
+        if value > settings.EXECUTIONS_TIMEOUT:
+            raise serializers.ValidationError(
+                f"Ensure this value is less than or equal to {settings.EXECUTIONS_TIMEOUT} (EXECUTIONS_TIMEOUT)."
+            )
+        return value
+
+
+def _validated_config(config: Any) -> dict:
+    if not isinstance(config, dict):
+        raise InvalidInput({"config": ["Must be a JSON object."]})
+    known = ExecutionConfigSerializer(data=config)
+    if not known.is_valid():
+        raise InvalidInput({"config": known.errors})
+    return {**config, **known.validated_data}
+
+
+def _check_active_limit(owner) -> None:
+    limit = settings.EXECUTIONS_MAX_ACTIVE_PER_USER
+    if owner is None or not limit:
+        return
+    # A soft cap: two racing creates may both pass at the edge, which is harmless.
+    if Execution.objects.owned_by(owner).active().count() >= limit:
+        raise TooManyActive(
+            detail=f"You already have {limit} pending or running executions "
+            "(EXECUTIONS_MAX_ACTIVE_PER_USER); wait for some to finish or cancel them."
+        )
+
+
+def execution_create(
+    *,
+    owner=None,
+    type: str,
+    target_id: str,
+    inputs: dict | None = None,
+    config: dict | None = None,
+    retry_of: Execution | None = None,
+    idempotency_key: str | None = None,
+) -> Execution:
+    """Validate, store and queue a new execution. Workers get the id when the row commits."""
+    inputs = inputs if inputs is not None else {}
+    config = _validated_config(config if config is not None else {})
+    validated_inputs = _validated(type, target_id, inputs)
+    _check_active_limit(owner)
+    with transaction.atomic():
+        execution = Execution.objects.create(
+            owner=owner,
+            type=type,
+            target_id=target_id,
+            inputs=validated_inputs,
+            config=config,
+            retry_of=retry_of,
+            idempotency_key=idempotency_key,
+            event_seq=1,
+        )
+        execution.events.create(
+            seq=1,
+            type=ExecutionEventType.CREATED,
+            data={"status": ExecutionStatus.PENDING, "retry_of": str(retry_of.pk) if retry_of else None},
+        )
+        enqueue_execution_on_commit(execution)
+    return execution
+
+
+def execution_create_idempotent(
+    *, owner, idempotency_key: str, type: str, target_id: str, inputs: dict | None = None,
+    config: dict | None = None,
+) -> tuple[Execution, bool]:
+    """Like ``execution_create``, but the same key from the same owner returns the execution it
+    first created instead of starting a second one. Returns (execution, created)."""
+    if len(idempotency_key) > 255:
+        raise InvalidInput({"Idempotency-Key": ["Ensure this header has no more than 255 characters."]})
+    existing = Execution.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
+    if existing is None:
+        try:
+            with transaction.atomic():
+                created = execution_create(
+                    owner=owner, type=type, target_id=target_id, inputs=inputs, config=config,
+                    idempotency_key=idempotency_key,
+                )
+            return created, True
+        except IntegrityError:  # the same key won a race a moment ago
+            existing = Execution.objects.get(owner=owner, idempotency_key=idempotency_key)
+    if (existing.type, existing.target_id) != (type, target_id):
+        raise Conflict(
+            f"Idempotency-Key '{idempotency_key}' was already used for {existing.type} "
+            f"'{existing.target_id}' (execution {existing.pk})."
+        )
+    return existing, False
+
+
+def execution_cancel(*, execution: Execution) -> Execution:
+    """Cancel a pending or running execution.
+
+    The row turns ``cancelled`` at once; a worker running it notices at its next progress point or
+    cancellation check (within ``EXECUTIONS_CANCEL_CHECK_INTERVAL``) and stops. Cancelling a
+    cancelled execution is harmless; cancelling a completed or failed one is a ``Conflict``.
+    """
+    now = timezone.now()
+    won = execution_transition(
+        execution_id=execution.pk,
+        allowed=ExecutionStatus.active(),
+        event_type=ExecutionEventType.STATUS,
+        event_data={"status": ExecutionStatus.CANCELLED},
+        status=ExecutionStatus.CANCELLED,
+        cancelled_at=now,
+        heartbeat_at=None,
+    )
+    execution.refresh_from_db()
+    if not won and execution.status != ExecutionStatus.CANCELLED:
+        raise Conflict(
+            f"Execution {execution.pk} is already {execution.status} and cannot be cancelled."
+        )
+    return execution
+
+
+def execution_retry(*, execution: Execution, owner=None) -> Execution:
+    """Start a new execution with the same target, inputs and config as a finished one."""
+    if execution.status not in ExecutionStatus.terminal():
+        raise Conflict(f"Execution {execution.pk} is still {execution.status}; only finished executions can be retried.")
+    return execution_create(
+        owner=owner if owner is not None else execution.owner,
+        type=execution.type,
+        target_id=execution.target_id,
+        inputs=execution.inputs,
+        config=execution.config,
+        retry_of=execution,
+    )
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    changed: list[UUID]
+    skipped: list[UUID]
+
+
+def executions_cancel_many(*, executions: list[Execution]) -> BulkResult:
+    """Cancel the active ones among ``executions``; the rest are reported as skipped."""
+    changed, skipped = [], []
+    for execution in executions:
+        if execution.status not in ExecutionStatus.active():
+            skipped.append(execution.pk)
+            continue
+        try:
+            execution_cancel(execution=execution)
+        except Conflict:  # finished between the read and the update
+            skipped.append(execution.pk)
+        else:
+            changed.append(execution.pk)
+    return BulkResult(changed=changed, skipped=skipped)
+
+
+def executions_retry_many(*, executions: list[Execution]) -> tuple[list[Execution], list[UUID]]:
+    """Retry the finished ones among ``executions``; returns (new executions, skipped ids)."""
+    created, skipped = [], []
+    for execution in executions:
+        if execution.status not in ExecutionStatus.terminal():
+            skipped.append(execution.pk)
+            continue
+        try:
+            created.append(execution_retry(execution=execution))
+        except InvalidInput:  # the target was unregistered since
+            skipped.append(execution.pk)
+    return created, skipped
+
+
+def executions_prune(*, older_than: datetime, dry_run: bool = False) -> int:
+    """Delete finished executions (and their events) that ended before ``older_than``."""
+    queryset = Execution.objects.finished_before(older_than)
+    count = queryset.count()
+    if not dry_run and count:
+        queryset.delete()
+    return count

@@ -1,0 +1,121 @@
+"""SSE of an execution's events: `GET /api/v1/executions/{id}/events`.
+
+Replays the stored events after ``Last-Event-ID`` (header, or ``?last_event_id=`` for the first
+request of an EventSource), then follows new ones live until the terminal status event, with a
+heartbeat comment every 5 s. Event ids are the per-execution sequence numbers, so a reconnect
+resumes with no gap and no duplicate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from uuid import UUID
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from executions.models import Execution, ExecutionEvent, ExecutionEventType, ExecutionStatus
+from project.async_db import in_executor
+from project.auth import raw_key_from_headers, user_for_api_key
+from project.event_hub import channel_name, register_kind, watch
+from project.sse import HEARTBEAT, HEARTBEAT_INTERVAL, EventStreamResponse, sse_event
+from project.stream_limits import hold_slot, stream_slot, too_many_streams
+
+CHANNEL_KIND = "execution"
+
+
+def _event_versions(ids: list[str]) -> dict[str, int]:
+    return {str(pk): seq for pk, seq in Execution.objects.filter(pk__in=ids).values_list("pk", "event_seq")}
+
+
+register_kind(CHANNEL_KIND, _event_versions)
+
+
+def execution_channel(execution_id: UUID | str) -> str:
+    return channel_name(CHANNEL_KIND, execution_id)
+
+
+async def _stream_user(request: HttpRequest):
+    raw_key = raw_key_from_headers(request.headers)
+    if raw_key is not None:
+        return await in_executor(user_for_api_key)(raw_key), False
+    user = await request.auser()
+    if user.is_authenticated:
+        # Staff following a page of the admin see every execution, as the admin does.
+        return user, user.is_staff
+    return None, False
+
+
+def _last_event_id(request: HttpRequest) -> int | None:
+    raw = request.headers.get("Last-Event-ID") or request.GET.get("last_event_id") or "0"
+    try:
+        return max(0, int(raw))
+    except ValueError:
+        return None
+
+
+def _is_terminal_event(event: ExecutionEvent) -> bool:
+    return event.type == ExecutionEventType.STATUS and event.data.get("status") in ExecutionStatus.terminal()
+
+
+def _frame(event: ExecutionEvent) -> bytes:
+    return sse_event(
+        event.type,
+        {**event.data, "seq": event.seq, "at": event.at.isoformat()},
+        event_id=event.seq,
+    )
+
+
+def _state_and_new_events(execution_id: UUID, after_seq: int) -> tuple[dict | None, list[ExecutionEvent]]:
+    state = Execution.objects.filter(pk=execution_id).values("status", "event_seq").first()
+    events = list(ExecutionEvent.objects.filter(execution_id=execution_id, seq__gt=after_seq).order_by("seq"))
+    return state, events
+
+
+_read_new = in_executor(_state_and_new_events)
+
+
+async def _follow(execution_id: UUID, after_seq: int) -> AsyncIterator[bytes]:
+    async with watch(execution_channel(execution_id)) as watcher:
+        last_write = time.monotonic()
+        while True:
+            watcher.arm()
+            state, events = await _read_new(execution_id, after_seq)
+            if state is None:  # deleted (pruned) while followed
+                return
+            for event in events:
+                yield _frame(event)
+                last_write = time.monotonic()
+                after_seq = event.seq
+                if _is_terminal_event(event):
+                    return
+            if state["status"] in ExecutionStatus.terminal() and after_seq >= state["event_seq"]:
+                return
+            # Wait for a wake-up; heartbeats in between, without touching the database.
+            while not await watcher.wait(max(0.0, HEARTBEAT_INTERVAL - (time.monotonic() - last_write))):
+                yield HEARTBEAT
+                last_write = time.monotonic()
+
+
+async def execution_events(request: HttpRequest, pk: str) -> HttpResponse:
+    if request.method != "GET":
+        return JsonResponse({"detail": f'Method "{request.method}" not allowed.'}, status=405)
+    user, sees_all = await _stream_user(request)
+    if user is None:
+        return JsonResponse({"detail": "Authentication credentials were not provided."}, status=401)
+    after_seq = _last_event_id(request)
+    if after_seq is None:
+        return JsonResponse({"detail": "Last-Event-ID must be an event sequence number."}, status=400)
+    try:
+        execution_id = UUID(pk)
+    except ValueError:
+        return JsonResponse({"detail": "Not found."}, status=404)
+    visible = Execution.objects.filter(pk=execution_id)
+    if not sees_all:
+        visible = visible.filter(owner=user)
+    if not await in_executor(visible.exists)():
+        return JsonResponse({"detail": "Not found."}, status=404)
+    release = await stream_slot(user.pk)
+    if release is None:
+        return too_many_streams()
+    return hold_slot(EventStreamResponse(_follow(execution_id, after_seq)), release)

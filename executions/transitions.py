@@ -1,0 +1,218 @@
+"""The two write primitives every execution change goes through.
+
+A status change is one conditional UPDATE (``WHERE status IN allowed``) whose row count says who
+won; the event that records it is appended in the same transaction, numbered from the row's
+``event_seq`` counter, which the UPDATE bumps, so concurrent writers (API and worker) never
+collide on a sequence number and a reader never sees a status without its event.
+
+These run several times per execution, so they cost as few statements as the database allows.
+The UPDATE returns the bumped counter (and, for a claim, the whole row) with ``RETURNING``
+instead of a SELECT after it. On PostgreSQL the UPDATE and the event INSERT are one statement
+(data-modifying CTEs): one round trip, atomic on its own. On SQLite they are two statements in
+one transaction. A database without ``UPDATE … RETURNING`` takes the plain ORM path.
+"""
+
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+from uuid import UUID
+
+from django.db import connections, router, transaction
+from django.db.models import F, FloatField, Q
+from django.db.models.sql import UpdateQuery
+from django.utils import timezone
+
+from executions.models import Execution, ExecutionEvent
+from project.event_hub import channel_name, publish_on_commit
+
+_EXECUTION_FIELDS = Execution._meta.concrete_fields
+
+
+def _supports_update_returning(connection) -> bool:
+    if connection.vendor == "postgresql":
+        return True
+    # UPDATE … RETURNING came to SQLite in 3.35, with INSERT … RETURNING (which Django detects).
+    return connection.vendor == "sqlite" and connection.features.can_return_columns_from_insert
+
+
+def _update_sql(
+    connection, execution_id: UUID | str, allowed: Iterable[str] | None, where: Q | None,
+    fields: dict[str, Any],
+) -> tuple[str, list[Any]]:
+    """The conditional UPDATE that bumps ``event_seq``, compiled by the ORM, so ``fields`` and
+    ``where`` may hold any expression."""
+    queryset = Execution.objects.filter(where or Q(), pk=execution_id)
+    if allowed is not None:
+        queryset = queryset.filter(status__in=list(allowed))
+    query = queryset.query.chain(UpdateQuery)
+    query.add_update_values({"event_seq": F("event_seq") + 1, **fields})
+    compiler = query.get_compiler(connection=connection)
+    compiler.pre_sql_setup()
+    sql, params = compiler.as_sql()
+    return sql, list(params)
+
+
+def _event_values(connection, event_type: str, data: dict[str, Any]) -> list[Any]:
+    meta = ExecutionEvent._meta
+    return [
+        event_type,
+        meta.get_field("data").get_db_prep_save(data, connection),
+        meta.get_field("at").get_db_prep_save(timezone.now(), connection),
+    ]
+
+
+def _as_float(value: Any, expression: Any, connection: Any) -> Any:
+    return float(value) if isinstance(value, int) else value
+
+
+_readers: "weakref.WeakKeyDictionary[Any, Callable[[Sequence[Any]], Execution]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _row_reader(connection) -> Callable[[Sequence[Any]], Execution]:
+    """Turns a returned row (all of Execution's columns, in field order) into an Execution,
+    converting values the way the ORM does (JSON text, SQLite's datetime strings, UUIDs)."""
+    reader = _readers.get(connection)
+    if reader is not None:
+        return reader
+    table = Execution._meta.db_table
+    converters = []
+    for field in _EXECUTION_FIELDS:
+        column = field.get_col(table)
+        column_converters = [
+            *connection.ops.get_db_converters(column), *column.get_db_converters(connection)
+        ]
+        if isinstance(field, FloatField):
+            # SQLite stores whole REAL values as integers and, unlike a SELECT, RETURNING hands
+            # them back as such: 0 where the ORM reads 0.0.
+            column_converters.append(_as_float)
+        converters.append((column, column_converters))
+    attnames = [field.attname for field in _EXECUTION_FIELDS]
+
+    def read(row: Sequence[Any]) -> Execution:
+        values = []
+        for value, (column, column_converters) in zip(row, converters, strict=True):
+            for converter in column_converters:
+                value = converter(value, column, connection)
+            values.append(value)
+        return Execution.from_db(connection.alias, attnames, values)
+
+    _readers[connection] = read
+    return read
+
+
+def _apply(
+    *,
+    execution_id: UUID | str,
+    allowed: Iterable[str] | None,
+    event_type: str,
+    event_data: dict[str, Any],
+    where: Q | None,
+    fields: dict[str, Any],
+    fetch_row: bool,
+) -> tuple[int, Execution | None] | None:
+    """Update and append the event; (event seq, row if ``fetch_row``), or None if no row matched."""
+    alias = router.db_for_write(Execution)
+    connection = connections[alias]
+    if not _supports_update_returning(connection):
+        return _apply_with_orm(
+            execution_id=execution_id, allowed=allowed, event_type=event_type,
+            event_data=event_data, where=where, fields=fields, fetch_row=fetch_row, alias=alias,
+        )
+    qn = connection.ops.quote_name
+    # The row's columns if asked for, then always its id and its bumped event counter.
+    returning = ", ".join(
+        [
+            *(qn(field.column) for field in _EXECUTION_FIELDS if fetch_row),
+            f"{qn('id')} AS job_id", f"{qn('event_seq')} AS job_seq",
+        ]
+    )
+    update_sql, update_params = _update_sql(connection, execution_id, allowed, where, fields)
+    insert_event = f"INSERT INTO {qn(ExecutionEvent._meta.db_table)} (execution_id, seq, type, data, at)"
+    event_params = _event_values(connection, event_type, event_data)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"WITH u AS ({update_sql} RETURNING {returning}), "
+                f"e AS ({insert_event} SELECT job_id, job_seq, %s, %s, %s FROM u) "
+                f"SELECT * FROM u",
+                [*update_params, *event_params],
+            )
+            row = cursor.fetchone()
+    else:
+        with transaction.atomic(using=alias), connection.cursor() as cursor:
+            cursor.execute(f"{update_sql} RETURNING {returning}", update_params)
+            row = cursor.fetchone()
+            if row is not None:
+                cursor.execute(f"{insert_event} VALUES (%s, %s, %s, %s, %s)", [*row[-2:], *event_params])
+    if row is None:
+        return None
+    publish_on_commit(channel_name("execution", execution_id))
+    return row[-1], _row_reader(connection)(row[:-2]) if fetch_row else None
+
+
+def _apply_with_orm(
+    *, execution_id: UUID | str, allowed: Iterable[str] | None, event_type: str,
+    event_data: dict[str, Any], where: Q | None, fields: dict[str, Any], fetch_row: bool, alias: str,
+) -> tuple[int, Execution | None] | None:
+    with transaction.atomic(using=alias):
+        queryset = Execution.objects.filter(where or Q(), pk=execution_id)
+        if allowed is not None:
+            queryset = queryset.filter(status__in=list(allowed))
+        if not queryset.update(event_seq=F("event_seq") + 1, **fields):
+            return None
+        execution = Execution.objects.get(pk=execution_id)
+        ExecutionEvent.objects.create(
+            execution_id=execution_id, seq=execution.event_seq, type=event_type, data=event_data
+        )
+    publish_on_commit(channel_name("execution", execution_id))
+    return execution.event_seq, execution if fetch_row else None
+
+
+def execution_transition(
+    *,
+    execution_id: UUID | str,
+    allowed: Iterable[str],
+    event_type: str,
+    event_data: dict[str, Any],
+    where: Q | None = None,
+    **fields: Any,
+) -> bool:
+    """Apply ``fields`` if the execution's status is in ``allowed`` (and it matches the extra
+    ``where`` lookups); True if this call won."""
+    return _apply(
+        execution_id=execution_id, allowed=allowed, event_type=event_type, event_data=event_data,
+        where=where, fields=fields, fetch_row=False,
+    ) is not None
+
+
+def execution_transition_fetch(
+    *,
+    execution_id: UUID | str,
+    allowed: Iterable[str],
+    event_type: str,
+    event_data: dict[str, Any],
+    where: Q | None = None,
+    **fields: Any,
+) -> Execution | None:
+    """Like ``execution_transition``, but returns the row as this call left it (None if it lost),
+    read by the same statement: what a worker's claim needs."""
+    applied = _apply(
+        execution_id=execution_id, allowed=allowed, event_type=event_type, event_data=event_data,
+        where=where, fields=fields, fetch_row=True,
+    )
+    return applied[1] if applied is not None else None
+
+
+def execution_event_append(
+    *, execution_id: UUID | str, event_type: str, data: dict[str, Any]
+) -> int:
+    """Append an event without a status change; returns its sequence number."""
+    applied = _apply(
+        execution_id=execution_id, allowed=None, event_type=event_type, event_data=data,
+        where=None, fields={}, fetch_row=False,
+    )
+    if applied is None:
+        raise Execution.DoesNotExist(f"Execution {execution_id} does not exist.")
+    return applied[0]

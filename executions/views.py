@@ -1,0 +1,123 @@
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.views import APIView
+from django_filters.rest_framework import DjangoFilterBackend
+
+from executions import selectors, services
+from executions.filters import ExecutionFilter
+from executions.models import Execution
+from executions.pagination import page_params
+from executions.serializers import (
+    ErrorResponseSerializer,
+    ExecutionCreatedSerializer,
+    ExecutionCreateSerializer,
+    ExecutionPageSerializer,
+    ExecutionSerializer,
+    TargetListSerializer,
+)
+
+ERRORS_401 = {401: ErrorResponseSerializer}
+ERRORS_404 = {404: ErrorResponseSerializer}
+
+
+class ExecutionViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    serializer_class = ExecutionSerializer
+    filter_backends = [DjangoFilterBackend]
+    filterset_class = ExecutionFilter
+
+    queryset = Execution.objects.none()  # for schema generation only
+
+    throttle_scope = "create"
+
+    def get_throttles(self):
+        # Only starting work is throttled; reads and cancels stay free.
+        return [ScopedRateThrottle()] if self.action == "create" else []
+
+    def get_queryset(self):
+        return selectors.executions_visible_to(self.request.user)
+
+    def get_object(self) -> Execution:
+        # A malformed id is just an id nobody owns: 404, like another user's.
+        try:
+            return get_object_or_404(self.get_queryset(), pk=self.kwargs["pk"])
+        except DjangoValidationError:
+            raise NotFound() from None
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("page", OpenApiTypes.INT, description="Page number, from 1."),
+            OpenApiParameter("page_size", OpenApiTypes.INT, description="1 to 100, default 20."),
+        ],
+        responses={200: ExecutionPageSerializer, 400: ErrorResponseSerializer, **ERRORS_401},
+    )
+    def list(self, request: Request) -> Response:
+        page, page_size = page_params(request)
+        queryset = self.filter_queryset(self.get_queryset())
+        count = queryset.count()
+        start = (page - 1) * page_size
+        rows = list(queryset[start : start + page_size]) if start < count else []
+        return Response(
+            {
+                "count": count,
+                "page": page,
+                "page_size": page_size,
+                "executions": ExecutionSerializer(rows, many=True, context={"request": request}).data,
+            }
+        )
+
+    @extend_schema(
+        request=ExecutionCreateSerializer,
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER,
+                description="Retrying with the same key returns the execution the first request "
+                "created (header Idempotent-Replayed: true) instead of starting another.",
+            )
+        ],
+        responses={
+            201: ExecutionCreatedSerializer, 400: ErrorResponseSerializer, 409: ErrorResponseSerializer,
+            413: ErrorResponseSerializer, 429: ErrorResponseSerializer, **ERRORS_401,
+        },
+    )
+    def create(self, request: Request) -> Response:
+        params = ExecutionCreateSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        headers = {}
+        idempotency_key = request.headers.get("Idempotency-Key")
+        if idempotency_key:
+            execution, created = services.execution_create_idempotent(
+                owner=request.user, idempotency_key=idempotency_key, **params.validated_data
+            )
+            headers["Idempotent-Replayed"] = "false" if created else "true"
+        else:
+            execution = services.execution_create(owner=request.user, **params.validated_data)
+        body = ExecutionCreatedSerializer(execution, context={"request": request}).data
+        headers["Location"] = body["status_url"]
+        return Response(body, status=status.HTTP_201_CREATED, headers=headers)
+
+    @extend_schema(responses={200: ExecutionSerializer, **ERRORS_401, **ERRORS_404})
+    def retrieve(self, request: Request, *args, **kwargs) -> Response:
+        return super().retrieve(request, *args, **kwargs)
+
+    @extend_schema(
+        request=None,
+        responses={200: ExecutionSerializer, 409: ErrorResponseSerializer, **ERRORS_401, **ERRORS_404},
+    )
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        execution = services.execution_cancel(execution=self.get_object())
+        return Response(ExecutionSerializer(execution, context={"request": request}).data)
+
+
+class TargetListView(APIView):
+    @extend_schema(responses={200: TargetListSerializer, **ERRORS_401})
+    def get(self, request: Request) -> Response:
+        return Response({"targets": selectors.targets_described()})
