@@ -1,0 +1,556 @@
+"""A LangGraph checkpoint saver on Django models: ``DjangoCheckpointSaver``.
+
+Storage layout
+--------------
+Two tables (``checkpoints.models``):
+
+``Checkpoint``
+    One row per checkpoint, keyed by (thread_id, checkpoint_ns, checkpoint_id). The whole
+    checkpoint, channel values included, is one ``serde.dumps_typed`` blob (``type`` +
+    ``checkpoint``). ``metadata`` is a plain JSON column so ``list(filter=...)`` is a SQL
+    ``WHERE`` on SQLite and PostgreSQL alike; ``run_id`` is copied out of it so deleting a run's
+    checkpoints (rollback) is an index lookup. ``parent_checkpoint_id`` gives history and
+    ``parent_config``.
+``CheckpointWrite``
+    One row per pending write, keyed by (thread_id, checkpoint_ns, checkpoint_id, task_id,
+    idx), value serialized the same way. Writes to the special channels of ``WRITES_IDX_MAP``
+    (errors, interrupts, resumes, scheduled) take fixed negative ``idx`` slots and overwrite;
+    ordinary writes are insert-or-ignore, so a retried task never duplicates them (the
+    semantics of LangGraph's ``InMemorySaver``).
+
+Why whole checkpoints rather than the PostgresSaver's blob-per-channel-version table: LangGraph
+hands ``put`` a checkpoint holding every channel's value, so one blob is the simplest layout that
+is always complete. Blobs per version only save the channels a step did not touch, at the price
+of a third table, a join on every read, and reference counting in ``prune``,
+``delete_for_runs`` and ``copy_thread``. Threads whose state grows with every step
+(message lists) are better served by LangGraph's ``DeltaChannel``, which this layout supports
+through the base class's ancestor walk.
+
+Checkpoint ids are uuid6 strings whose text order is their time order: "latest" is the highest
+id of a (thread, namespace), served backwards by the unique index; ``before`` is ``id < x``.
+
+Threads and connections
+-----------------------
+Django's ORM is synchronous and must not run on an event loop's thread. The sync methods use
+the ORM directly; each async method runs its sync twin in **one** ``sync_to_async`` hop with
+``thread_sensitive=True`` (Django's own choice for its async ORM). So the saver works
+
+* in ASGI views: calls run in the request's sync thread, with its connection;
+* in a worker that runs a graph with ``async_to_sync(graph.ainvoke)(...)``: calls run back in the
+  worker's own thread, on the connection the runtime already holds;
+* under a bare ``asyncio.run(...)``: calls run in asgiref's single shared thread, one
+  connection for all graphs of the process.
+
+Threads we do not control need connection hygiene Django only does around requests: an async
+call first drops its thread's connection if it is broken or past ``CONN_MAX_AGE`` (never inside
+a transaction); a sync call that had to open a connection closes it again, because sync graphs
+call ``put``/``put_writes`` from short-lived pool threads whose connections would otherwise
+linger until garbage collection (or hold a PostgreSQL pool slot).
+
+``prune(strategy="keep_latest")`` leaves alone a namespace whose latest checkpoint records
+un-snapshotted ``DeltaChannel`` updates (``counters_since_delta_snapshot`` in its metadata):
+dropping its ancestors would lose state that only their writes hold.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from datetime import date, datetime, time
+from typing import Any, TypeVar
+
+from asgiref.sync import sync_to_async
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db.models import Exists, Max, OuterRef, Q, QuerySet
+from django.db.models.fields.json import KeyTransform
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    BaseCheckpointSaver,
+    ChannelVersions,
+    CheckpointMetadata,
+    CheckpointTuple,
+    PendingWrite,
+    SerializerProtocol,
+    get_checkpoint_id,
+    get_serializable_checkpoint_metadata,
+    writes_sort_key,
+)
+from langgraph.checkpoint.base import Checkpoint as CheckpointData
+
+from checkpoints.models import Checkpoint, CheckpointWrite
+
+T = TypeVar("T")
+
+# Rows fetched per query by list(): bounds memory for long histories without a round trip per row.
+LIST_PAGE_SIZE = 100
+# OR-ed (thread, namespace) groups per statement: SQLite nests OR terms, and its parser allows
+# an expression depth of 1000.
+GROUPS_PER_STATEMENT = 100
+# Thread or run ids per IN (...) list.
+IDS_PER_STATEMENT = 500
+# Rows moved per statement by copy_thread.
+COPY_BATCH_SIZE = 500
+
+CheckpointKey = tuple[str, str, str]  # (thread_id, checkpoint_ns, checkpoint_id)
+ListCursor = tuple[str, int]  # (checkpoint_id, pk) of the last row of a page
+
+
+class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
+    """LangGraph checkpointer storing checkpoints and pending writes in Django models.
+
+    ``using`` names the database alias (default: ``"default"``). Safe to share between threads
+    and event loops: it keeps no state besides the serializer.
+    """
+
+    def __init__(
+        self, *, serde: SerializerProtocol | None = None, using: str = DEFAULT_DB_ALIAS
+    ) -> None:
+        super().__init__(serde=serde)
+        self.using = using
+
+    # --- sync API ---------------------------------------------------------------------------
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return self._in_caller_thread(self._get_tuple, config)
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        cursor: ListCursor | None = None
+        for size in _page_sizes(limit):
+            page, cursor = self._in_caller_thread(
+                self._list_page, config, filter, before, size, cursor
+            )
+            yield from page
+            if len(page) < size:
+                return
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: CheckpointData,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return self._in_caller_thread(self._put, config, checkpoint, metadata)
+
+    def put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        self._in_caller_thread(self._put_writes, config, writes, task_id, task_path)
+
+    def delete_thread(self, thread_id: str) -> None:
+        self._in_caller_thread(self._delete_threads, [thread_id])
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        self._in_caller_thread(self._delete_for_runs, run_ids)
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        self._in_caller_thread(self._copy_thread, source_thread_id, target_thread_id)
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        self._in_caller_thread(self._prune, thread_ids, strategy)
+
+    # --- async API: one thread hop per call -----------------------------------------------------
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await self._in_sync_thread(self._get_tuple, config)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        cursor: ListCursor | None = None
+        for size in _page_sizes(limit):
+            page, cursor = await self._in_sync_thread(
+                self._list_page, config, filter, before, size, cursor
+            )
+            for item in page:
+                yield item
+            if len(page) < size:
+                return
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: CheckpointData,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return await self._in_sync_thread(self._put, config, checkpoint, metadata)
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        await self._in_sync_thread(self._put_writes, config, writes, task_id, task_path)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await self._in_sync_thread(self._delete_threads, [thread_id])
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        await self._in_sync_thread(self._delete_for_runs, run_ids)
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await self._in_sync_thread(self._copy_thread, source_thread_id, target_thread_id)
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        await self._in_sync_thread(self._prune, thread_ids, strategy)
+
+    def get_next_version(self, current: str | float | None, channel: None) -> str:
+        # Zero-padded so versions compare correctly as strings; the random fraction keeps two
+        # branches forked from one checkpoint from minting the same version. Same format as
+        # LangGraph's own savers, so versions read the same through the API.
+        if current is None:
+            number = 0
+        elif isinstance(current, (int, float)):
+            number = int(current)
+        else:
+            number = int(str(current).split(".")[0])
+        return f"{number + 1:032}.{random.random():016}"
+
+    # --- thread and connection handling --------------------------------------------------------
+
+    def _in_caller_thread(self, fn: Callable[..., T], /, *args: Any) -> T:
+        connection = connections[self.using]
+        opened_here = connection.connection is None
+        try:
+            return fn(*args)
+        finally:
+            if opened_here and not connection.in_atomic_block:
+                connection.close()
+
+    async def _in_sync_thread(self, fn: Callable[..., T], /, *args: Any) -> T:
+        return await sync_to_async(self._on_reused_connection, thread_sensitive=True)(fn, *args)
+
+    def _on_reused_connection(self, fn: Callable[..., T], /, *args: Any) -> T:
+        connection = connections[self.using]
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
+        return fn(*args)
+
+    # --- storage -----------------------------------------------------------------------------------
+
+    def _checkpoints(self) -> QuerySet[Checkpoint]:
+        return Checkpoint.objects.using(self.using)
+
+    def _writes(self) -> QuerySet[CheckpointWrite]:
+        return CheckpointWrite.objects.using(self.using)
+
+    def _get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        thread_id, checkpoint_ns = _thread_and_ns(config)
+        rows = self._checkpoints().filter(thread_id=thread_id, checkpoint_ns=checkpoint_ns)
+        if checkpoint_id := get_checkpoint_id(config):
+            row = rows.filter(checkpoint_id=checkpoint_id).first()
+        else:
+            row = rows.order_by("-checkpoint_id").first()
+        if row is None:
+            return None
+        writes = self._pending_writes([_key(row)])
+        return self._tuple(row, writes.get(_key(row), []))
+
+    def _list_page(
+        self,
+        config: RunnableConfig | None,
+        filter: dict[str, Any] | None,
+        before: RunnableConfig | None,
+        size: int,
+        after: ListCursor | None,
+    ) -> tuple[list[CheckpointTuple], ListCursor | None]:
+        rows = self._checkpoints()
+        if config:
+            configurable = config.get("configurable", {})
+            if configurable.get("thread_id") is not None:
+                rows = rows.filter(thread_id=str(configurable["thread_id"]))
+            if configurable.get("checkpoint_ns") is not None:
+                rows = rows.filter(checkpoint_ns=configurable["checkpoint_ns"])
+            if checkpoint_id := get_checkpoint_id(config):
+                rows = rows.filter(checkpoint_id=checkpoint_id)
+        if before and (before_id := get_checkpoint_id(before)):
+            rows = rows.filter(checkpoint_id__lt=before_id)
+        rows = _filter_metadata(rows, filter or {})
+        if after is not None:
+            after_id, after_pk = after
+            rows = rows.filter(
+                Q(checkpoint_id__lt=after_id) | Q(checkpoint_id=after_id, pk__lt=after_pk)
+            )
+        page = list(rows.order_by("-checkpoint_id", "-pk")[:size])
+        if not page:
+            return [], None
+        writes = self._pending_writes([_key(row) for row in page])
+        tuples = [self._tuple(row, writes.get(_key(row), [])) for row in page]
+        return tuples, (page[-1].checkpoint_id, page[-1].pk)
+
+    def _pending_writes(
+        self, keys: Sequence[CheckpointKey]
+    ) -> dict[CheckpointKey, list[PendingWrite]]:
+        checkpoint_ids: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for thread_id, checkpoint_ns, checkpoint_id in keys:
+            checkpoint_ids[(thread_id, checkpoint_ns)].append(checkpoint_id)
+        stored: dict[CheckpointKey, list[CheckpointWrite]] = defaultdict(list)
+        for groups in _chunks(list(checkpoint_ids.items()), GROUPS_PER_STATEMENT):
+            where = Q()
+            for (thread_id, checkpoint_ns), ids in groups:
+                where |= Q(thread_id=thread_id, checkpoint_ns=checkpoint_ns, checkpoint_id__in=ids)
+            for write in self._writes().filter(where):
+                stored[_key(write)].append(write)
+        # Sorted here, not in SQL, so the order is Python's string order on every database
+        # collation: pending writes must come in writes_sort_key order.
+        return {
+            key: [
+                (w.task_id, w.channel, self.serde.loads_typed((w.type, bytes(w.value))))
+                for w in sorted(rows, key=lambda w: writes_sort_key(w.task_path, w.task_id, w.idx))
+            ]
+            for key, rows in stored.items()
+        }
+
+    def _tuple(self, row: Checkpoint, pending_writes: list[PendingWrite]) -> CheckpointTuple:
+        parent_config = (
+            _config(row.thread_id, row.checkpoint_ns, row.parent_checkpoint_id)
+            if row.parent_checkpoint_id
+            else None
+        )
+        return CheckpointTuple(
+            config=_config(row.thread_id, row.checkpoint_ns, row.checkpoint_id),
+            checkpoint=self.serde.loads_typed((row.type, bytes(row.checkpoint))),
+            metadata=row.metadata,
+            parent_config=parent_config,
+            pending_writes=pending_writes,
+        )
+
+    def _put(
+        self, config: RunnableConfig, checkpoint: CheckpointData, metadata: CheckpointMetadata
+    ) -> RunnableConfig:
+        thread_id, checkpoint_ns = _thread_and_ns(config)
+        type_, blob = self.serde.dumps_typed(checkpoint)
+        stored_metadata = _jsonable(get_serializable_checkpoint_metadata(config, metadata))
+        run_id = stored_metadata.get("run_id")
+        row = Checkpoint(
+            thread_id=thread_id,
+            checkpoint_ns=checkpoint_ns,
+            checkpoint_id=checkpoint["id"],
+            # The config names the checkpoint this one was made from.
+            parent_checkpoint_id=get_checkpoint_id(config),
+            run_id=None if run_id is None else str(run_id),
+            type=type_,
+            checkpoint=blob,
+            metadata=stored_metadata,
+        )
+        # LangGraph saves the same checkpoint id again at exit (durability="exit"): last one wins.
+        self._checkpoints().bulk_create(
+            [row],
+            update_conflicts=True,
+            unique_fields=["thread_id", "checkpoint_ns", "checkpoint_id"],
+            update_fields=["parent_checkpoint_id", "run_id", "type", "checkpoint", "metadata"],
+        )
+        return _config(thread_id, checkpoint_ns, checkpoint["id"])
+
+    def _put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str,
+    ) -> None:
+        thread_id, checkpoint_ns = _thread_and_ns(config)
+        checkpoint_id = config["configurable"]["checkpoint_id"]
+        # Keyed by idx: two writes to one special channel in a call keep the last, and one
+        # upsert statement must not touch a row twice (PostgreSQL refuses).
+        by_idx: dict[int, CheckpointWrite] = {}
+        for position, (channel, value) in enumerate(writes):
+            idx = WRITES_IDX_MAP.get(channel, position)
+            type_, blob = self.serde.dumps_typed(value)
+            by_idx[idx] = CheckpointWrite(
+                thread_id=thread_id,
+                checkpoint_ns=checkpoint_ns,
+                checkpoint_id=checkpoint_id,
+                task_id=task_id,
+                idx=idx,
+                channel=channel,
+                task_path=task_path,
+                type=type_,
+                value=blob,
+            )
+        ordinary = [w for idx, w in by_idx.items() if idx >= 0]
+        special = [w for idx, w in by_idx.items() if idx < 0]
+        with transaction.atomic(using=self.using):
+            if ordinary:
+                self._writes().bulk_create(ordinary, ignore_conflicts=True)
+            if special:
+                self._writes().bulk_create(
+                    special,
+                    update_conflicts=True,
+                    unique_fields=["thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx"],
+                    update_fields=["channel", "task_path", "type", "value"],
+                )
+
+    def _delete_threads(self, thread_ids: Iterable[str]) -> None:
+        ids = [str(t) for t in thread_ids]
+        for chunk in _chunks(ids, IDS_PER_STATEMENT):
+            with transaction.atomic(using=self.using):
+                self._writes().filter(thread_id__in=chunk).delete()
+                self._checkpoints().filter(thread_id__in=chunk).delete()
+
+    def _delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        ids = [str(r) for r in run_ids]
+        for chunk in _chunks(ids, IDS_PER_STATEMENT):
+            of_runs = self._checkpoints().filter(run_id__in=chunk)
+            with transaction.atomic(using=self.using):
+                self._writes().filter(
+                    Exists(
+                        of_runs.filter(
+                            thread_id=OuterRef("thread_id"),
+                            checkpoint_ns=OuterRef("checkpoint_ns"),
+                            checkpoint_id=OuterRef("checkpoint_id"),
+                        )
+                    )
+                ).delete()
+                of_runs.delete()
+
+    def _copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        source, target = str(source_thread_id), str(target_thread_id)
+        with transaction.atomic(using=self.using):
+            for queryset in (self._checkpoints(), self._writes()):
+                last_pk = 0
+                while batch := list(
+                    queryset.filter(thread_id=source, pk__gt=last_pk).order_by("pk")[
+                        :COPY_BATCH_SIZE
+                    ]
+                ):
+                    last_pk = batch[-1].pk
+                    for row in batch:
+                        row.pk = None
+                        row.thread_id = target
+                    # Rows the target already has (an earlier copy) stay as they are.
+                    queryset.bulk_create(batch, ignore_conflicts=True)
+
+    def _prune(self, thread_ids: Sequence[str], strategy: str) -> None:
+        ids = [str(t) for t in thread_ids]
+        if strategy == "delete":
+            self._delete_threads(ids)
+            return
+        if strategy != "keep_latest":
+            raise ValueError(f"Unknown prune strategy {strategy!r}: use 'keep_latest' or 'delete'.")
+        for chunk in _chunks(ids, GROUPS_PER_STATEMENT):
+            heads = list(
+                self._checkpoints()
+                .filter(thread_id__in=chunk)
+                .values("thread_id", "checkpoint_ns")
+                .annotate(latest=Max("checkpoint_id"))
+                .values_list("thread_id", "checkpoint_ns", "latest")
+            )
+            for groups in _chunks(heads, GROUPS_PER_STATEMENT):
+                head_rows = Q()
+                for thread_id, checkpoint_ns, latest in groups:
+                    head_rows |= Q(
+                        thread_id=thread_id, checkpoint_ns=checkpoint_ns, checkpoint_id=latest
+                    )
+                older = Q()
+                for thread_id, checkpoint_ns, latest, metadata in (
+                    self._checkpoints()
+                    .filter(head_rows)
+                    .values_list("thread_id", "checkpoint_ns", "checkpoint_id", "metadata")
+                ):
+                    if (metadata or {}).get("counters_since_delta_snapshot"):
+                        continue
+                    older |= Q(
+                        thread_id=thread_id, checkpoint_ns=checkpoint_ns, checkpoint_id__lt=latest
+                    )
+                if not older:
+                    continue
+                with transaction.atomic(using=self.using):
+                    self._writes().filter(older).delete()
+                    self._checkpoints().filter(older).delete()
+
+
+# --- helpers private to the saver --------------------------------------------------------------
+
+
+def _thread_and_ns(config: RunnableConfig) -> tuple[str, str]:
+    configurable = config["configurable"]
+    return str(configurable["thread_id"]), configurable.get("checkpoint_ns") or ""
+
+
+def _config(thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> RunnableConfig:
+    return {
+        "configurable": {
+            "thread_id": thread_id,
+            "checkpoint_ns": checkpoint_ns,
+            "checkpoint_id": checkpoint_id,
+        }
+    }
+
+
+def _key(row: Checkpoint | CheckpointWrite) -> CheckpointKey:
+    return (row.thread_id, row.checkpoint_ns, row.checkpoint_id)
+
+
+def _page_sizes(limit: int | None) -> Iterator[int]:
+    """Sizes of the pages list() fetches until ``limit`` rows (or all rows) are out."""
+    if limit is None:
+        while True:
+            yield LIST_PAGE_SIZE
+    remaining = max(limit, 0)
+    while remaining > 0:
+        size = min(remaining, LIST_PAGE_SIZE)
+        yield size
+        remaining -= size
+
+
+def _filter_metadata(rows: QuerySet[Checkpoint], filter: dict[str, Any]) -> QuerySet[Checkpoint]:
+    """Keep rows whose metadata equals ``filter`` on every key (missing counts as None).
+
+    Keys go through KeyTransform rather than ``metadata__<key>`` so a key containing ``__`` is a
+    key, not a lookup path.
+    """
+    for position, (key, value) in enumerate(filter.items()):
+        alias = f"metadata_filter_{position}"
+        rows = rows.alias(**{alias: KeyTransform(str(key), "metadata")})
+        if value is None:
+            rows = rows.filter(Q(**{f"{alias}__isnull": True}) | Q(**{alias: None}))
+        else:
+            rows = rows.filter(**{alias: _jsonable(value)})
+    return rows
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as JSON both databases accept: PostgreSQL's jsonb refuses NUL characters and
+    NaN; objects JSON cannot hold are kept as their text (metadata is informative, and a run
+    must not fail over it)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {str(k).replace("\x00", ""): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    return str(value)
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
