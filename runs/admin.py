@@ -1,0 +1,265 @@
+"""Staff view of assistants, threads and runs.
+
+Read-only on purpose, like the executions admin: run and thread rows change only through
+``runs.services`` and the worker (conditional UPDATEs). Staff cancel runs with the two actions
+(interrupt, rollback), which call ``runs.services.runs_cancel``.
+
+Live status: the run changelist and change page render each run's status and duration with data
+attributes; ``static/runs/admin_status.js`` follows the active ones over one server-sent events
+stream (``status/stream/``, see ``runs.admin_streams``) and patches them in place.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.contrib import admin, messages
+from django.db import connections
+from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from project.sse import EventStreamResponse
+from runs import services
+from runs.admin_streams import parse_run_ids, run_status_events, run_status_snapshot
+from runs.models import Assistant, AssistantVersion, CancelAction, Run, RunEvent, RunStatus, Thread
+
+EVENTS_SHOWN = 200
+
+
+def _pretty_json(value: Any) -> str:
+    return format_html(
+        '<pre style="white-space: pre-wrap; max-height: 40em; overflow: auto">{}</pre>',
+        json.dumps(value, indent=2, ensure_ascii=False, default=str),
+    )
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class AssistantVersionInline(admin.TabularInline):
+    model = AssistantVersion
+    fields = ("version", "graph_id", "name", "config", "metadata", "created_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    ordering = ("-version",)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Assistant)
+class AssistantAdmin(ReadOnlyAdmin):
+    list_display = ("name", "graph_id", "assistant_id", "owner", "version", "created_at")
+    list_filter = ("graph_id",)
+    search_fields = ("name", "assistant_id", "graph_id")
+    list_select_related = ("owner",)
+    readonly_fields = (
+        "assistant_id", "owner", "graph_id", "name", "description", "version", "config",
+        "context", "metadata", "created_at", "updated_at",
+    )
+    inlines = [AssistantVersionInline]
+
+
+@admin.register(Thread)
+class ThreadAdmin(ReadOnlyAdmin):
+    list_display = ("thread_id", "owner", "status", "run_count", "latest_run", "updated_at")
+    list_filter = ("status", "temporary")
+    search_fields = ("thread_id", "owner__username")
+    list_select_related = ("owner",)
+    readonly_fields = (
+        "thread_id", "owner", "status", "metadata", "created_at", "updated_at",
+        "state_updated_at", "error_json", "state_viewer",
+    )
+    fields = readonly_fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        latest = Run.objects.filter(thread=OuterRef("pk")).order_by("-created_at")
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                _run_count=Count("runs"),
+                _latest_run_id=Subquery(latest.values("run_id")[:1]),
+                _latest_run_status=Subquery(latest.values("status")[:1]),
+            )
+        )
+
+    @admin.display(description="runs", ordering="_run_count")
+    def run_count(self, thread: Thread) -> int:
+        return thread._run_count
+
+    @admin.display(description="latest run")
+    def latest_run(self, thread: Thread) -> str:
+        if not thread._latest_run_id:
+            return "-"
+        url = reverse("admin:runs_run_change", args=[thread._latest_run_id])
+        return format_html('<a href="{}">{}</a>', url, thread._latest_run_status)
+
+    @admin.display(description="error")
+    def error_json(self, thread: Thread) -> str:
+        return _pretty_json(thread.error) if thread.error else "-"
+
+    @admin.display(description="state (latest checkpoint)")
+    def state_viewer(self, thread: Thread) -> str:
+        try:
+            state = services.thread_state(thread=thread)
+        except Exception as exc:  # a graph that no longer loads must not break the page
+            return f"State unavailable: {exc}"
+        return _pretty_json({key: state[key] for key in ("values", "next", "interrupts", "checkpoint_id")})
+
+
+class RunEventInline(admin.TabularInline):
+    model = RunEvent
+    fields = ("seq", "event", "data", "created_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    ordering = ("seq",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).order_by("seq")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class GraphFilter(admin.SimpleListFilter):
+    title = "graph"
+    parameter_name = "graph"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        graph_ids = Assistant.objects.values_list("graph_id", flat=True).distinct().order_by("graph_id")
+        return [(graph_id, graph_id) for graph_id in graph_ids]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value():
+            return queryset.filter(assistant__graph_id=self.value())
+        return queryset
+
+
+@admin.register(Run)
+class RunAdmin(ReadOnlyAdmin):
+    list_display = (
+        "run_id", "status_badge", "thread_link", "assistant_name", "multitask_strategy", "duration",
+        "created_at",
+    )
+    list_filter = ("status", "multitask_strategy", GraphFilter, "created_at")
+    search_fields = ("run_id", "thread__thread_id", "owner__username")
+    list_select_related = ("thread", "assistant")
+    date_hierarchy = "created_at"
+    actions = ("cancel_interrupt", "cancel_rollback")
+    readonly_fields = (
+        "run_id", "status_badge", "duration", "thread_link", "assistant_name", "owner",
+        "multitask_strategy", "created_at", "started_at", "ended_at", "heartbeat_at", "worker",
+        "attempts", "cancel_action", "metadata", "kwargs_json", "result_json", "error",
+    )
+    fields = readonly_fields
+    inlines = [RunEventInline]
+
+    class Media:
+        css = {"all": ("runs/admin_status.css",)}
+        js = ("runs/admin_status.js",)
+
+    def _live(self, run: Run, field: str, text: str, css_class: str) -> SafeString:
+        snapshot = run_status_snapshot(run)
+        return format_html(
+            '<span class="{}" data-run-id="{}" data-run-field="{}" data-active="{}" '
+            'data-stream-url="{}">{}</span>',
+            css_class,
+            run.pk,
+            field,
+            "true" if snapshot["active"] else "false",
+            reverse("admin:runs_run_status_stream"),
+            text,
+        )
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, run: Run) -> SafeString:
+        return self._live(run, "status", run.status, f"run-status run-status--{run.status}")
+
+    @admin.display(description="thread", ordering="thread")
+    def thread_link(self, run: Run) -> str:
+        url = reverse("admin:runs_thread_change", args=[run.thread_id])
+        return format_html('<a href="{}">{}</a>', url, run.thread_id)
+
+    @admin.display(description="assistant", ordering="assistant__name")
+    def assistant_name(self, run: Run) -> str:
+        return f"{run.assistant.name} ({run.assistant.graph_id})"
+
+    @admin.display(description="duration")
+    def duration(self, run: Run) -> SafeString:
+        return self._live(run, "duration", run_status_snapshot(run)["duration"], "run-duration")
+
+    def get_urls(self) -> list:
+        # Before the default `<path:object_id>/` pattern, which would swallow "status/".
+        return [
+            path("status/stream/", self.status_stream_view, name="runs_run_status_stream"),
+            *super().get_urls(),
+        ]
+
+    def _status_denied(self, request: HttpRequest) -> JsonResponse | None:
+        # Not admin_view (sync-only, and it redirects): a script needs a 403 when the session ends.
+        user = request.user
+        if not (user.is_active and user.is_staff):
+            return JsonResponse({"detail": "Staff only."}, status=403)
+        if not self.has_view_permission(request):
+            return JsonResponse({"detail": "You may not view runs."}, status=403)
+        return None
+
+    def _status_denied_closing(self, request: HttpRequest) -> JsonResponse | None:
+        try:
+            return self._status_denied(request)
+        finally:
+            connections.close_all()  # the stream must not hold this request's connection
+
+    async def status_stream_view(self, request: HttpRequest) -> HttpResponse:
+        """``GET status/stream/?ids=a,b`` -> SSE ``status`` events of those runs until none is
+        active (``runs.admin_streams``)."""
+        if request.method != "GET":
+            return JsonResponse({"detail": "Use GET."}, status=405)
+        denied = await sync_to_async(self._status_denied_closing)(request)
+        if denied is not None:
+            return denied
+        try:
+            ids = parse_run_ids(request.GET.get("ids", ""))
+        except ValueError as exc:
+            return JsonResponse({"detail": str(exc)}, status=400)
+        return EventStreamResponse(run_status_events(ids))
+
+    @admin.display(description="kwargs")
+    def kwargs_json(self, run: Run) -> str:
+        return _pretty_json(run.kwargs)
+
+    @admin.display(description="result")
+    def result_json(self, run: Run) -> str:
+        return _pretty_json(run.result) if run.result is not None else "-"
+
+    def _cancel(self, request: HttpRequest, queryset: QuerySet, action: str) -> None:
+        selected = list(queryset)
+        active = [run for run in selected if run.status in RunStatus.active()]
+        cancelled = services.runs_cancel(runs=active, action=action)
+        skipped = len(selected) - len(cancelled)
+        self.message_user(request, f"Cancelled {len(cancelled)} run(s) ({action}).", messages.SUCCESS)
+        if skipped:
+            self.message_user(
+                request, f"Skipped {skipped} run(s) that were not pending or running.", messages.WARNING
+            )
+
+    @admin.action(description="Cancel selected runs (interrupt: keep their checkpoints)")
+    def cancel_interrupt(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._cancel(request, queryset, CancelAction.INTERRUPT)
+
+    @admin.action(description="Cancel selected runs (rollback: delete them and their checkpoints)")
+    def cancel_rollback(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._cancel(request, queryset, CancelAction.ROLLBACK)

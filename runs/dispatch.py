@@ -1,0 +1,88 @@
+"""Per-thread FIFO dispatch: hand run ids to the broker so each thread runs one graph at a time.
+
+A run is enqueued when it is created (after commit) and again, as the oldest due pending run of
+its thread, when the thread's running run ends. The worker's claim is what enforces the order
+and the one-running-run rule (a conditional UPDATE that skips runs with older pending siblings,
+backed by the partial unique index), so enqueueing a run twice is harmless and enqueueing one
+too early only makes its worker give up until the next dispatch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from uuid import UUID
+
+from django.db import transaction
+from django.utils import timezone
+from django_q.brokers import Broker, get_broker
+from django_q.tasks import async_task
+
+from runs.models import Run, RunStatus
+
+logger = logging.getLogger(__name__)
+
+_local = threading.local()
+
+
+def _broker() -> Broker:
+    # async_task opens a new broker (a new Redis connection) per call unless handed one.
+    broker = getattr(_local, "broker", None)
+    if broker is None:
+        broker = _local.broker = get_broker()
+    return broker
+
+
+def run_enqueue(run_id: UUID | str) -> None:
+    """Queue ``run_id`` for a worker now. A broker failure leaves the run pending, to be found by
+    the next dispatch of its thread (or a recovery sweep), so it is logged rather than raised."""
+    try:
+        async_task(
+            "runs.tasks.run_execute",
+            str(run_id),
+            broker=_broker(),
+            task_name=f"run-{run_id}",
+            group="runs",
+        )
+    except Exception:
+        _local.broker = None
+        logger.exception("could not enqueue run %s; it stays pending", run_id)
+
+
+def run_enqueue_on_commit(run_id: UUID | str) -> None:
+    transaction.on_commit(lambda: run_enqueue(run_id))
+
+
+def thread_next_pending_run(thread_id: UUID | str) -> UUID | None:
+    """The run a thread should start next: its oldest pending run that is due."""
+    return (
+        Run.objects.filter(
+            thread_id=thread_id, status=RunStatus.PENDING, created_at__lte=timezone.now()
+        )
+        .order_by("created_at", "run_id")
+        .values_list("run_id", flat=True)
+        .first()
+    )
+
+
+def thread_dispatch_next(thread_id: UUID | str) -> UUID | None:
+    """Enqueue the thread's next pending run, if any, unless one of its runs is running."""
+    if Run.objects.filter(thread_id=thread_id, status=RunStatus.RUNNING).exists():
+        return None
+    run_id = thread_next_pending_run(thread_id)
+    if run_id is not None:
+        run_enqueue(run_id)
+    return run_id
+
+
+def runs_dispatch_pending() -> int:
+    """Enqueue the next run of every thread that has due pending runs and nothing running.
+
+    For recovery after a lost broker message or a restart; returns how many runs were queued.
+    """
+    thread_ids = (
+        Run.objects.filter(status=RunStatus.PENDING, created_at__lte=timezone.now())
+        .values_list("thread_id", flat=True)
+        .distinct()
+    )
+    return sum(1 for thread_id in list(thread_ids) if thread_dispatch_next(thread_id))

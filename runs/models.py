@@ -1,0 +1,339 @@
+"""Assistants, threads, runs and run events of the LangGraph-compatible API.
+
+Checkpoints live in the ``checkpoints`` app (a LangGraph ``BaseCheckpointSaver`` on Django
+models); a thread's graph state is read through it. The rows here are the truth about runs: the
+broker only carries run ids.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import orjson
+import uuid_utils
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+def uuid7() -> uuid.UUID:
+    """Thread and run ids are UUIDv7 like the real server's: time-ordered, so ids sort by age."""
+    return uuid.UUID(str(uuid_utils.uuid7()))
+
+
+class RunStatus(models.TextChoices):
+    """Where a run is in its life (the ``Run.status`` enum of langgraph-openapi.json).
+
+    Transitions, each a conditional UPDATE in ``runs.services`` / ``runs.tasks``::
+
+        pending -> running       a worker claimed it (at most one running run per thread)
+        pending -> interrupted   cancelled (action=interrupt) before a worker took it
+        running -> success       the graph returned or paused on interrupt()/interrupt_before
+        running -> error         the graph raised
+        running -> timeout       the worker's time limit was hit
+        running -> interrupted   cancelled (action=interrupt) or displaced by multitask interrupt
+
+    A rollback (cancel action or multitask strategy) deletes the run and its checkpoints instead
+    of giving it a status. success, error, timeout and interrupted are terminal.
+    """
+
+    PENDING = "pending", "Pending"
+    """Created and queued; waits for a worker and for the thread's active run to finish."""
+    RUNNING = "running", "Running"
+    """A worker is running the graph."""
+    ERROR = "error", "Error"
+    """The graph raised; ``error`` holds the exception class and message."""
+    SUCCESS = "success", "Success"
+    """The graph finished, or paused on an interrupt (the thread is then ``interrupted``)."""
+    TIMEOUT = "timeout", "Timeout"
+    """The run exceeded the worker's time limit."""
+    INTERRUPTED = "interrupted", "Interrupted"
+    """Cancelled by a user or by a newer run with multitask_strategy=interrupt."""
+
+    @classmethod
+    def active(cls) -> tuple[str, ...]:
+        return (cls.PENDING, cls.RUNNING)
+
+    @classmethod
+    def terminal(cls) -> tuple[str, ...]:
+        return (cls.ERROR, cls.SUCCESS, cls.TIMEOUT, cls.INTERRUPTED)
+
+
+class ThreadStatus(models.TextChoices):
+    """The ``Thread.status`` enum of langgraph-openapi.json.
+
+    A thread is ``busy`` from the moment a run is created on it until it has no pending or running
+    run; then ``error`` if its last run raised, ``interrupted`` if its state has a next node (an
+    interrupt or a cancel mid-step), else ``idle``.
+    """
+
+    IDLE = "idle", "Idle"
+    """No active run and nothing left to do."""
+    BUSY = "busy", "Busy"
+    """A run is pending or running."""
+    INTERRUPTED = "interrupted", "Interrupted"
+    """Paused: the state has next nodes (interrupt(), interrupt_before/after, cancel mid-step)."""
+    ERROR = "error", "Error"
+    """The last run raised."""
+
+
+class MultitaskStrategy(models.TextChoices):
+    REJECT = "reject", "Reject"
+    ROLLBACK = "rollback", "Rollback"
+    INTERRUPT = "interrupt", "Interrupt"
+    ENQUEUE = "enqueue", "Enqueue"
+
+
+class CancelAction(models.TextChoices):
+    INTERRUPT = "interrupt", "Interrupt"
+    ROLLBACK = "rollback", "Rollback"
+
+
+class OwnedQuerySet(models.QuerySet):
+    def owned_by(self, user) -> OwnedQuerySet:
+        return self.filter(owner=user)
+
+
+class AssistantQuerySet(OwnedQuerySet):
+    def visible_to(self, user) -> AssistantQuerySet:
+        """A user's own assistants and the system ones (one per registered graph)."""
+        return self.filter(Q(owner=user) | Q(owner__isnull=True))
+
+
+class Assistant(models.Model):
+    """A graph with a configuration. ``owner`` is empty for the system assistant of each graph."""
+
+    assistant_id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="assistants",
+        help_text="Empty for system assistants, which every user sees.",
+    )
+    graph_id = models.CharField(max_length=200)
+    name = models.CharField(max_length=500, default="Untitled")
+    description = models.TextField(null=True, blank=True)
+    config = models.JSONField(default=dict, blank=True)
+    context = models.JSONField(default=dict, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    version = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = AssistantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="assistant_owner_created"),
+            models.Index(fields=["graph_id"], name="assistant_graph"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.graph_id})"
+
+    @property
+    def is_system(self) -> bool:
+        return self.owner_id is None
+
+
+class AssistantVersion(models.Model):
+    """One saved configuration of an assistant; every PATCH adds one and makes it current."""
+
+    assistant = models.ForeignKey(Assistant, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    graph_id = models.CharField(max_length=200)
+    name = models.CharField(max_length=500)
+    description = models.TextField(null=True, blank=True)
+    config = models.JSONField(default=dict, blank=True)
+    context = models.JSONField(default=dict, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["assistant", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["assistant", "version"], name="assistant_version_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.assistant_id} v{self.version}"
+
+
+class ThreadQuerySet(OwnedQuerySet):
+    def inactive_since(self, moment: datetime) -> ThreadQuerySet:
+        """Threads not updated since ``moment`` and with no pending or running run."""
+        return self.filter(updated_at__lt=moment).exclude(
+            runs__status__in=RunStatus.active()
+        )
+
+
+class Thread(models.Model):
+    """A conversation: a sequence of runs sharing checkpointed state.
+
+    The row also serves as the per-thread lock: run creation and run completion take it
+    (``select_for_update``) so multitask decisions and the thread status are race-free.
+    """
+
+    thread_id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="lg_threads"
+    )
+    metadata = models.JSONField(default=dict, blank=True)
+    config = models.JSONField(default=dict, blank=True)
+    status = models.CharField(
+        max_length=16, choices=ThreadStatus.choices, default=ThreadStatus.IDLE
+    )
+    # A copy of the latest checkpoint's values and interrupts, refreshed when a run ends or the
+    # state is updated, so thread reads and searches need not deserialize checkpoints.
+    values = models.JSONField(null=True, blank=True)
+    # What ``status`` becomes when no run is pending or running (idle, interrupted or error).
+    resting_status = models.CharField(
+        max_length=16, choices=ThreadStatus.choices, default=ThreadStatus.IDLE
+    )
+    interrupts = models.JSONField(default=dict, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    has_run = models.BooleanField(
+        default=False, help_text="Threads show error/interrupts only after their first run."
+    )
+    temporary = models.BooleanField(
+        default=False, help_text="Created by a stateless run; deleted when that run ends."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    state_updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = ThreadQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="thread_owner_created"),
+            models.Index(fields=["status"], name="thread_status"),
+            models.Index(fields=["updated_at"], name="thread_updated"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=ThreadStatus.values), name="thread_status_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return str(self.thread_id)
+
+
+class RunQuerySet(OwnedQuerySet):
+    def active(self) -> RunQuerySet:
+        return self.filter(status__in=RunStatus.active())
+
+    def stale(self, *, before: datetime) -> RunQuerySet:
+        """Running rows whose worker has not beaten its heartbeat since ``before``."""
+        return self.filter(status=RunStatus.RUNNING, heartbeat_at__lt=before)
+
+
+class Run(models.Model):
+    """One execution of an assistant's graph on a thread. This row is the truth about it."""
+
+    run_id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
+    thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="runs")
+    assistant = models.ForeignKey(Assistant, on_delete=models.CASCADE, related_name="runs")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="lg_runs"
+    )
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.PENDING)
+    metadata = models.JSONField(default=dict, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    multitask_strategy = models.CharField(
+        max_length=16, choices=MultitaskStrategy.choices, default=MultitaskStrategy.ENQUEUE
+    )
+    # For a delayed run (after_seconds) this is in the future, as on the real server; workers
+    # take pending runs in created_at order once it has passed.
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True, help_text="host:pid of the claiming worker.")
+    attempts = models.PositiveIntegerField(default=0)
+    cancel_action = models.CharField(
+        max_length=16, choices=CancelAction.choices, blank=True, default="",
+        help_text="Set on a running run to ask its worker to stop.",
+    )
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    # The body of /wait and /join: last values chunk (+ __interrupt__) or {"__error__": ...}.
+    result = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    on_completion = models.CharField(
+        max_length=8, blank=True, default="",
+        help_text="For stateless runs: 'delete' removes the temporary thread when the run ends.",
+    )
+
+    objects = RunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["thread", "status", "created_at"], name="run_thread_status_created"),
+            models.Index(fields=["owner", "-created_at"], name="run_owner_created"),
+            models.Index(fields=["status", "created_at"], name="run_status_created"),
+        ]
+        constraints = [
+            # The database, not the code, guarantees that a thread runs one graph at a time.
+            models.UniqueConstraint(
+                fields=["thread"],
+                condition=Q(status=RunStatus.RUNNING),
+                name="run_one_running_per_thread",
+            ),
+            models.CheckConstraint(condition=Q(status__in=RunStatus.values), name="run_status_valid"),
+            models.CheckConstraint(
+                condition=Q(multitask_strategy__in=MultitaskStrategy.values),
+                name="run_multitask_strategy_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return str(self.run_id)
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.ended_at or timezone.now()
+        return max(0.0, (end - self.started_at).total_seconds())
+
+
+class RunEvent(models.Model):
+    """One event of a run's stream, in the order produced: what an SSE client receives.
+
+    ``data`` is the event's ``data:`` line, compact JSON exactly as sent, so a replay after
+    ``Last-Event-ID`` is byte-identical to the live stream (a JSON column would not be: PostgreSQL's
+    jsonb reorders keys). The primary key is the SSE event id (see ``runs.streams``): one worker
+    writes a thread's runs one after another, so ids grow along a run and along a thread.
+    """
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    event = models.CharField(max_length=200)
+    data = models.TextField(default="null")
+    thread_only = models.BooleanField(
+        default=False,
+        help_text="Sent on the thread stream only (the run_done marker), not on the run's stream.",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["run", "seq"]
+        constraints = [models.UniqueConstraint(fields=["run", "seq"], name="run_event_seq_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} #{self.seq} {self.event}"
+
+    @property
+    def payload(self) -> Any:
+        """``data`` decoded."""
+        return orjson.loads(self.data)

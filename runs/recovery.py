@@ -1,0 +1,72 @@
+"""Recovery of runs from their rows, run by every worker's sweeper (``executions.recovery``).
+
+- A ``running`` run whose heartbeat is older than ``RUNS_HEARTBEAT_TIMEOUT`` lost its worker. A
+  graph run is not retried on its own (it would apply its input to the thread a second time), so
+  it ends ``error`` with a message naming the lost worker; its thread is refreshed and its next
+  pending run dispatched, so the thread accepts new runs at once.
+- Pending runs whose messages were lost (broker down, Redis restarted) are dispatched again once
+  they are older than ``EXECUTIONS_REQUEUE_AFTER`` and the broker queue is empty; the claim is a
+  conditional UPDATE, so a duplicate message never runs a graph twice.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from executions.queueing import broker_queue_size
+from runs import dispatch, services
+from runs.models import Run, RunEvent, RunStatus
+from runs.tasks import Outcome, final_events
+from runs.wakeups import run_changed
+
+
+def runs_reap_stale(*, heartbeat_timeout: float | None = None) -> int:
+    timeout = heartbeat_timeout if heartbeat_timeout is not None else settings.RUNS_HEARTBEAT_TIMEOUT
+    cutoff = timezone.now() - timedelta(seconds=timeout)
+    reaped = 0
+    for run in Run.objects.stale(before=cutoff).only("run_id", "thread_id", "worker", "heartbeat_at"):
+        error = {
+            "error": "WorkerLost",
+            "message": (
+                f"The worker {run.worker or '(unknown)'} running this run stopped beating its "
+                f"heartbeat (last at {run.heartbeat_at.isoformat()})."
+            ),
+        }
+        now = timezone.now()
+        with transaction.atomic():
+            won = Run.objects.filter(
+                pk=run.pk, status=RunStatus.RUNNING, heartbeat_at__lt=cutoff
+            ).update(
+                status=RunStatus.ERROR, error=error, result={"__error__": error},
+                ended_at=now, updated_at=now, heartbeat_at=None,
+            )
+            if not won:
+                continue
+            # Its streams end like any failed run's: an error event, then the thread's run_done.
+            RunEvent.objects.bulk_create(
+                final_events(run.pk, Outcome(RunStatus.ERROR, result={"__error__": error}, error=error))
+            )
+            run_changed(run.pk, run.thread_id)
+            services.thread_refresh_status(thread_id=run.thread_id)
+            transaction.on_commit(lambda thread_id=run.thread_id: dispatch.thread_dispatch_next(thread_id))
+        reaped += 1
+    return reaped
+
+
+def runs_redispatch_stranded(*, older_than: float | None = None) -> int:
+    age = older_than if older_than is not None else settings.EXECUTIONS_REQUEUE_AFTER
+    cutoff = timezone.now() - timedelta(seconds=age)
+    if not Run.objects.filter(status=RunStatus.PENDING, updated_at__lt=cutoff).exists():
+        return 0
+    if broker_queue_size() > 0:
+        return 0
+    return dispatch.runs_dispatch_pending()
+
+
+def sweep() -> None:
+    runs_reap_stale()
+    runs_redispatch_stranded()

@@ -1,0 +1,889 @@
+"""Every write of the runs API: assistants, threads, thread state, runs and their cancellation.
+
+Thread-level decisions (multitask strategies, the thread's status) are taken with the thread row
+locked (``select_for_update``; on SQLite the IMMEDIATE transaction holds the database write lock),
+so concurrent run creates on one thread are serialized by the database: with ``reject`` exactly
+one of them wins whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import Max, QuerySet
+from django.db.models.fields.json import KeyTransform
+from django.utils import timezone
+from langgraph.errors import InvalidUpdateError
+
+from runs import dispatch
+from runs.errors import (
+    MULTITASK_REJECTED,
+    NO_MATCHING_RUNS_TO_CANCEL,
+    NO_RUNS_TO_CANCEL,
+    THREAD_OR_ASSISTANT_NOT_FOUND,
+    BadRequest,
+    Conflict,
+    NotFound,
+    Unprocessable,
+)
+from runs.graphs import (
+    GraphNotFound,
+    checkpointer,
+    graph_get,
+    graph_ids,
+    system_assistant_id,
+    system_assistants_ensure,
+)
+from runs.jsonable import interrupt_json, to_json
+from runs.models import (
+    Assistant,
+    AssistantVersion,
+    CancelAction,
+    MultitaskStrategy,
+    Run,
+    RunStatus,
+    Thread,
+    ThreadStatus,
+    uuid7,
+)
+from runs.wakeups import run_changed, thread_changed
+
+logger = logging.getLogger(__name__)
+
+
+def parse_uuid(value: Any, what: str) -> uuid.UUID:
+    """``value`` as a UUID, or the real server's 422 ``Invalid <what> ID: must be a UUID``."""
+    try:
+        return uuid.UUID(str(value))
+    except (ValueError, TypeError, AttributeError):
+        raise Unprocessable(f"Invalid {what} ID: must be a UUID") from None
+
+
+def _as_uuid(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value))
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def json_filter(queryset: QuerySet, field: str, conditions: dict[str, Any] | None) -> QuerySet:
+    """Rows whose JSON ``field`` has each key of ``conditions`` equal to its value.
+
+    Key by key rather than ``__contains``, which SQLite lacks.
+    """
+    for index, (key, value) in enumerate((conditions or {}).items()):
+        alias = f"_{field}_filter_{index}"
+        queryset = queryset.alias(**{alias: KeyTransform(key, field)}).filter(**{alias: value})
+    return queryset
+
+
+# --- assistants ----------------------------------------------------------------------------------
+
+
+def _graph_not_found(graph_id: str) -> NotFound:
+    return NotFound(f"Graph '{graph_id}' not found. Expected one of: {graph_ids()}")
+
+
+def assistant_get(*, user, assistant_id: Any) -> Assistant:
+    """An assistant ``user`` may see (its own or a system one); 404 otherwise."""
+    pk = parse_uuid(assistant_id, "assistant")
+    assistant = Assistant.objects.visible_to(user).filter(pk=pk).first()
+    if assistant is None and pk in {system_assistant_id(g) for g in graph_ids()}:
+        system_assistants_ensure()
+        assistant = Assistant.objects.filter(pk=pk).first()
+    if assistant is None:
+        raise NotFound()
+    return assistant
+
+
+def assistant_for_run(*, user, assistant_id: str) -> Assistant:
+    """Resolve a run body's ``assistant_id``: an assistant UUID or a registered graph id."""
+    pk = _as_uuid(assistant_id)
+    if pk is None:
+        if assistant_id not in graph_ids():
+            raise Unprocessable(
+                f"Invalid assistant: '{assistant_id}'. Must be either:\n"
+                f"- A valid assistant UUID, or\n"
+                f"- One of the registered graphs: {', '.join(graph_ids())}"
+            )
+        pk = system_assistant_id(assistant_id)
+        assistant = Assistant.objects.filter(pk=pk).first()
+        if assistant is None:
+            system_assistants_ensure()
+            assistant = Assistant.objects.get(pk=pk)
+        return assistant
+    try:
+        return assistant_get(user=user, assistant_id=pk)
+    except NotFound:
+        raise NotFound(THREAD_OR_ASSISTANT_NOT_FOUND) from None
+
+
+def _version_from(assistant: Assistant) -> AssistantVersion:
+    return AssistantVersion(
+        assistant=assistant,
+        version=assistant.version,
+        graph_id=assistant.graph_id,
+        name=assistant.name,
+        description=assistant.description,
+        config=assistant.config,
+        context=assistant.context,
+        metadata=assistant.metadata,
+        created_at=assistant.updated_at,
+    )
+
+
+def assistant_create(
+    *,
+    owner,
+    graph_id: str,
+    assistant_id: Any = None,
+    config: dict | None = None,
+    context: dict | None = None,
+    metadata: dict | None = None,
+    name: str | None = None,
+    description: str | None = None,
+    if_exists: str = "raise",
+) -> Assistant:
+    """Create an assistant (version 1) of a registered graph."""
+    if graph_id not in graph_ids():
+        raise _graph_not_found(graph_id)
+    pk = parse_uuid(assistant_id, "assistant") if assistant_id is not None else uuid.uuid4()
+    existing = Assistant.objects.filter(pk=pk).first()
+    if existing is not None:
+        if if_exists == "do_nothing" and (existing.owner_id in (None, owner.pk)):
+            return existing
+        raise Conflict(f"Assistant with ID {pk} already exists")
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            assistant = Assistant.objects.create(
+                assistant_id=pk,
+                owner=owner,
+                graph_id=graph_id,
+                name=name or "Untitled",
+                description=description,
+                config=config or {},
+                context=context or {},
+                metadata=metadata or {},
+                version=1,
+                created_at=now,
+                updated_at=now,
+            )
+            _version_from(assistant).save()
+    except IntegrityError:
+        raise Conflict(f"Assistant with ID {pk} already exists") from None
+    return assistant
+
+
+def _own_assistant(user, assistant: Assistant) -> Assistant:
+    if assistant.owner_id != user.pk:
+        # System assistants are shared by every user; changing one would change it for all.
+        raise Conflict(f"Assistant {assistant.pk} is a system assistant and cannot be changed.")
+    return assistant
+
+
+def assistant_update(
+    *,
+    user,
+    assistant: Assistant,
+    graph_id: str | None = None,
+    config: dict | None = None,
+    context: dict | None = None,
+    metadata: dict | None = None,
+    name: str | None = None,
+    description: str | None = None,
+) -> Assistant:
+    """Save a new version of the assistant and make it current; metadata is merged."""
+    _own_assistant(user, assistant)
+    if graph_id is not None and graph_id not in graph_ids():
+        raise _graph_not_found(graph_id)
+    with transaction.atomic():
+        assistant = Assistant.objects.select_for_update().get(pk=assistant.pk)
+        latest = assistant.versions.aggregate(latest=Max("version"))["latest"] or assistant.version
+        assistant.version = latest + 1
+        if graph_id is not None:
+            assistant.graph_id = graph_id
+        if config is not None:
+            assistant.config = config
+        if context is not None:
+            assistant.context = context
+        if metadata is not None:
+            assistant.metadata = {**assistant.metadata, **metadata}
+        if name is not None:
+            assistant.name = name
+        if description is not None:
+            assistant.description = description
+        assistant.updated_at = timezone.now()
+        assistant.save()
+        _version_from(assistant).save()
+    return assistant
+
+
+def assistant_set_latest(*, user, assistant: Assistant, version: int) -> Assistant:
+    """Make a saved version current again."""
+    _own_assistant(user, assistant)
+    saved = assistant.versions.filter(version=version).first()
+    if saved is None:
+        raise NotFound(f"Version {version} of assistant {assistant.pk} not found")
+    Assistant.objects.filter(pk=assistant.pk).update(
+        version=saved.version,
+        graph_id=saved.graph_id,
+        name=saved.name,
+        description=saved.description,
+        config=saved.config,
+        context=saved.context,
+        metadata=saved.metadata,
+        updated_at=timezone.now(),
+    )
+    assistant.refresh_from_db()
+    return assistant
+
+
+def assistant_delete(*, user, assistant: Assistant) -> None:
+    """Delete an assistant with its versions and runs."""
+    _own_assistant(user, assistant)
+    assistant.delete()
+
+
+def assistants_search(
+    *,
+    user,
+    metadata: dict | None = None,
+    graph_id: str | None = None,
+    name: str | None = None,
+    sort_by: str | None = None,
+    sort_order: str | None = None,
+) -> QuerySet:
+    system_assistants_ensure()
+    queryset = Assistant.objects.visible_to(user)
+    if graph_id:
+        queryset = queryset.filter(graph_id=graph_id)
+    if name:
+        queryset = queryset.filter(name__icontains=name)
+    queryset = json_filter(queryset, "metadata", metadata)
+    field = {"assistant_id": "pk"}.get(sort_by or "created_at", sort_by or "created_at")
+    prefix = "" if sort_order == "asc" else "-"
+    return queryset.order_by(f"{prefix}{field}", f"{prefix}pk")
+
+
+# --- threads -------------------------------------------------------------------------------------
+
+
+def thread_get(*, user, thread_id: Any, not_found: str | None = None) -> Thread:
+    pk = parse_uuid(thread_id, "thread")
+    thread = Thread.objects.filter(pk=pk, owner=user).first()
+    if thread is None:
+        raise NotFound(not_found if not_found is not None else f"Thread with ID {pk} not found")
+    return thread
+
+
+def thread_create(
+    *,
+    owner,
+    thread_id: Any = None,
+    metadata: dict | None = None,
+    if_exists: str = "raise",
+) -> Thread:
+    pk = parse_uuid(thread_id, "thread") if thread_id is not None else uuid7()
+    try:
+        with transaction.atomic():
+            return Thread.objects.create(thread_id=pk, owner=owner, metadata=metadata or {})
+    except IntegrityError:
+        existing = Thread.objects.filter(pk=pk, owner=owner).first()
+        if existing is not None and if_exists == "do_nothing":
+            return existing
+        raise Conflict(f"Thread with ID {pk} already exists") from None
+
+
+def thread_update(*, thread: Thread, metadata: dict | None = None) -> Thread:
+    """Merge ``metadata`` into the thread's."""
+    with transaction.atomic():
+        thread = Thread.objects.select_for_update().get(pk=thread.pk)
+        if metadata:
+            thread.metadata = {**thread.metadata, **metadata}
+        thread.updated_at = timezone.now()
+        thread.save(update_fields=["metadata", "updated_at"])
+    return thread
+
+
+def _delete_checkpoints_of_threads(thread_ids: Iterable[uuid.UUID]) -> None:
+    saver = checkpointer()
+    for thread_id in thread_ids:
+        saver.delete_thread(str(thread_id))
+
+
+def thread_delete(*, thread: Thread) -> None:
+    """Delete a thread, its runs and its checkpoints. A worker running one of its runs sees the
+    row vanish within its cancel-check interval and stops the graph."""
+    thread_id = thread.pk
+    with transaction.atomic():
+        run_ids = list(Run.objects.filter(thread_id=thread_id).values_list("pk", flat=True))
+        thread.delete()
+        thread_changed(thread_id)  # its stream and its runs' streams close
+        for run_id in run_ids:
+            run_changed(run_id)
+    _delete_checkpoints_of_threads([thread_id])
+
+
+def threads_search(
+    *,
+    user,
+    ids: list | None = None,
+    metadata: dict | None = None,
+    values: dict | None = None,
+    status: str | None = None,
+    sort_by: str | None = None,
+    sort_order: str | None = None,
+) -> QuerySet:
+    queryset = Thread.objects.owned_by(user)
+    if ids is not None:
+        queryset = queryset.filter(pk__in=[parse_uuid(value, "thread") for value in ids])
+    if status:
+        queryset = queryset.filter(status=status)
+    queryset = json_filter(queryset, "metadata", metadata)
+    queryset = json_filter(queryset, "values", values)
+    field = {"thread_id": "pk"}.get(sort_by or "created_at", sort_by or "created_at")
+    prefix = "" if sort_order == "asc" else "-"
+    return queryset.order_by(f"{prefix}{field}", f"{prefix}pk")
+
+
+def thread_copy(*, thread: Thread) -> Thread:
+    """A new thread of the same owner with the same metadata and a copy of the checkpoints."""
+    now = timezone.now()
+    new = Thread.objects.create(
+        owner=thread.owner,
+        metadata=copy.deepcopy(thread.metadata),
+        config=copy.deepcopy(thread.config),
+        status=thread.resting_status,
+        resting_status=thread.resting_status,
+        values=copy.deepcopy(thread.values),
+        interrupts=copy.deepcopy(thread.interrupts),
+        error=copy.deepcopy(thread.error),
+        has_run=thread.has_run,
+        created_at=now,
+        updated_at=now,
+        state_updated_at=now,
+    )
+    checkpointer().copy_thread(str(thread.pk), str(new.pk))
+    return new
+
+
+def threads_prune(*, user, thread_ids: list, strategy: str = "delete") -> int:
+    """Delete threads (strategy ``delete``) or their old checkpoints (``keep_latest``)."""
+    pks = [parse_uuid(value, "thread") for value in thread_ids]
+    owned = list(Thread.objects.owned_by(user).filter(pk__in=pks).values_list("pk", flat=True))
+    if not owned:
+        return 0
+    if strategy == "keep_latest":
+        checkpointer().prune([str(pk) for pk in owned], strategy="keep_latest")
+        return len(owned)
+    Thread.objects.filter(pk__in=owned).delete()
+    _delete_checkpoints_of_threads(owned)
+    return len(owned)
+
+
+def threads_prune_inactive(*, older_than: datetime, dry_run: bool = False) -> int:
+    """Delete threads without activity since ``older_than`` and no active run (operators)."""
+    queryset = Thread.objects.inactive_since(older_than)
+    pks = list(queryset.values_list("pk", flat=True).distinct())
+    if not dry_run and pks:
+        Thread.objects.filter(pk__in=pks).delete()
+        _delete_checkpoints_of_threads(pks)
+    return len(pks)
+
+
+# --- thread state --------------------------------------------------------------------------------
+
+EMPTY_STATE: dict[str, Any] = {
+    "values": {},
+    "next": [],
+    "tasks": [],
+    "metadata": None,
+    "created_at": None,
+    "checkpoint": None,
+    "parent_checkpoint": None,
+    "interrupts": [],
+    "checkpoint_id": None,
+    "parent_checkpoint_id": None,
+}
+
+
+def _checkpoint_ref(config: dict | None) -> dict | None:
+    if not config:
+        return None
+    configurable = config.get("configurable", {})
+    if not configurable.get("checkpoint_id"):
+        return None
+    return {
+        "checkpoint_id": configurable["checkpoint_id"],
+        "thread_id": configurable.get("thread_id"),
+        "checkpoint_ns": configurable.get("checkpoint_ns", ""),
+    }
+
+
+def state_json(snapshot: Any) -> dict[str, Any]:
+    """A langgraph ``StateSnapshot`` as the API's ThreadState."""
+    if snapshot is None or not snapshot.metadata and not snapshot.created_at:
+        return copy.deepcopy(EMPTY_STATE)
+    checkpoint = _checkpoint_ref(snapshot.config)
+    parent = _checkpoint_ref(snapshot.parent_config)
+    tasks = []
+    for task in snapshot.tasks:
+        task_state = task.state
+        tasks.append(
+            {
+                "id": task.id,
+                "name": task.name,
+                "path": to_json(task.path),
+                "error": None if task.error is None else str(task.error),
+                "interrupts": [interrupt_json(i) for i in task.interrupts],
+                "checkpoint": _checkpoint_ref(task_state) if isinstance(task_state, dict) else None,
+                "state": state_json(task_state) if task_state is not None and not isinstance(task_state, dict) else None,
+                "result": to_json(task.result),
+            }
+        )
+    return {
+        "values": to_json(snapshot.values),
+        "next": list(snapshot.next),
+        "tasks": tasks,
+        "metadata": to_json(snapshot.metadata),
+        "created_at": snapshot.created_at,
+        "checkpoint": checkpoint,
+        "parent_checkpoint": parent,
+        "interrupts": [interrupt_json(i) for i in snapshot.interrupts],
+        "checkpoint_id": checkpoint["checkpoint_id"] if checkpoint else None,
+        "parent_checkpoint_id": parent["checkpoint_id"] if parent else None,
+    }
+
+
+def thread_graph(thread: Thread):
+    """The graph that last ran on ``thread`` (bound to our saver), or None if none ran yet."""
+    graph_id = (thread.metadata or {}).get("graph_id")
+    if not graph_id:
+        return None
+    try:
+        return graph_get(graph_id, checkpointer=checkpointer())
+    except GraphNotFound:
+        return None
+
+
+def thread_config(thread: Thread, checkpoint: dict | None = None) -> dict[str, Any]:
+    configurable: dict[str, Any] = {"thread_id": str(thread.pk), "checkpoint_ns": ""}
+    for key in ("checkpoint_id", "checkpoint_ns", "checkpoint_map"):
+        if checkpoint and checkpoint.get(key) is not None:
+            configurable[key] = checkpoint[key]
+    return {"configurable": configurable}
+
+
+def thread_state(*, thread: Thread, checkpoint: dict | None = None, subgraphs: bool = False) -> dict:
+    graph = thread_graph(thread)
+    if graph is None:
+        return copy.deepcopy(EMPTY_STATE)
+    snapshot = graph.get_state(thread_config(thread, checkpoint), subgraphs=subgraphs)
+    return state_json(snapshot)
+
+
+def thread_history(
+    *,
+    thread: Thread,
+    limit: int = 10,
+    before: dict | None = None,
+    metadata: dict | None = None,
+    checkpoint: dict | None = None,
+) -> list[dict]:
+    graph = thread_graph(thread)
+    if graph is None:
+        return []
+    before_config = thread_config(thread, before) if before and before.get("checkpoint_id") else None
+    snapshots = graph.get_state_history(
+        thread_config(thread, checkpoint), limit=limit, before=before_config, filter=metadata or None
+    )
+    return [state_json(snapshot) for snapshot in snapshots]
+
+
+def _thread_interrupts(state: dict) -> dict[str, list]:
+    return {task["id"]: task["interrupts"] for task in state["tasks"] if task["interrupts"]}
+
+
+def thread_state_update(
+    *,
+    thread: Thread,
+    values: Any = None,
+    as_node: str | None = None,
+    checkpoint: dict | None = None,
+) -> dict:
+    """Write ``values`` as a new checkpoint (as if ``as_node`` had run); returns its config."""
+    graph = thread_graph(thread)
+    if graph is None:
+        raise BadRequest("Thread has no graph ID.")
+    if Run.objects.filter(thread=thread, status=RunStatus.RUNNING).exists():
+        raise Conflict("Thread is busy: a run is running. Wait for it or cancel it first.")
+    try:
+        new_config = graph.update_state(thread_config(thread, checkpoint), values, as_node=as_node)
+    except (InvalidUpdateError, ValueError, KeyError, TypeError) as exc:
+        # An unknown as_node, values the state's channels reject, an ambiguous update...
+        raise BadRequest(str(exc) or type(exc).__name__) from None
+    state = state_json(graph.get_state(thread_config(thread)))
+    thread_store_state(thread_id=thread.pk, state=state)
+    configurable = new_config["configurable"]
+    ref = {
+        "thread_id": configurable.get("thread_id"),
+        "checkpoint_ns": configurable.get("checkpoint_ns", ""),
+        "checkpoint_id": configurable.get("checkpoint_id"),
+    }
+    return {"checkpoint": ref, "configurable": ref, "checkpoint_id": ref["checkpoint_id"]}
+
+
+def thread_store_state(*, thread_id: Any, state: dict, error: dict | None = None) -> None:
+    """Cache the latest state on the thread row and set its status from it (busy stays busy)."""
+    resting = (
+        ThreadStatus.ERROR if error else
+        ThreadStatus.INTERRUPTED if state["next"] else ThreadStatus.IDLE
+    )
+    now = timezone.now()
+    with transaction.atomic():
+        thread = Thread.objects.select_for_update().filter(pk=thread_id).first()
+        if thread is None:
+            return
+        thread.values = state["values"] if state["checkpoint"] else thread.values
+        thread.interrupts = _thread_interrupts(state)
+        thread.error = error
+        thread.resting_status = resting
+        thread.has_run = True
+        thread.state_updated_at = now
+        thread.updated_at = now
+        thread.status = _thread_status(thread)
+        thread.save(
+            update_fields=[
+                "values", "interrupts", "error", "resting_status", "has_run",
+                "state_updated_at", "updated_at", "status",
+            ]
+        )
+
+
+def _thread_status(thread: Thread) -> str:
+    if Run.objects.filter(thread_id=thread.pk, status__in=RunStatus.active()).exists():
+        return ThreadStatus.BUSY
+    return thread.resting_status
+
+
+def thread_refresh_status(*, thread_id: Any) -> None:
+    """Recompute ``status`` after a run stopped being active (busy, else the resting status)."""
+    with transaction.atomic():
+        thread = Thread.objects.select_for_update().filter(pk=thread_id).first()
+        if thread is None:
+            return
+        status = _thread_status(thread)
+        if status != thread.status:
+            Thread.objects.filter(pk=thread_id).update(status=status, updated_at=timezone.now())
+
+
+# --- runs ----------------------------------------------------------------------------------------
+
+
+def _stream_modes(value: Any) -> list[str]:
+    if value is None:
+        return ["values"]
+    if isinstance(value, str):
+        return [value]
+    return list(dict.fromkeys(value)) or ["values"]
+
+
+def _run_kwargs(
+    *, body: dict, run_id: uuid.UUID, thread_id: uuid.UUID, assistant: Assistant, owner,
+    temporary: bool, after_seconds: float,
+) -> dict[str, Any]:
+    request_config = copy.deepcopy(body.get("config") or {})
+    configurable = {
+        **(assistant.config.get("configurable") or {}),
+        **(request_config.get("configurable") or {}),
+    }
+    checkpoint = body.get("checkpoint") or {}
+    for key in ("checkpoint_id", "checkpoint_ns", "checkpoint_map"):
+        if checkpoint.get(key) is not None:
+            configurable[key] = checkpoint[key]
+    if body.get("checkpoint_id"):
+        configurable["checkpoint_id"] = body["checkpoint_id"]
+    configurable.update(
+        {
+            "run_id": str(run_id),
+            "thread_id": str(thread_id),
+            "graph_id": assistant.graph_id,
+            "assistant_id": str(assistant.pk),
+            "user_id": getattr(owner, "username", "") or "",
+            "__after_seconds__": after_seconds,
+        }
+    )
+    config = {**copy.deepcopy(assistant.config), **request_config, "configurable": configurable}
+    config["metadata"] = {
+        **(request_config.get("metadata") or {}),
+        **(body.get("metadata") or {}),
+        "graph_id": assistant.graph_id,
+        "assistant_id": str(assistant.pk),
+        "run_id": str(run_id),
+        "thread_id": str(thread_id),
+        "user_id": configurable["user_id"],
+    }
+    context = {**(assistant.context or {}), **(body.get("context") or {})}
+    return {
+        "input": body.get("input"),
+        "command": body.get("command"),
+        "config": config,
+        "context": context,
+        "stream_mode": _stream_modes(body.get("stream_mode")),
+        "interrupt_before": body.get("interrupt_before"),
+        "interrupt_after": body.get("interrupt_after"),
+        "webhook": body.get("webhook"),
+        "feedback_keys": body.get("feedback_keys"),
+        "temporary": temporary,
+        "subgraphs": bool(body.get("stream_subgraphs", False)),
+        "resumable": bool(body.get("stream_resumable", False)),
+        "checkpoint_during": bool(body.get("checkpoint_during", True)),
+        "durability": body.get("durability") or "async",
+    }
+
+
+def _lock_thread(*, owner, thread_id: uuid.UUID, create: bool, temporary: bool = False) -> Thread:
+    if create:
+        # INSERT .. ON CONFLICT DO NOTHING: concurrent creates of one thread id never fail.
+        Thread.objects.bulk_create(
+            [Thread(thread_id=thread_id, owner=owner, temporary=temporary)], ignore_conflicts=True
+        )
+    thread = Thread.objects.select_for_update().filter(pk=thread_id, owner=owner).first()
+    if thread is None:
+        raise NotFound(THREAD_OR_ASSISTANT_NOT_FOUND)
+    return thread
+
+
+def run_create(
+    *,
+    owner,
+    body: dict,
+    thread_id: Any = None,
+    on_completion: str = "",
+) -> Run:
+    """Create a run from a validated RunCreate body; ``thread_id=None`` makes a stateless run on a
+    new temporary thread. Applies the multitask strategy against the thread's active runs."""
+    assistant = assistant_for_run(user=owner, assistant_id=body["assistant_id"])
+    configurable = (body.get("config") or {}).get("configurable")
+    if configurable and body.get("context"):
+        raise BadRequest(
+            "Cannot specify both configurable and context. Prefer setting context alone. "
+            "Context was introduced in LangGraph 0.6.0 and is the long term planned replacement "
+            "for configurable."
+        )
+    stateless = thread_id is None
+    command = body.get("command") or None
+    if stateless and command and command.get("resume") is not None:
+        raise BadRequest("You must provide a thread_id when resuming.")
+    strategy = body.get("multitask_strategy") or MultitaskStrategy.ENQUEUE
+    after_seconds = float(body.get("after_seconds") or 0)
+    thread_pk = uuid7() if stateless else parse_uuid(thread_id, "thread")
+    create_thread = stateless or body.get("if_not_exists") == "create"
+    run_id = uuid7()
+    now = timezone.now()
+
+    with transaction.atomic():
+        thread = _lock_thread(
+            owner=owner, thread_id=thread_pk, create=create_thread, temporary=stateless
+        )
+        inflight = list(
+            Run.objects.filter(thread=thread, status__in=RunStatus.active()).order_by("created_at")
+        )
+        if inflight and strategy == MultitaskStrategy.REJECT:
+            raise Conflict(MULTITASK_REJECTED)
+        run = Run.objects.create(
+            run_id=run_id,
+            thread=thread,
+            assistant=assistant,
+            owner=owner,
+            status=RunStatus.PENDING,
+            metadata=body.get("metadata") or {},
+            kwargs=_run_kwargs(
+                body=body, run_id=run_id, thread_id=thread.pk, assistant=assistant, owner=owner,
+                temporary=stateless, after_seconds=after_seconds,
+            ),
+            multitask_strategy=strategy,
+            created_at=now + timedelta(seconds=after_seconds) if after_seconds > 0 else now,
+            updated_at=now,
+            on_completion=on_completion,
+        )
+        thread.metadata = {
+            **thread.metadata, "graph_id": assistant.graph_id, "assistant_id": str(assistant.pk)
+        }
+        thread.status = ThreadStatus.BUSY
+        thread.updated_at = now
+        thread.save(update_fields=["metadata", "status", "updated_at"])
+        if inflight and strategy in (MultitaskStrategy.INTERRUPT, MultitaskStrategy.ROLLBACK):
+            for other in inflight:
+                _cancel_locked(run=other, action=strategy)
+        dispatch.run_enqueue_on_commit(run.pk)
+    return run
+
+
+def run_get(*, user, thread_id: Any, run_id: Any) -> Run:
+    thread_pk = parse_uuid(thread_id, "thread")
+    run_pk = parse_uuid(run_id, "run")
+    run = Run.objects.filter(pk=run_pk, thread_id=thread_pk, owner=user).first()
+    if run is None:
+        raise NotFound()
+    return run
+
+
+def runs_list(*, thread: Thread, status: str | None = None) -> QuerySet:
+    queryset = Run.objects.filter(thread=thread).order_by("-created_at", "-run_id")
+    if status:
+        queryset = queryset.filter(status=status)
+    return queryset
+
+
+def _cancel_locked(*, run: Run, action: str) -> bool:
+    """Cancel one run inside a transaction holding its thread's lock; True if it was active.
+
+    A pending run ends at once (``interrupted``, or deleted for a rollback). A running one gets
+    ``cancel_action`` and its worker stops the graph within its cancel-check interval.
+    """
+    now = timezone.now()
+    pending = Run.objects.filter(pk=run.pk, status=RunStatus.PENDING)
+    if action == CancelAction.ROLLBACK:
+        if pending.delete()[0]:
+            run_changed(run.pk)  # its stream readers close
+            return True
+    elif pending.update(status=RunStatus.INTERRUPTED, ended_at=now, updated_at=now):
+        run_changed(run.pk)
+        return True
+    return bool(
+        Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+            cancel_action=action, cancel_requested_at=now, updated_at=now
+        )
+    )
+
+
+def runs_cancel(*, runs: Iterable[Run], action: str = CancelAction.INTERRUPT) -> list[Run]:
+    """Cancel the active ones among ``runs``; returns those that were cancelled."""
+    cancelled = []
+    by_thread: dict[uuid.UUID, list[Run]] = {}
+    for run in runs:
+        by_thread.setdefault(run.thread_id, []).append(run)
+    for thread_id, thread_runs in by_thread.items():
+        with transaction.atomic():
+            if not Thread.objects.select_for_update().filter(pk=thread_id).exists():
+                continue
+            for run in thread_runs:
+                if _cancel_locked(run=run, action=action):
+                    cancelled.append(run)
+            status = _thread_status(Thread.objects.get(pk=thread_id))
+            Thread.objects.filter(pk=thread_id).update(status=status)
+            transaction.on_commit(lambda thread_id=thread_id: dispatch.thread_dispatch_next(thread_id))
+    return cancelled
+
+
+def run_cancel(*, user, thread_id: Any, run_id: Any, action: str = CancelAction.INTERRUPT) -> Run:
+    thread_pk = parse_uuid(thread_id, "thread")
+    run_pk = parse_uuid(run_id, "run")
+    run = Run.objects.filter(pk=run_pk, thread_id=thread_pk, owner=user).first()
+    if run is None:
+        raise NotFound(NO_RUNS_TO_CANCEL)
+    if not runs_cancel(runs=[run], action=action):
+        raise NotFound(NO_MATCHING_RUNS_TO_CANCEL)
+    return run
+
+
+def runs_cancel_many(
+    *,
+    user,
+    thread_id: Any = None,
+    run_ids: list | None = None,
+    status: str | None = None,
+    action: str = CancelAction.INTERRUPT,
+) -> int:
+    """Bulk cancel: the given runs of a thread, or every run of ``user`` in ``status``."""
+    if status is not None and (thread_id is not None or run_ids is not None):
+        raise Unprocessable(
+            "When providing a 'status', 'thread_id' and 'run_ids' must be omitted. "
+            "Provide either a status or a thread_id and run_ids."
+        )
+    queryset = Run.objects.filter(owner=user)
+    if status is not None:
+        statuses = RunStatus.active() if status == "all" else (status,)
+        queryset = queryset.filter(status__in=statuses)
+    else:
+        if thread_id is None or not run_ids:
+            raise Unprocessable("Provide either a status or a thread_id and run_ids.")
+        queryset = queryset.filter(
+            thread_id=parse_uuid(thread_id, "thread"),
+            pk__in=[parse_uuid(value, "run") for value in run_ids],
+        )
+    runs = list(queryset.filter(status__in=RunStatus.active()))
+    if not runs and status is None:
+        raise NotFound(NO_RUNS_TO_CANCEL)
+    return len(runs_cancel(runs=runs, action=action))
+
+
+def run_delete(*, run: Run) -> None:
+    """Delete a run and its checkpoints. A running run's worker sees the row vanish and stops."""
+    thread_id, run_id = run.thread_id, run.pk
+    with transaction.atomic():
+        Thread.objects.select_for_update().filter(pk=thread_id).exists()
+        if not Run.objects.filter(pk=run_id).delete()[0]:
+            raise NotFound("Run not found")
+        run_changed(run_id, thread_id)
+        thread = Thread.objects.filter(pk=thread_id).first()
+        if thread is not None:
+            Thread.objects.filter(pk=thread_id).update(status=_thread_status(thread))
+        transaction.on_commit(lambda: dispatch.thread_dispatch_next(thread_id))
+    run_delete_checkpoints(run_ids=[run_id])
+
+
+def run_delete_checkpoints(*, run_ids: list) -> None:
+    try:
+        checkpointer().delete_for_runs([str(run_id) for run_id in run_ids])
+    except NotImplementedError:
+        logger.warning("the checkpointer cannot delete checkpoints by run; kept for %s", run_ids)
+
+
+# --- results -------------------------------------------------------------------------------------
+
+
+def run_result(*, run: Run | None, thread: Thread | None) -> dict:
+    """The body of /wait and /join for a finished (or vanished) run."""
+    if run is None:
+        return {"__error__": {"error": "HTTPException", "message": "404: Run not found"}}
+    if run.result is not None:
+        return run.result
+    if thread is not None and thread.values is not None:
+        return thread.values
+    return {}
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    status: str | None
+    result: dict | None
+
+
+def run_snapshot(*, run_id: Any) -> RunSnapshot:
+    row = Run.objects.filter(pk=run_id).values_list("status", "result").first()
+    if row is None:
+        return RunSnapshot(status=None, result=None)
+    return RunSnapshot(status=row[0], result=row[1])
+
+
+def run_finished_body(*, run_id: Any, thread_id: Any) -> dict:
+    run = Run.objects.filter(pk=run_id).first()
+    thread = Thread.objects.filter(pk=thread_id).first()
+    return run_result(run=run, thread=thread)
+
+
+def temporary_thread_discard(*, thread_id: Any) -> None:
+    """Delete a stateless run's temporary thread (and checkpoints) once its result was read."""
+    Thread.objects.filter(pk=thread_id, temporary=True).delete()
+    _delete_checkpoints_of_threads([thread_id])
+

@@ -1,0 +1,450 @@
+"""Worker side of a run: claim, run the graph with asyncio, watch for cancel, finish.
+
+The claim is a conditional UPDATE pending -> running that skips runs with an older due pending
+sibling on the same thread (FIFO) and that the partial unique index refuses while another run of
+the thread is running (IntegrityError: the run stays pending, and the thread's running run
+dispatches it when it ends). While the graph runs, a watcher polls the row every
+``RUNS_CANCEL_CHECK_INTERVAL`` seconds (0.2 s) and beats ``heartbeat_at``; a cancel request (or
+the row vanishing) cancels the graph's asyncio task, so the graph stops within that interval.
+Every event a client may stream (``metadata`` first, each requested mode's chunks, ``error``)
+is stored as a ``RunEvent`` (run, seq, event, data) before the run's final status, batched one
+transaction per write, each waking the run's and thread's stream readers (``runs.wakeups``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import Error as DatabaseFailure
+from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.db.models import Exists, F, Max, OuterRef, Q
+from django.utils import timezone
+from django_q.exceptions import TimeoutException
+from langgraph.types import Command
+
+from project.sse import encode_data
+from runs import dispatch, services
+from runs.graphs import GraphLoadError, GraphNotFound, checkpointer, graph_get
+from runs.jsonable import to_json
+from runs.models import CancelAction, Run, RunEvent, RunStatus, Thread
+from runs.stream_modes import GRAPH_MODE, MessagesV1, event_name
+from runs.wakeups import run_changed
+
+logger = logging.getLogger(__name__)
+
+def _cancel_check_interval() -> float:
+    return float(getattr(settings, "RUNS_CANCEL_CHECK_INTERVAL", 0.2))
+
+
+def _heartbeat_interval() -> float:
+    return float(getattr(settings, "RUNS_HEARTBEAT_INTERVAL", 2.0))
+
+
+def _timeout() -> float:
+    default = max(60, int(getattr(settings, "EXECUTIONS_TIMEOUT", 3600)) - 30)
+    return float(getattr(settings, "RUNS_TIMEOUT", default))
+
+
+def _max_delay_in_worker() -> float:
+    return float(getattr(settings, "RUNS_MAX_DELAY_IN_WORKER", 30))
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Outcome:
+    """How a graph run ended. ``kind`` is a final RunStatus, or ``rollback`` / ``deleted``."""
+
+    kind: str
+    result: dict | None = None
+    error: dict | None = None
+    state: dict | None = None
+    thread_gone: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def claim(run_id: UUID | str) -> bool:
+    """pending -> running, in FIFO order per thread and never beside another running run."""
+    now = timezone.now()
+    older_due = Run.objects.filter(
+        thread_id=OuterRef("thread_id"), status=RunStatus.PENDING, created_at__lte=now
+    ).filter(
+        Q(created_at__lt=OuterRef("created_at"))
+        | Q(created_at=OuterRef("created_at"), run_id__lt=OuterRef("run_id"))
+    )
+    try:
+        with transaction.atomic():
+            claimed = bool(
+                Run.objects.filter(pk=run_id, status=RunStatus.PENDING, created_at__lte=now)
+                .filter(~Exists(older_due))
+                .update(
+                    status=RunStatus.RUNNING,
+                    started_at=now,
+                    heartbeat_at=now,
+                    updated_at=now,
+                    worker=_worker_name(),
+                    attempts=F("attempts") + 1,
+                )
+            )
+            if claimed:
+                run_changed(run_id)
+            return claimed
+    except IntegrityError:  # the thread already has a running run; its end dispatches this one
+        return False
+
+
+def _graph_input(kwargs: dict) -> Any:
+    command = kwargs.get("command")
+    if command:
+        goto = command.get("goto")
+        return Command(
+            update=command.get("update"),
+            resume=command.get("resume"),
+            goto=goto if goto is not None else (),
+        )
+    return kwargs.get("input")
+
+
+# Events waiting to be written beyond which the graph waits for the database (backpressure).
+MAX_PENDING_EVENTS = 1000
+
+
+class EventWriter:
+    """Appends a run's events in order, batching what arrives while a write is under way.
+
+    The first event is written at once; events produced during that write go in the next one, and
+    so on: no added latency when the stream is slow, one transaction (and one reader wake-up) per
+    batch when it is fast.
+    """
+
+    def __init__(self, run: Run, last_seq: int) -> None:
+        self.run_id = run.pk
+        self.thread_id = run.thread_id
+        self.seq = last_seq
+        self._pending: list[RunEvent] = []
+        self._writer: asyncio.Task | None = None
+
+    def _write(self, batch: list[RunEvent]) -> None:
+        with transaction.atomic():
+            RunEvent.objects.bulk_create(batch)
+            run_changed(self.run_id, self.thread_id)
+
+    async def _write_pending(self) -> None:
+        write = sync_to_async(self._write)
+        while self._pending:
+            batch, self._pending = self._pending, []
+            await write(batch)
+
+    async def put(self, event: str, data: Any) -> None:
+        self.seq += 1
+        self._pending.append(
+            RunEvent(run_id=self.run_id, seq=self.seq, event=event, data=encode_data(data).decode())
+        )
+        if self._writer is None or self._writer.done():
+            if self._writer is not None:
+                self._writer.result()  # a failed write fails the run rather than losing events
+            self._writer = asyncio.create_task(self._write_pending())
+        elif len(self._pending) >= MAX_PENDING_EVENTS:
+            await asyncio.shield(self._writer)
+
+    async def drain(self) -> None:
+        """Wait until every event put so far is stored."""
+        while self._writer is not None:
+            writer = self._writer
+            await asyncio.shield(writer)
+            if writer is self._writer:
+                self._writer = None
+        if self._pending:
+            await self._write_pending()
+
+
+class RunDriver:
+    """Runs one claimed run's graph inside an event loop."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.kwargs = run.kwargs
+        self.requested = list(self.kwargs.get("stream_mode") or ["values"])
+        self.subgraphs = bool(self.kwargs.get("subgraphs"))
+        self.last_values: dict | None = None
+        self.interrupts: list | None = None
+        last_seq = RunEvent.objects.filter(run_id=run.pk).aggregate(m=Max("seq"))["m"] or 0
+        self.events = EventWriter(run, last_seq)
+        self.stop_reason: str | None = None
+
+    # --- database calls, run in asgiref's sync thread ------------------------------------------
+
+    def _poll(self, beat: bool) -> tuple[str, str] | None:
+        try:
+            if beat:
+                Run.objects.filter(pk=self.run.pk, status=RunStatus.RUNNING).update(
+                    heartbeat_at=timezone.now()
+                )
+            return Run.objects.filter(pk=self.run.pk).values_list("status", "cancel_action").first()
+        except DatabaseFailure:  # OperationalError, and InterfaceError once the link is closed
+            # A dropped connection (database restart) stays broken until closed: close it so the
+            # next poll reconnects, instead of failing every poll and missing every heartbeat.
+            connection.close()
+            raise
+
+    # --- the graph ------------------------------------------------------------------------------
+
+    def _options(self) -> dict[str, Any]:
+        # values is always streamed: its last chunk is the run's result.
+        modes = {GRAPH_MODE[m] for m in self.requested if m in GRAPH_MODE} | {"values"}
+        options: dict[str, Any] = {
+            "stream_mode": sorted(modes),
+            "subgraphs": self.subgraphs,
+            "durability": self.kwargs.get("durability") or "async",
+        }
+        for key in ("interrupt_before", "interrupt_after"):
+            if self.kwargs.get(key):
+                options[key] = self.kwargs[key]
+        if self.kwargs.get("context"):
+            options["context"] = self.kwargs["context"]
+        return options
+
+    async def _chunks(self, graph: Any, config: dict) -> AsyncIterator[tuple[tuple, str, Any]]:
+        """(namespace, mode, chunk) from the graph; with the ``events`` mode, also the
+        ``astream_events`` v2 events themselves, as (namespace, "events", event)."""
+        graph_input = _graph_input(self.kwargs)
+        options = self._options()
+        if "events" not in self.requested:
+            async for item in graph.astream(graph_input, config, **options):
+                yield item if self.subgraphs else ((), *item)
+            return
+        root_run_id = None
+        async for event in graph.astream_events(graph_input, config, version="v2", **options):
+            if root_run_id is None and not event.get("parent_ids"):
+                root_run_id = event.get("run_id")
+            if "langsmith:hidden" not in (event.get("tags") or ()):
+                yield (), "events", event
+            # astream_events runs astream underneath: the root's stream events carry its chunks.
+            if event["event"] == "on_chain_stream" and event.get("run_id") == root_run_id:
+                item = event["data"]["chunk"]
+                yield item if self.subgraphs else ((), *item)
+
+    async def _consume(self, graph: Any, config: dict) -> None:
+        await self.events.put("metadata", {"run_id": str(self.run.pk), "attempt": self.run.attempts})
+        plain = {m for m in self.requested if m not in ("messages", "messages-tuple")}
+        as_tuples = "messages-tuple" in self.requested
+        messages_v1 = MessagesV1() if "messages" in self.requested else None
+        async for namespace, mode, chunk in self._chunks(graph, config):
+            if mode == "messages":
+                if as_tuples:
+                    await self.events.put(event_name("messages", namespace), to_json(chunk))
+                if messages_v1 is not None:
+                    for name, data in messages_v1.events(chunk):
+                        await self.events.put(event_name(name, namespace), data)
+                continue
+            data = to_json(chunk)
+            if mode == "values" and not namespace and isinstance(data, dict):
+                self.last_values = data
+            if mode in plain:
+                await self.events.put(event_name(mode, namespace), data)
+
+    async def _watch(self, task: asyncio.Task) -> None:
+        poll = sync_to_async(self._poll)
+        interval = _cancel_check_interval()
+        beat_every = max(1, round(_heartbeat_interval() / interval))
+        ticks = 0
+        while not task.done():
+            await asyncio.sleep(interval)
+            ticks += 1
+            try:
+                row = await poll(ticks % beat_every == 0)
+            except Exception:  # a failed poll must not kill the run; the next one may work
+                logger.exception("cancel check of run %s failed", self.run.pk)
+                continue
+            if row is None:
+                self.stop_reason = "deleted"
+            elif row[1]:
+                self.stop_reason = row[1]
+            elif row[0] != RunStatus.RUNNING:
+                self.stop_reason = CancelAction.INTERRUPT
+            if self.stop_reason:
+                task.cancel()
+                return
+
+    async def _state(self, graph: Any) -> dict:
+        thread_config = {"configurable": {"thread_id": str(self.run.thread_id), "checkpoint_ns": ""}}
+        snapshot = await graph.aget_state(thread_config)
+        return services.state_json(snapshot)
+
+    async def drive(self) -> Outcome:
+        try:
+            outcome = await self._drive()
+        finally:
+            # Every event is stored before the run's end is: a reader that sees the final status
+            # has all the events.
+            await self.events.drain()
+        return outcome
+
+    async def _drive(self) -> Outcome:
+        try:
+            graph = graph_get(self.run.assistant.graph_id, checkpointer=checkpointer())
+        except (GraphNotFound, GraphLoadError) as exc:
+            error = {"error": type(exc).__name__, "message": f"Graph not available: {exc}"}
+            return Outcome(RunStatus.ERROR, result={"__error__": error}, error=error)
+        config = dict(self.kwargs.get("config") or {})
+        task = asyncio.create_task(self._consume(graph, config))
+        watcher = asyncio.create_task(self._watch(task))
+        outcome: Outcome
+        try:
+            async with asyncio.timeout(_timeout()):
+                await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if self.stop_reason is None:
+                raise
+        except TimeoutError:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            error = {"error": "TimeoutError", "message": "The run exceeded its time limit."}
+            outcome = Outcome(RunStatus.TIMEOUT, result={"__error__": error}, error=error)
+            outcome.state = await self._state(graph)
+            return outcome
+        except Exception as exc:
+            error = {"error": type(exc).__name__, "message": str(exc) or type(exc).__name__}
+            outcome = Outcome(RunStatus.ERROR, result={"__error__": error}, error=error)
+            outcome.state = await self._state(graph)
+            return outcome
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        if self.stop_reason in (CancelAction.ROLLBACK, "deleted"):
+            await asyncio.gather(task, return_exceptions=True)
+            await sync_to_async(services.run_delete_checkpoints)(run_ids=[self.run.pk])
+            return Outcome(self.stop_reason, state=await self._state(graph))
+        if self.stop_reason == CancelAction.INTERRUPT:
+            await asyncio.gather(task, return_exceptions=True)
+            state = await self._state(graph)
+            result = self.last_values if self.last_values is not None else state["values"]
+            return Outcome(RunStatus.INTERRUPTED, result=result, state=state)
+        state = await self._state(graph)
+        result = self.last_values if self.last_values is not None else state["values"]
+        return Outcome(RunStatus.SUCCESS, result=result or {}, state=state)
+
+
+def final_events(run_id: UUID, outcome: Outcome) -> list[RunEvent]:
+    """The ``error`` event of a failed run, and the thread stream's end-of-run marker."""
+    last_seq = RunEvent.objects.filter(run_id=run_id).aggregate(m=Max("seq"))["m"] or 0
+    events = []
+    if outcome.kind in (RunStatus.ERROR, RunStatus.TIMEOUT) and outcome.error:
+        events.append(RunEvent(event="error", data=encode_data(outcome.error).decode()))
+    events.append(
+        RunEvent(
+            event="metadata",
+            data=encode_data({"status": "run_done", "run_id": str(run_id)}).decode(),
+            thread_only=True,
+        )
+    )
+    for offset, event in enumerate(events, start=1):
+        event.run_id, event.seq = run_id, last_seq + offset
+    return events
+
+
+def finish(run: Run, outcome: Outcome) -> None:
+    """Record the outcome, refresh the thread and start the thread's next run, if any."""
+    # The connection may have died while the graph ran (a database restart); with health checks
+    # on, this makes the next query test it and reconnect instead of failing the run's record.
+    close_old_connections()
+    now = timezone.now()
+    thread_id = run.thread_id
+    on_completion = run.on_completion
+    with transaction.atomic():
+        thread_exists = Thread.objects.select_for_update().filter(pk=thread_id).exists()
+        if outcome.kind in (CancelAction.ROLLBACK, "deleted"):
+            Run.objects.filter(pk=run.pk).delete()
+        else:
+            ended = Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+                status=outcome.kind,
+                result=outcome.result,
+                error=outcome.error,
+                ended_at=now,
+                updated_at=now,
+                heartbeat_at=None,
+            )
+            if ended:
+                # In the transaction that ends the run: a stream reader that sees the final status
+                # also sees these, and closes after them.
+                RunEvent.objects.bulk_create(final_events(run.pk, outcome))
+            # Read after the UPDATE locked the row: a stream client that hung up may have asked
+            # for its stateless thread to go when the run ends.
+            on_completion = (
+                Run.objects.filter(pk=run.pk).values_list("on_completion", flat=True).first()
+                or on_completion
+            )
+        run_changed(run.pk, thread_id)
+        if thread_exists and outcome.state is not None:
+            services.thread_store_state(
+                thread_id=thread_id,
+                state=outcome.state,
+                error=outcome.error if outcome.kind == RunStatus.ERROR else None,
+            )
+        elif thread_exists:
+            services.thread_refresh_status(thread_id=thread_id)
+        transaction.on_commit(lambda: dispatch.thread_dispatch_next(thread_id))
+    if not thread_exists:
+        # The thread was deleted while the graph ran; drop what the graph wrote since.
+        services.temporary_thread_discard(thread_id=thread_id)
+    elif on_completion == "delete":
+        services.temporary_thread_discard(thread_id=thread_id)
+
+
+def _wait_until_due(run: Run) -> bool:
+    """Sleep through a short after_seconds delay; hand a long one to django-q2's scheduler."""
+    delay = (run.created_at - timezone.now()).total_seconds()
+    if delay <= 0:
+        return True
+    if delay > _max_delay_in_worker():
+        from django_q.models import Schedule
+        from django_q.tasks import schedule
+
+        schedule(
+            "runs.tasks.run_execute",
+            str(run.pk),
+            name=f"run-{run.pk}-due",
+            schedule_type=Schedule.ONCE,
+            next_run=run.created_at,
+        )
+        return False
+    time.sleep(delay)
+    return True
+
+
+def run_execute(run_id: str) -> str:
+    """django-q2 entry point: run one run to a final state. Returns what happened, for logs."""
+    close_old_connections()
+    run = Run.objects.filter(pk=run_id, status=RunStatus.PENDING).first()
+    if run is None:
+        return "skipped"
+    if not _wait_until_due(run):
+        return "not due"
+    if not claim(run_id):
+        return "waiting"
+    run = Run.objects.select_related("assistant").get(pk=run_id)
+    driver = RunDriver(run)
+    try:
+        outcome = asyncio.run(driver.drive())
+    except TimeoutException:
+        error = {"error": "TimeoutError", "message": "The worker's time limit was hit."}
+        finish(run, Outcome(RunStatus.TIMEOUT, result={"__error__": error}, error=error))
+        raise
+    except Exception as exc:  # our own failure (database, checkpointer): the run must still end
+        logger.exception("run %s failed outside its graph", run_id)
+        error = {"error": type(exc).__name__, "message": str(exc) or type(exc).__name__}
+        outcome = Outcome(RunStatus.ERROR, result={"__error__": error}, error=error)
+    finish(run, outcome)
+    return outcome.kind

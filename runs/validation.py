@@ -1,0 +1,85 @@
+"""Request bodies checked against the LangGraph API's published JSON schemas.
+
+``schema/langgraph_api.json`` holds the request/response component schemas of the Agent Server's
+OpenAPI document (the interface contract, not its implementation). Violations become 422s worded
+like the real server's validator: ``"x" is a required property\\n\\nFailed validating ...``.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache, lru_cache
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from runs.errors import Unprocessable
+
+SCHEMA_FILE = Path(__file__).resolve().parent / "schema" / "langgraph_api.json"
+
+INVALID_JSON = "Invalid JSON in request body"
+
+
+@lru_cache(maxsize=1)
+def components() -> dict[str, Any]:
+    return json.loads(SCHEMA_FILE.read_text())["components"]["schemas"]
+
+
+@cache
+def _validator(name: str) -> Draft202012Validator:
+    root = {"$ref": f"#/components/schemas/{name}", "components": {"schemas": components()}}
+    return Draft202012Validator(root)
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _message(error: ValidationError, schema: str) -> str:
+    if error.validator == "required":
+        missing = [name for name in error.validator_value if name not in (error.instance or {})]
+        head = f'"{missing[0]}" is a required property' if missing else error.message
+    elif error.validator == "enum":
+        options = ", ".join(_compact(option) for option in error.validator_value)
+        head = f"{_compact(error.instance)} is not one of [{options}]"
+    elif error.validator == "type":
+        wanted = error.validator_value
+        wanted = " or ".join(f'"{w}"' for w in wanted) if isinstance(wanted, list) else f'"{wanted}"'
+        head = f"{_compact(error.instance)} is not of type {wanted}"
+    else:
+        head = error.message
+    parts = ["components", "schemas", schema]
+    parts += [str(part) for part in list(error.relative_schema_path)[:-1] if part != "$ref"]
+    path = "".join(f'["{part}"]' for part in parts)
+    return (
+        f'{head}\n\nFailed validating "{error.validator}" in schema{path}\n\n'
+        f"On instance:\n    {_compact(error.instance)}"
+    )
+
+
+def validate_body(data: Any, schema: str) -> Any:
+    """``data`` if it matches component ``schema``; else a 422 naming the first violation."""
+    validator = _validator(schema)
+    error = next(iter(sorted(validator.iter_errors(data), key=lambda e: (len(e.path), e.path))), None)
+    if error is not None:
+        raise Unprocessable(_message(error, schema))
+    return data
+
+
+def parse_json_body(raw: bytes, schema: str | None = None, *, required: bool = True) -> Any:
+    """A request body as JSON (whatever its content type, as the real server reads it), checked
+    against API component ``schema``; an empty body is ``{}`` unless ``required``."""
+    if not raw.strip():
+        if required:
+            raise Unprocessable(INVALID_JSON)
+        data: Any = {}
+    else:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise Unprocessable(INVALID_JSON) from None
+    if schema is not None:
+        validate_body(data, schema)
+    return data

@@ -1,0 +1,63 @@
+"""Event-hub channels of runs and threads, and how the hub's database poll reads their versions.
+
+Writers (the worker, cancel, delete) call ``run_changed`` / ``thread_changed`` inside the
+transaction that stored the change; stream readers ``watch`` ``run_channel`` or
+``thread_channel`` (``project.event_hub``). A version only has to change when something a reader
+waits for happened: a run's version moves with its newest event and its status (a pending run
+cancelled has no event), a thread's with its newest event.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from django.db.models import Max
+
+from project.event_hub import channel_name, publish_on_commit, register_kind
+from runs.models import Run, RunEvent, RunStatus
+
+RUN_KIND = "run"
+THREAD_KIND = "thread"
+
+_STATUS_INDEX = {status: index for index, status in enumerate(RunStatus.values, start=1)}
+
+
+def run_channel(run_id: UUID | str) -> str:
+    return channel_name(RUN_KIND, run_id)
+
+
+def thread_channel(thread_id: UUID | str) -> str:
+    return channel_name(THREAD_KIND, thread_id)
+
+
+def run_changed(run_id: UUID | str, thread_id: UUID | str | None = None) -> None:
+    """Wake the readers of a run (and of its thread) once the current transaction commits."""
+    publish_on_commit(run_channel(run_id))
+    if thread_id is not None:
+        publish_on_commit(thread_channel(thread_id))
+
+
+def thread_changed(thread_id: UUID | str) -> None:
+    publish_on_commit(thread_channel(thread_id))
+
+
+def _run_versions(ids: list[str]) -> dict[str, int]:
+    rows = Run.objects.filter(pk__in=ids).annotate(last=Max("events__id")).values_list(
+        "pk", "status", "last"
+    )
+    # Event ids grow, so (newest id, status) packed in one number changes whenever either does.
+    return {str(pk): (last or 0) * 8 + _STATUS_INDEX.get(status, 0) for pk, status, last in rows}
+
+
+def _thread_versions(ids: list[str]) -> dict[str, int]:
+    rows = (
+        RunEvent.objects.filter(run__thread_id__in=ids)
+        .values_list("run__thread_id")
+        .annotate(last=Max("id"))
+        .values_list("run__thread_id", "last")
+    )
+    return {str(thread_id): last for thread_id, last in rows}
+
+
+register_kind(RUN_KIND, _run_versions)
+register_kind(THREAD_KIND, _thread_versions)
