@@ -1,0 +1,156 @@
+"""`GET /api/v1/executions/{id}/events`: resumable SSE of status and progress."""
+
+import threading
+import time
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.db import connection
+from django.test import AsyncClient
+
+from executions import runtime, services, streams
+from executions.models import Execution
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def parse_sse(body: bytes) -> list[dict]:
+    frames = []
+    for block in body.split(b"\r\n\r\n"):
+        if not block:
+            continue
+        frame: dict = {}
+        for line in block.split(b"\r\n"):
+            name, _, value = line.partition(b": ")
+            frame[name.decode()] = value.decode()
+        frames.append(frame)
+    return frames
+
+
+def read_stream(path: str, *, timeout: float = 20.0, key: str | None = None, last_event_id: str | None = None):
+    headers = {}
+    if key:
+        headers["x-api-key"] = key
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = last_event_id
+
+    async def read():
+        response = await AsyncClient().get(path, headers=headers)
+        if not response.streaming:
+            return response.status_code, response, []
+        chunks = []
+        deadline = time.monotonic() + timeout
+        async for chunk in response.streaming_content:
+            chunks.append(chunk)
+            assert time.monotonic() < deadline, "stream did not end"
+        return response.status_code, response, parse_sse(b"".join(chunks))
+
+    return async_to_sync(read)()
+
+
+def events_url(execution: Execution) -> str:
+    return f"/api/v1/executions/{execution.pk}/events"
+
+
+def test_a_finished_execution_replays_every_event_then_closes(alice, api):
+    execution = services.execution_create(
+        owner=alice, type="pipeline", target_id="countdown", inputs={"steps": 2, "step_seconds": 0}
+    )
+    runtime.execute(execution.pk)
+
+    status, response, frames = read_stream(events_url(execution), key=api.raw_key)
+
+    assert status == 200
+    assert response["Content-Type"] == "text/event-stream; charset=utf-8"
+    assert response["Cache-Control"] == "no-store"
+    assert [f["event"] for f in frames] == ["created", "status", "progress", "progress", "status"]
+    assert [int(f["id"]) for f in frames] == [1, 2, 3, 4, 5]
+    assert '"status":"completed"' in frames[-1]["data"]
+
+
+def test_last_event_id_resumes_with_no_gap_and_no_duplicate(alice, api):
+    execution = services.execution_create(owner=alice, type="agent", target_id="summarize", inputs={"text": "A. B."})
+    runtime.execute(execution.pk)
+
+    _, _, all_frames = read_stream(events_url(execution), key=api.raw_key)
+    _, _, resumed = read_stream(events_url(execution), key=api.raw_key, last_event_id="2")
+    _, _, by_query = read_stream(events_url(execution) + "?last_event_id=2", key=api.raw_key)
+
+    assert resumed == by_query == all_frames[2:]
+
+
+def test_live_progress_arrives_while_the_worker_runs(alice, api):
+    execution = services.execution_create(
+        owner=alice, type="pipeline", target_id="countdown", inputs={"steps": 3, "step_seconds": 0.3}
+    )
+
+    def work() -> None:
+        time.sleep(0.3)  # let the reader subscribe first: it must follow, not replay
+        runtime.execute(execution.pk)
+        connection.close()
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    started = time.monotonic()
+    _, _, frames = read_stream(events_url(execution), key=api.raw_key)
+    worker.join()
+
+    assert time.monotonic() - started >= 0.9  # it waited for the run rather than ending early
+    assert [f["event"] for f in frames] == ["created", "status", "progress", "progress", "progress", "status"]
+    assert [int(f["id"]) for f in frames] == list(range(1, 7))
+
+
+def test_heartbeats_while_idle_and_the_stream_ends_when_cancelled(alice, api, monkeypatch):
+    monkeypatch.setattr(streams, "HEARTBEAT_INTERVAL", 0.2)
+    execution = services.execution_create(owner=alice, type="agent", target_id="echo")
+
+    def cancel_later() -> None:
+        time.sleep(0.7)
+        services.execution_cancel(execution=Execution.objects.get(pk=execution.pk))
+        connection.close()
+
+    canceller = threading.Thread(target=cancel_later)
+    canceller.start()
+    _, _, frames = read_stream(events_url(execution), key=api.raw_key)
+    canceller.join()
+
+    assert frames[0]["event"] == "created"
+    assert frames[-1]["event"] == "status" and '"status":"cancelled"' in frames[-1]["data"]
+    # Only `: heartbeat` comments in between, a couple of them in 0.7 s of silence.
+    assert len(frames[1:-1]) >= 2
+    assert all(f == {"": "heartbeat"} for f in frames[1:-1]), frames
+
+
+def test_stream_auth_and_errors(alice, api, bob_api):
+    execution = services.execution_create(owner=alice, type="agent", target_id="echo")
+
+    assert read_stream(events_url(execution))[0] == 401
+    assert read_stream(events_url(execution), key=bob_api.raw_key)[0] == 404
+    assert read_stream("/api/v1/executions/not-a-uuid/events", key=api.raw_key)[0] == 404
+    assert read_stream(events_url(execution), key=api.raw_key, last_event_id="x")[0] == 400
+
+
+def test_open_streams_per_user_are_capped_with_429_and_freed_when_closed(alice, bob, api, bob_api, settings):
+    from django.core.cache import cache
+
+    cache.clear()
+    settings.STREAMS_MAX_PER_USER = 2
+    execution = services.execution_create(owner=alice, type="agent", target_id="echo")
+    bobs = services.execution_create(owner=bob, type="agent", target_id="echo")
+
+    async def scenario():
+        client = AsyncClient()
+        open_stream = lambda e, key: client.get(events_url(e), headers={"x-api-key": key})  # noqa: E731
+        first = await open_stream(execution, api.raw_key)
+        second = await open_stream(execution, api.raw_key)
+        third = await open_stream(execution, api.raw_key)
+        assert (first.status_code, second.status_code, third.status_code) == (200, 200, 429)
+        assert "2 open streams" in third.json()["detail"]
+        assert (await open_stream(bobs, bob_api.raw_key)).status_code == 200  # per user
+        first.close()  # what Django does when the client goes away
+        fourth = await open_stream(execution, api.raw_key)
+        assert fourth.status_code == 200
+        second.close()
+        fourth.close()
+
+    async_to_sync(scenario)()

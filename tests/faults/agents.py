@@ -1,0 +1,6 @@
+"""Autodiscovered (``autodiscover_modules("agents")``) when ``tests.faults`` is an installed app."""
+
+from executions.registry import agent
+from tests.faults.silent import SILENT_SLEEP, silent_sleep
+
+agent(SILENT_SLEEP)(silent_sleep)

@@ -1,0 +1,100 @@
+"""Fixtures of the runs tests: a real API server (uvicorn) and a real qcluster on the test DB."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, Cluster, subprocess_env
+
+# The demo graphs, including those the default settings may not list (chat, nested), given to the
+# live server and workers as a langgraph.json.
+GRAPHS_CONFIG = ROOT / "tests" / "runs" / "langgraph.json"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`uvicorn project.asgi:application` on a free port, on the test database."""
+
+    def __init__(self, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = ROOT / "var" / f"uvicorn-{os.getpid()}-{time.monotonic_ns()}.log"
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1",
+             "--port", str(self.port), "--no-access-log"],
+            cwd=ROOT,
+            env=subprocess_env(**env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{self.url}/ok", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{self.log()}")
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        self.log_path.unlink(missing_ok=True)
+
+
+@dataclass
+class LiveStack:
+    url: str
+    api_key: str
+    other_api_key: str
+    server: Server
+    cluster: Cluster
+
+
+@pytest.fixture(scope="module")
+def live_stack(django_db_setup) -> Iterator[tuple[Server, Cluster]]:
+    """One server and one cluster for a whole test module (they hold no state between tests)."""
+    server = Server(LANGGRAPH_CONFIG=str(GRAPHS_CONFIG))
+    cluster = Cluster(workers=2, LANGGRAPH_CONFIG=str(GRAPHS_CONFIG))
+    try:
+        yield server, cluster
+    finally:
+        cluster.stop()
+        server.stop()
+
+
+@pytest.fixture
+def live(live_stack, transactional_db, make_user) -> LiveStack:
+    """The module's server and cluster, and two users with API keys, committed for this test."""
+    from accounts.models import api_key_create
+
+    server, cluster = live_stack
+    keys = [api_key_create(user=make_user(name))[1] for name in ("live", "other")]
+    return LiveStack(server.url, keys[0], keys[1], server, cluster)

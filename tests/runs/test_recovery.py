@@ -1,0 +1,90 @@
+"""Runs whose worker died end in error and free their thread; lost messages are dispatched again."""
+
+import os
+import signal
+import time
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from runs import recovery
+from runs.models import Run, RunStatus, Thread
+from runs.tasks import claim
+from tests.conftest import Cluster, wait_for
+
+pytestmark = pytest.mark.django_db
+
+
+def start_run(api, **body) -> dict:
+    thread = api.post("/threads", {}, format="json").json()
+    body = {"assistant_id": "echo", "input": {"messages": [{"role": "user", "content": "hi"}]}, **body}
+    run = api.post(f"/threads/{thread['thread_id']}/runs", body, format="json")
+    assert run.status_code == 200, run.content
+    return run.json()
+
+
+def test_a_running_run_whose_worker_stopped_beating_ends_in_error_and_frees_its_thread(api):
+    run = start_run(api)
+    assert claim(run["run_id"])
+    Run.objects.filter(pk=run["run_id"]).update(
+        heartbeat_at=timezone.now() - timedelta(minutes=2), worker="deadhost:99"
+    )
+
+    assert recovery.runs_reap_stale(heartbeat_timeout=30) == 1
+
+    row = Run.objects.get(pk=run["run_id"])
+    assert row.status == RunStatus.ERROR
+    assert row.error["error"] == "WorkerLost" and "deadhost:99" in row.error["message"]
+    # Its streams end as a failed run's do: an error event, and run_done on the thread stream.
+    events = [(e.event, e.payload, e.thread_only) for e in row.events.order_by("seq")]
+    assert events == [
+        ("error", row.error, False),
+        ("metadata", {"status": "run_done", "run_id": run["run_id"]}, True),
+    ]
+    assert Thread.objects.get(pk=run["thread_id"]).status != "busy"
+    second = api.post(
+        f"/threads/{run['thread_id']}/runs",
+        {"assistant_id": "echo", "input": {"messages": []}, "multitask_strategy": "reject"},
+        format="json",
+    )
+    assert second.status_code == 200  # nothing active left: reject lets it in
+
+
+def test_a_live_heartbeat_is_left_alone(api):
+    run = start_run(api)
+    assert claim(run["run_id"])
+
+    assert recovery.runs_reap_stale(heartbeat_timeout=30) == 0
+    assert Run.objects.get(pk=run["run_id"]).status == RunStatus.RUNNING
+
+
+@pytest.mark.live
+@pytest.mark.django_db(transaction=True)
+def test_kill_9_of_the_worker_running_a_graph(api):
+    cluster = Cluster(
+        workers=2, RUNS_HEARTBEAT_INTERVAL="0.3", RUNS_HEARTBEAT_TIMEOUT="2", EXECUTIONS_SWEEP_INTERVAL="0.5"
+    )
+    try:
+        run = start_run(api, input={"messages": [{"role": "user", "content": "slow"}], "sleep": 30})
+        running = wait_for(
+            lambda: Run.objects.filter(pk=run["run_id"], status="running").exclude(worker="").first(),
+            timeout=30, message=cluster.log(),
+        )
+        os.kill(int(running.worker.rsplit(":", 1)[1]), signal.SIGKILL)
+        killed_at = time.monotonic()
+
+        ended = wait_for(
+            lambda: Run.objects.filter(pk=run["run_id"], status="error").first(), timeout=45, interval=0.2
+        )
+        assert "stopped beating its heartbeat" in ended.error["message"]
+        assert time.monotonic() - killed_at < 45
+        # The thread takes new runs, and a surviving worker runs them.
+        follow_up = api.post(
+            f"/threads/{run['thread_id']}/runs",
+            {"assistant_id": "echo", "input": {"messages": [{"role": "user", "content": "again"}]}},
+            format="json",
+        ).json()
+        wait_for(lambda: Run.objects.filter(pk=follow_up["run_id"], status="success").exists(), timeout=30)
+    finally:
+        cluster.stop()
