@@ -259,6 +259,10 @@ RUNS_TIMEOUT = env_int("RUNS_TIMEOUT", EXECUTIONS_TIMEOUT - 30)
 RUNS_MAX_DELAY_IN_WORKER = env_float("RUNS_MAX_DELAY_IN_WORKER", 30)
 # How often /wait and /join look for the run's end.
 RUNS_WAIT_POLL_INTERVAL = env_float("RUNS_WAIT_POLL_INTERVAL", 0.025)
+# Pending + running runs one user may have at once (429 beyond); 0 = no limit.
+RUNS_MAX_ACTIVE_PER_USER = env_int("RUNS_MAX_ACTIVE_PER_USER", 1000)
+# Largest metadata (and run config) of an assistant, thread or run, as compact JSON (422 beyond).
+METADATA_MAX_BYTES = env_int("METADATA_MAX_BYTES", 64 * 1024)
 
 # --- CORS -----------------------------------------------------------------------------------------
 

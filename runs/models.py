@@ -97,13 +97,30 @@ class OwnedQuerySet(models.QuerySet):
         return self.filter(owner=user)
 
 
+class IdempotentCreate(models.Model):
+    """An object whose create request may carry an ``Idempotency-Key``: a retry with the same key
+    from the same owner gets this object back instead of a second one. A partial unique index on
+    (owner, idempotency_key) makes that hold for concurrent retries too."""
+
+    # Up to 255 characters from the header, plus "/batch/<n>" for the runs of a batch.
+    idempotency_key = models.CharField(max_length=300, null=True, blank=True, editable=False)
+    request_hash = models.CharField(
+        max_length=64, blank=True, default="", editable=False,
+        help_text="SHA-256 of the create request (path and body) that carried the key: the same "
+        "key with another request is a conflict.",
+    )
+
+    class Meta:
+        abstract = True
+
+
 class AssistantQuerySet(OwnedQuerySet):
     def visible_to(self, user) -> AssistantQuerySet:
         """A user's own assistants and the system ones (one per registered graph)."""
         return self.filter(Q(owner=user) | Q(owner__isnull=True))
 
 
-class Assistant(models.Model):
+class Assistant(IdempotentCreate):
     """A graph with a configuration. ``owner`` is empty for the system assistant of each graph."""
 
     assistant_id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -132,6 +149,13 @@ class Assistant(models.Model):
         indexes = [
             models.Index(fields=["owner", "-created_at"], name="assistant_owner_created"),
             models.Index(fields=["graph_id"], name="assistant_graph"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="assistant_idempotency_key_unique",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -173,7 +197,7 @@ class ThreadQuerySet(OwnedQuerySet):
         )
 
 
-class Thread(models.Model):
+class Thread(IdempotentCreate):
     """A conversation: a sequence of runs sharing checkpointed state.
 
     The row also serves as the per-thread lock: run creation and run completion take it
@@ -221,6 +245,11 @@ class Thread(models.Model):
             models.CheckConstraint(
                 condition=Q(status__in=ThreadStatus.values), name="thread_status_valid"
             ),
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="thread_idempotency_key_unique",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -236,7 +265,7 @@ class RunQuerySet(OwnedQuerySet):
         return self.filter(status=RunStatus.RUNNING, heartbeat_at__lt=before)
 
 
-class Run(models.Model):
+class Run(IdempotentCreate):
     """One execution of an assistant's graph on a thread. This row is the truth about it."""
 
     run_id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
@@ -281,6 +310,8 @@ class Run(models.Model):
             models.Index(fields=["thread", "status", "created_at"], name="run_thread_status_created"),
             models.Index(fields=["owner", "-created_at"], name="run_owner_created"),
             models.Index(fields=["status", "created_at"], name="run_status_created"),
+            # The per-user cap on active runs counts these.
+            models.Index(fields=["owner", "status"], name="run_owner_status"),
         ]
         constraints = [
             # The database, not the code, guarantees that a thread runs one graph at a time.
@@ -293,6 +324,11 @@ class Run(models.Model):
             models.CheckConstraint(
                 condition=Q(multitask_strategy__in=MultitaskStrategy.values),
                 name="run_multitask_strategy_valid",
+            ),
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="run_idempotency_key_unique",
             ),
         ]
 

@@ -9,19 +9,23 @@ one of them wins whatever the number of processes.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max, QuerySet
 from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
 from langgraph.errors import InvalidUpdateError
 
+from project.errors import TooManyActive
 from runs import dispatch
 from runs.errors import (
     MULTITASK_REJECTED,
@@ -46,6 +50,7 @@ from runs.models import (
     Assistant,
     AssistantVersion,
     CancelAction,
+    IdempotentCreate,
     MultitaskStrategy,
     Run,
     RunStatus,
@@ -56,6 +61,8 @@ from runs.models import (
 from runs.wakeups import run_changed, thread_changed
 
 logger = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=IdempotentCreate)
 
 
 def parse_uuid(value: Any, what: str) -> uuid.UUID:
@@ -82,6 +89,99 @@ def json_filter(queryset: QuerySet, field: str, conditions: dict[str, Any] | Non
         alias = f"_{field}_filter_{index}"
         queryset = queryset.alias(**{alias: KeyTransform(key, field)}).filter(**{alias: value})
     return queryset
+
+
+# --- limits and idempotency ----------------------------------------------------------------------
+
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
+
+
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True, default=str)
+
+
+def check_json_size(field: str, value: Any) -> None:
+    """422 when ``value`` (metadata, a run's config) is over ``METADATA_MAX_BYTES`` as JSON: such
+    blobs are copied into every run and state read, and searched as JSON."""
+    limit = settings.METADATA_MAX_BYTES
+    if not limit or value is None:
+        return
+    size = len(_compact_json(value).encode())
+    if size > limit:
+        raise Unprocessable(
+            f"{field} is too large: {size} bytes as JSON, over the limit of {limit} bytes "
+            "(METADATA_MAX_BYTES)."
+        )
+
+
+def _check_active_runs(owner) -> None:
+    limit = settings.RUNS_MAX_ACTIVE_PER_USER
+    if not limit:
+        return
+    # A soft cap: two racing creates may both pass at the edge, which is harmless.
+    if Run.objects.owned_by(owner).active().count() >= limit:
+        raise TooManyActive(
+            detail=f"You already have {limit} pending or running runs (RUNS_MAX_ACTIVE_PER_USER); "
+            "wait for some to finish or cancel them."
+        )
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """An ``Idempotency-Key`` header and a hash of the request that carried it."""
+
+    key: str
+    request_hash: str
+    header: str  # the key as the client sent it, for messages
+
+    @classmethod
+    def from_header(cls, raw: str | None, *, method: str, path: str, body: Any) -> Idempotency | None:
+        if not raw:
+            return None
+        if len(raw) > IDEMPOTENCY_KEY_MAX_LENGTH:
+            raise Unprocessable(
+                f"Idempotency-Key is too long: {len(raw)} characters, the limit is "
+                f"{IDEMPOTENCY_KEY_MAX_LENGTH}."
+            )
+        digest = hashlib.sha256(_compact_json([method.upper(), path, body]).encode()).hexdigest()
+        return cls(key=raw, request_hash=digest, header=raw)
+
+    def batch_item(self, index: int) -> Idempotency:
+        """The key of the ``index``-th run of a batch; the hash stays the whole batch's, so any
+        change to the batch is a conflict."""
+        return Idempotency(key=f"{self.key}/batch/{index}", request_hash=self.request_hash, header=self.header)
+
+    def stored(self) -> dict[str, str]:
+        return {"idempotency_key": self.key, "request_hash": self.request_hash}
+
+
+def _create_once(
+    model: type[M], *, owner, idempotency: Idempotency, what: str, create: Callable[[], M]
+) -> tuple[M, bool]:
+    """``create()`` unless ``owner`` already created a ``model`` with this key: then that one.
+    Returns (object, created). The same key with another request is a 409."""
+
+    def original() -> M | None:
+        return model.objects.filter(owner=owner, idempotency_key=idempotency.key).first()
+
+    existing = original()
+    if existing is None:
+        try:
+            with transaction.atomic():
+                return create(), True
+        except (IntegrityError, Conflict):
+            # A twin request with the same key may have won a moment ago: the unique index (or
+            # the thread's lock, for a multitask reject) made us wait for it. Answer with its object.
+            existing = original()
+            if existing is None:
+                raise
+    if existing.request_hash != idempotency.request_hash:
+        raise Conflict(
+            f"Idempotency-Key '{idempotency.header}' was already used for another request, which "
+            f"created {what} {existing.pk}. Repeat that request exactly to get it again, or use a "
+            "new key."
+        )
+    return existing, False
 
 
 # --- assistants ----------------------------------------------------------------------------------
@@ -150,10 +250,12 @@ def assistant_create(
     name: str | None = None,
     description: str | None = None,
     if_exists: str = "raise",
+    idempotency: Idempotency | None = None,
 ) -> Assistant:
     """Create an assistant (version 1) of a registered graph."""
     if graph_id not in graph_ids():
         raise _graph_not_found(graph_id)
+    check_json_size("metadata", metadata)
     pk = parse_uuid(assistant_id, "assistant") if assistant_id is not None else uuid.uuid4()
     existing = Assistant.objects.filter(pk=pk).first()
     if existing is not None:
@@ -175,11 +277,22 @@ def assistant_create(
                 version=1,
                 created_at=now,
                 updated_at=now,
+                **(idempotency.stored() if idempotency else {}),
             )
             _version_from(assistant).save()
     except IntegrityError:
         raise Conflict(f"Assistant with ID {pk} already exists") from None
     return assistant
+
+
+def assistant_create_idempotent(*, owner, idempotency: Idempotency | None, **fields: Any) -> tuple[Assistant, bool]:
+    """``assistant_create``, or the assistant an earlier request with the same key created."""
+    if idempotency is None:
+        return assistant_create(owner=owner, **fields), True
+    return _create_once(
+        Assistant, owner=owner, idempotency=idempotency, what="assistant",
+        create=lambda: assistant_create(owner=owner, idempotency=idempotency, **fields),
+    )
 
 
 def _own_assistant(user, assistant: Assistant) -> Assistant:
@@ -204,6 +317,7 @@ def assistant_update(
     _own_assistant(user, assistant)
     if graph_id is not None and graph_id not in graph_ids():
         raise _graph_not_found(graph_id)
+    check_json_size("metadata", metadata)
     with transaction.atomic():
         assistant = Assistant.objects.select_for_update().get(pk=assistant.pk)
         latest = assistant.versions.aggregate(latest=Max("version"))["latest"] or assistant.version
@@ -216,6 +330,7 @@ def assistant_update(
             assistant.context = context
         if metadata is not None:
             assistant.metadata = {**assistant.metadata, **metadata}
+            check_json_size("metadata", assistant.metadata)
         if name is not None:
             assistant.name = name
         if description is not None:
@@ -290,11 +405,16 @@ def thread_create(
     thread_id: Any = None,
     metadata: dict | None = None,
     if_exists: str = "raise",
+    idempotency: Idempotency | None = None,
 ) -> Thread:
     pk = parse_uuid(thread_id, "thread") if thread_id is not None else uuid7()
+    check_json_size("metadata", metadata)
     try:
         with transaction.atomic():
-            return Thread.objects.create(thread_id=pk, owner=owner, metadata=metadata or {})
+            return Thread.objects.create(
+                thread_id=pk, owner=owner, metadata=metadata or {},
+                **(idempotency.stored() if idempotency else {}),
+            )
     except IntegrityError:
         existing = Thread.objects.filter(pk=pk, owner=owner).first()
         if existing is not None and if_exists == "do_nothing":
@@ -302,12 +422,24 @@ def thread_create(
         raise Conflict(f"Thread with ID {pk} already exists") from None
 
 
+def thread_create_idempotent(*, owner, idempotency: Idempotency | None, **fields: Any) -> tuple[Thread, bool]:
+    """``thread_create``, or the thread an earlier request with the same key created."""
+    if idempotency is None:
+        return thread_create(owner=owner, **fields), True
+    return _create_once(
+        Thread, owner=owner, idempotency=idempotency, what="thread",
+        create=lambda: thread_create(owner=owner, idempotency=idempotency, **fields),
+    )
+
+
 def thread_update(*, thread: Thread, metadata: dict | None = None) -> Thread:
     """Merge ``metadata`` into the thread's."""
+    check_json_size("metadata", metadata)
     with transaction.atomic():
         thread = Thread.objects.select_for_update().get(pk=thread.pk)
         if metadata:
             thread.metadata = {**thread.metadata, **metadata}
+            check_json_size("metadata", thread.metadata)
         thread.updated_at = timezone.now()
         thread.save(update_fields=["metadata", "updated_at"])
     return thread
@@ -668,9 +800,12 @@ def run_create(
     body: dict,
     thread_id: Any = None,
     on_completion: str = "",
+    idempotency: Idempotency | None = None,
 ) -> Run:
     """Create a run from a validated RunCreate body; ``thread_id=None`` makes a stateless run on a
     new temporary thread. Applies the multitask strategy against the thread's active runs."""
+    check_json_size("metadata", body.get("metadata"))
+    check_json_size("config", body.get("config"))
     assistant = assistant_for_run(user=owner, assistant_id=body["assistant_id"])
     configurable = (body.get("config") or {}).get("configurable")
     if configurable and body.get("context"):
@@ -688,6 +823,7 @@ def run_create(
     thread_pk = uuid7() if stateless else parse_uuid(thread_id, "thread")
     create_thread = stateless or body.get("if_not_exists") == "create"
     run_id = uuid7()
+    _check_active_runs(owner)
     now = timezone.now()
 
     with transaction.atomic():
@@ -714,6 +850,7 @@ def run_create(
             created_at=now + timedelta(seconds=after_seconds) if after_seconds > 0 else now,
             updated_at=now,
             on_completion=on_completion,
+            **(idempotency.stored() if idempotency else {}),
         )
         thread.metadata = {
             **thread.metadata, "graph_id": assistant.graph_id, "assistant_id": str(assistant.pk)
@@ -726,6 +863,33 @@ def run_create(
                 _cancel_locked(run=other, action=strategy)
         dispatch.run_enqueue_on_commit(run.pk)
     return run
+
+
+def run_create_idempotent(
+    *, owner, body: dict, idempotency: Idempotency | None, thread_id: Any = None, on_completion: str = ""
+) -> tuple[Run, bool]:
+    """``run_create``, or the run an earlier request with the same key created (whatever its
+    status now). A stateless run deleted with its temporary thread frees its key."""
+    if idempotency is None:
+        return run_create(owner=owner, body=body, thread_id=thread_id, on_completion=on_completion), True
+    return _create_once(
+        Run, owner=owner, idempotency=idempotency, what="run",
+        create=lambda: run_create(
+            owner=owner, body=body, thread_id=thread_id, on_completion=on_completion,
+            idempotency=idempotency,
+        ),
+    )
+
+
+def run_take_temporary_thread(*, run: Run) -> bool:
+    """A replayed stateless /wait or /stream whose first response is gone (it left the temporary
+    thread to be deleted when the run ends): keep the thread for this response, which then
+    deletes it after reading. True when this response took it over."""
+    return bool(
+        Run.objects.filter(pk=run.pk, status__in=RunStatus.active(), on_completion="delete").update(
+            on_completion=""
+        )
+    )
 
 
 def run_get(*, user, thread_id: Any, run_id: Any) -> Run:

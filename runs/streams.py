@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from types import SimpleNamespace
+from typing import Any
 from uuid import UUID
 
 from asgiref.sync import sync_to_async
@@ -39,19 +41,20 @@ from django.db.models import Max
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
-from rest_framework.exceptions import APIException
+from rest_framework.exceptions import APIException, Throttled
+from rest_framework.throttling import ScopedRateThrottle
 
+from project.async_db import in_executor
 from project.auth import raw_key_from_headers, user_for_api_key
 from project.event_hub import watch
 from project.sse import HEARTBEAT, HEARTBEAT_INTERVAL, EventStreamResponse, sse_event
+from project.stream_limits import hold_slot, stream_slot, too_many_streams
 from runs import services
 from runs.errors import Unprocessable
 from runs.models import CancelAction, Run, RunEvent, RunStatus, Thread
 from runs.stream_modes import API_MODES, event_wanted
 from runs.validation import parse_json_body
 from runs.wakeups import run_channel, thread_channel
-
-T = TypeVar("T")
 
 EVENT_ID_WIDTH = 19
 # Events read per query; a long backlog is sent in slices of this many.
@@ -129,18 +132,6 @@ class StoredEvent:
 
 
 # --- database reads ------------------------------------------------------------------------------
-
-
-def in_executor(function: Callable[..., T]) -> Callable[..., Any]:
-    """``function`` as a coroutine run in the shared executor, closing its connection after."""
-
-    def call(*args: Any, **kwargs: Any) -> T:
-        try:
-            return function(*args, **kwargs)
-        finally:
-            connections.close_all()
-
-    return sync_to_async(call, thread_sensitive=False)
 
 
 def _run_status_and_events(run_id: UUID, after_id: int) -> tuple[str | None, list[StoredEvent]]:
@@ -298,7 +289,19 @@ def _api_error(exc: APIException) -> JsonResponse:
     detail = exc.detail
     if isinstance(detail, (list, dict)):
         detail = json.dumps(detail)
-    return _detail(str(detail), exc.status_code)
+    wait = getattr(exc, "wait", None)
+    return _detail(str(detail), exc.status_code, {"Retry-After": str(math.ceil(wait))} if wait else None)
+
+
+def _create_throttle(request: HttpRequest, user: Any) -> None:
+    """The "create" throttle of the API views (DRF's, on the shared cache), for these plain
+    views: raises ``Throttled`` over the rate."""
+    throttle = ScopedRateThrottle()
+    # The throttle keys on request.user; here that is the API key's user, not the session's.
+    if not throttle.allow_request(
+        SimpleNamespace(user=user, META=request.META), SimpleNamespace(throttle_scope="create")
+    ):
+        raise Throttled(throttle.wait())
 
 
 _UNAUTHENTICATED = {"WWW-Authenticate": 'Bearer realm="api"'}
@@ -348,6 +351,26 @@ def _run_stream_response(
     return response
 
 
+async def _with_stream_slot(
+    user: Any, start: Callable[[], Any]
+) -> HttpResponse:
+    """The response ``start()`` makes, holding one of the user's open-stream slots until it
+    closes; the 429 of the per-user cap instead when every slot is taken. An error response
+    (JSON, before any event) gives its slot back at once."""
+    release = await stream_slot(user.pk)
+    if release is None:
+        return too_many_streams()
+    try:
+        response = await start()
+    except BaseException:
+        await sync_to_async(release)()
+        raise
+    if not isinstance(response, EventStreamResponse):
+        await sync_to_async(release)()
+        return response
+    return hold_slot(response, release)
+
+
 async def _create_and_stream(request: HttpRequest, thread_id: str | None) -> HttpResponse:
     refused = _method_not_allowed(request, "POST")
     if refused is not None:
@@ -357,30 +380,52 @@ async def _create_and_stream(request: HttpRequest, thread_id: str | None) -> Htt
         return user
     stateless = thread_id is None
     try:
+        await in_executor(_create_throttle)(request, user)
         schema = "RunCreateStreamingStateless" if stateless else "RunCreateStreamingStateful"
         body = parse_json_body(request.body, schema)
-        # A stateless run's thread stays until this response has sent the run's last event.
-        run = await in_executor(services.run_create)(
-            owner=user, body=body, thread_id=thread_id, on_completion=""
+        idempotency = services.Idempotency.from_header(
+            request.headers.get("Idempotency-Key"), method="POST", path=request.path, body=body
         )
+        # Only a replay resumes: a new run's stream starts at its first event.
+        resume_after = parse_last_event_id(request.headers.get("Last-Event-ID")) if idempotency else None
     except APIException as exc:
         return _api_error(exc)
-    discard = stateless and body.get("on_completion", "delete") == "delete"
-    stream = run_stream_body(
-        run.pk,
-        0,
-        with_ids=bool(body.get("stream_resumable")),
-        cancel_on_disconnect=body.get("on_disconnect") == "cancel",
-        temporary_thread_id=run.thread_id if discard else None,
-    )
-    if stateless:
-        # As the real server: a Location route that does not exist, so the SDK's reconnect check
-        # (GET /runs/{id}) gets a 404 and treats the run as finished.
-        return _run_stream_response(
-            stream, location=f"/runs/{run.pk}/stream", content_location=f"/runs/{run.pk}"
+
+    async def start() -> HttpResponse:
+        try:
+            # A stateless run's thread stays until this response has sent the run's last event.
+            run, created = await in_executor(services.run_create_idempotent)(
+                owner=user, body=body, thread_id=thread_id, on_completion="", idempotency=idempotency
+            )
+            if created:
+                discard = stateless and body.get("on_completion", "delete") == "delete"
+            else:
+                # A replay joins the first request's run: from its first event (or after
+                # Last-Event-ID); the temporary thread is this response's only if the first is gone.
+                discard = await in_executor(services.run_take_temporary_thread)(run=run)
+        except APIException as exc:
+            return _api_error(exc)
+        stream = run_stream_body(
+            run.pk,
+            0 if created or resume_after is None else resume_after,
+            with_ids=bool(body.get("stream_resumable")),
+            cancel_on_disconnect=body.get("on_disconnect") == "cancel",
+            temporary_thread_id=run.thread_id if discard else None,
         )
-    base = f"/threads/{run.thread_id}/runs/{run.pk}"
-    return _run_stream_response(stream, location=f"{base}/stream", content_location=base)
+        if stateless:
+            # As the real server: a Location route that does not exist, so the SDK's reconnect
+            # check (GET /runs/{id}) gets a 404 and treats the run as finished.
+            response = _run_stream_response(
+                stream, location=f"/runs/{run.pk}/stream", content_location=f"/runs/{run.pk}"
+            )
+        else:
+            base = f"/threads/{run.thread_id}/runs/{run.pk}"
+            response = _run_stream_response(stream, location=f"{base}/stream", content_location=base)
+        if idempotency is not None:
+            response["Idempotent-Replayed"] = "false" if created else "true"
+        return response
+
+    return await _with_stream_slot(user, start)
 
 
 @csrf_exempt
@@ -428,14 +473,18 @@ async def run_join_stream(request: HttpRequest, thread_id: str, run_id: str) -> 
         # As on the real server: a 200 stream whose only event reports the missing run.
         return EventStreamResponse(single_event_body("error", RUN_NOT_FOUND))
     cancel = request.GET.get("cancel_on_disconnect", "").strip().lower() in {"1", "true", "yes", "on"}
-    stream = run_stream_body(
-        run_pk,
-        last_id if resume_after is None else resume_after,
-        modes=modes,
-        with_ids=bool(kwargs.get("resumable")),
-        cancel_on_disconnect=cancel,
-    )
-    return EventStreamResponse(stream)
+
+    async def start() -> HttpResponse:
+        stream = run_stream_body(
+            run_pk,
+            last_id if resume_after is None else resume_after,
+            modes=modes,
+            with_ids=bool(kwargs.get("resumable")),
+            cancel_on_disconnect=cancel,
+        )
+        return EventStreamResponse(stream)
+
+    return await _with_stream_slot(user, start)
 
 
 def _thread_for_stream(user: Any, thread_id: str) -> tuple[UUID, int]:
@@ -461,4 +510,8 @@ async def thread_stream(request: HttpRequest, thread_id: str) -> HttpResponse:
     except APIException as exc:
         return _api_error(exc)
     after_id = last_id if resume_after is None else resume_after
-    return EventStreamResponse(follow_thread(thread_pk, after_id, modes=modes))
+
+    async def start() -> HttpResponse:
+        return EventStreamResponse(follow_thread(thread_pk, after_id, modes=modes))
+
+    return await _with_stream_slot(user, start)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from importlib import metadata as package_metadata
 from typing import Any
 
@@ -18,8 +19,10 @@ from rest_framework import exceptions, status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
+from project.async_db import in_executor
 from runs import services
 from runs.errors import NotFound, Unprocessable
 from runs.graphs import graph_get
@@ -35,7 +38,7 @@ from runs.serializers import (
     run_json,
     thread_json,
 )
-from runs.streams import after_disconnect, in_executor
+from runs.streams import after_disconnect
 from runs.validation import INVALID_JSON, parse_json_body, validate_body
 
 
@@ -62,7 +65,7 @@ class LangGraphView(APIView):
             if getattr(exc, "auth_header", None):
                 headers["WWW-Authenticate"] = exc.auth_header
             if getattr(exc, "wait", None):
-                headers["Retry-After"] = str(int(exc.wait))
+                headers["Retry-After"] = str(math.ceil(exc.wait))
             detail = exc.detail
             if isinstance(detail, (list, dict)):
                 detail = json.dumps(detail)
@@ -72,6 +75,32 @@ class LangGraphView(APIView):
     def body(self, schema: str | None = None, *, required: bool = True) -> Any:
         """The request's JSON body, validated against the API component ``schema``."""
         return parse_json_body(self.request.body, schema, required=required)
+
+
+IDEMPOTENT_REPLAYED = "Idempotent-Replayed"
+
+
+class CreateView(LangGraphView):
+    """A view whose POST creates: throttled per user like every create of the platform (the
+    executions API's "create" scope and rate, in the shared cache), and an ``Idempotency-Key``
+    header makes a retry answer with the object the first request created."""
+
+    throttle_scope = "create"
+
+    def get_throttles(self) -> list:
+        return [ScopedRateThrottle()] if self.request.method == "POST" else []
+
+    def idempotency(self, body: Any) -> services.Idempotency | None:
+        return services.Idempotency.from_header(
+            self.request.headers.get("Idempotency-Key"),
+            method=self.request.method, path=self.request.path, body=body,
+        )
+
+
+def _replayed(response: HttpResponse, idempotency: Any, created: bool) -> HttpResponse:
+    if idempotency is not None:
+        response[IDEMPOTENT_REPLAYED] = "false" if created else "true"
+    return response
 
 
 def _paginated(items: list, total: int, offset: int, limit: int) -> Response:
@@ -134,11 +163,13 @@ class InfoView(LangGraphView):
 # --- assistants ----------------------------------------------------------------------------------
 
 
-class AssistantsView(LangGraphView):
+class AssistantsView(CreateView):
     def post(self, request: Request) -> Response:
         body = self.body("AssistantCreate")
-        assistant = services.assistant_create(
+        idempotency = self.idempotency(body)
+        assistant, created = services.assistant_create_idempotent(
             owner=request.user,
+            idempotency=idempotency,
             graph_id=body["graph_id"],
             assistant_id=body.get("assistant_id"),
             config=body.get("config"),
@@ -148,7 +179,7 @@ class AssistantsView(LangGraphView):
             description=body.get("description"),
             if_exists=body.get("if_exists", "raise"),
         )
-        return Response(assistant_json(assistant))
+        return _replayed(Response(assistant_json(assistant)), idempotency, created)
 
 
 class AssistantSearchView(LangGraphView):
@@ -283,16 +314,18 @@ class AssistantLatestView(LangGraphView):
 # --- threads -------------------------------------------------------------------------------------
 
 
-class ThreadsView(LangGraphView):
+class ThreadsView(CreateView):
     def post(self, request: Request) -> Response:
         body = self.body("ThreadCreate", required=False)
-        thread = services.thread_create(
+        idempotency = self.idempotency(body)
+        thread, created = services.thread_create_idempotent(
             owner=request.user,
+            idempotency=idempotency,
             thread_id=body.get("thread_id"),
             metadata=body.get("metadata"),
             if_exists=body.get("if_exists", "raise"),
         )
-        return Response(thread_json(thread))
+        return _replayed(Response(thread_json(thread)), idempotency, created)
 
 
 class ThreadSearchView(LangGraphView):
@@ -488,7 +521,7 @@ def result_response(
     return response
 
 
-class ThreadRunsView(LangGraphView):
+class ThreadRunsView(CreateView):
     def get(self, request: Request, thread_id: str) -> Response:
         thread = services.thread_get(user=request.user, thread_id=thread_id)
         limit = _query_int(request, "limit", 10, 1, 1000)
@@ -502,20 +535,28 @@ class ThreadRunsView(LangGraphView):
 
     def post(self, request: Request, thread_id: str) -> Response:
         body = self.body("RunCreateStateful")
-        run = services.run_create(owner=request.user, body=body, thread_id=thread_id)
+        idempotency = self.idempotency(body)
+        run, created = services.run_create_idempotent(
+            owner=request.user, body=body, thread_id=thread_id, idempotency=idempotency
+        )
         headers = {"Content-Location": f"/threads/{run.thread_id}/runs/{run.pk}"}
-        return Response(run_json(run), headers=headers)
+        return _replayed(Response(run_json(run), headers=headers), idempotency, created)
 
 
-class ThreadRunWaitView(LangGraphView):
+class ThreadRunWaitView(CreateView):
     def post(self, request: Request, thread_id: str) -> HttpResponse:
         body = self.body("RunCreateStreamingStateful")
-        run = services.run_create(owner=request.user, body=body, thread_id=thread_id)
-        return result_response(
+        idempotency = self.idempotency(body)
+        run, created = services.run_create_idempotent(
+            owner=request.user, body=body, thread_id=thread_id, idempotency=idempotency
+        )
+        # A replay waits for the first request's run and answers as /join would.
+        response = result_response(
             thread_id=run.thread_id,
             run_id=run.pk,
             cancel_on_disconnect=body.get("on_disconnect") == "cancel",
         )
+        return _replayed(response, idempotency, created)
 
 
 class RunDetailView(LangGraphView):
@@ -558,39 +599,55 @@ class RunCancelView(LangGraphView):
         return HttpResponse(status=status.HTTP_202_ACCEPTED)
 
 
-class StatelessRunsView(LangGraphView):
+class StatelessRunsView(CreateView):
     def post(self, request: Request) -> Response:
         body = self.body("RunCreateStateless")
-        run = services.run_create(
-            owner=request.user, body=body, on_completion=body.get("on_completion", "delete")
+        idempotency = self.idempotency(body)
+        run, created = services.run_create_idempotent(
+            owner=request.user, body=body, on_completion=body.get("on_completion", "delete"),
+            idempotency=idempotency,
         )
         headers = {"Content-Location": f"/threads/{run.thread_id}/runs/{run.pk}"}
-        return Response(run_json(run), headers=headers)
+        return _replayed(Response(run_json(run), headers=headers), idempotency, created)
 
 
-class StatelessRunWaitView(LangGraphView):
+class StatelessRunWaitView(CreateView):
     def post(self, request: Request) -> HttpResponse:
         body = self.body("RunCreateStreamingStateless")
+        idempotency = self.idempotency(body)
         # The response reads the result before the temporary thread goes, so the worker keeps it.
-        run = services.run_create(owner=request.user, body=body, on_completion="")
-        return result_response(
+        run, created = services.run_create_idempotent(
+            owner=request.user, body=body, on_completion="", idempotency=idempotency
+        )
+        if created:
+            discard = body.get("on_completion", "delete") == "delete"
+        else:
+            # A replay: the thread is this response's to delete only if the first one is gone.
+            discard = services.run_take_temporary_thread(run=run)
+        response = result_response(
             thread_id=run.thread_id,
             run_id=run.pk,
-            discard_thread=body.get("on_completion", "delete") == "delete",
+            discard_thread=discard,
             cancel_on_disconnect=body.get("on_disconnect") == "cancel",
         )
+        return _replayed(response, idempotency, created)
 
 
-class RunBatchView(LangGraphView):
+class RunBatchView(CreateView):
     def post(self, request: Request) -> Response:
         bodies = self.body("RunBatchCreate")
+        idempotency = self.idempotency(bodies)
+        # Not atomic, as on the real server: a retry with the same key creates only the runs the
+        # first attempt did not.
         runs = [
-            services.run_create(
-                owner=request.user, body=body, on_completion=body.get("on_completion", "delete")
+            services.run_create_idempotent(
+                owner=request.user, body=body, on_completion=body.get("on_completion", "delete"),
+                idempotency=idempotency.batch_item(index) if idempotency else None,
             )
-            for body in bodies
+            for index, body in enumerate(bodies)
         ]
-        return Response([run_json(run) for run in runs])
+        response = Response([run_json(run) for run, _ in runs])
+        return _replayed(response, idempotency, any(created for _, created in runs))
 
 
 class RunsCancelView(LangGraphView):
