@@ -26,12 +26,13 @@ run: migrate
 	PORT=$(PORT) exec $(BIN)/python manage.py serve --host $${HOST:-127.0.0.1} --port $(PORT)
 
 ## test: the default test suite (no external services needed)
+# A per-test cap turns a hang into one failed test with its stack, instead of a stuck CI run.
 test: install
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" --timeout 300 $(PYTEST_ARGS)
 
 ## test-slow: fault and load tests (real processes killed, many jobs)
 test-slow: install
-	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m slow --timeout 900 $(PYTEST_ARGS)
 
 ## bench: throughput and latency figures against raw django-q2 on the same broker
 bench: install

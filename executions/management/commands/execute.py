@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -145,12 +148,13 @@ class Command(BaseCommand):
     def _follow(self, execution: Execution) -> None:
         bar = ProgressBar(self.stderr)
         try:
-            self.stderr.write(
-                f"Execution {execution.pk} ({execution.type} '{execution.target_id}') queued; "
-                "Ctrl-C cancels it.",
-                style_func=lambda text: text,
-            )
-            row = self._poll_until_finished(execution, bar)
+            with self._interrupt_between_polls():
+                self.stderr.write(
+                    f"Execution {execution.pk} ({execution.type} '{execution.target_id}') queued; "
+                    "Ctrl-C cancels it.",
+                    style_func=lambda text: text,
+                )
+                row = self._poll_until_finished(execution, bar)
         except KeyboardInterrupt:
             bar.close()
             self._cancel_on_interrupt(execution)
@@ -196,7 +200,25 @@ class Command(BaseCommand):
                     "(`manage.py qcluster`) running?",
                     style_func=lambda text: text,
                 )
-            time.sleep(POLL_INTERVAL)
+            if self._interrupted.wait(POLL_INTERVAL):
+                raise KeyboardInterrupt
+
+    _interrupted = threading.Event()  # never set unless _interrupt_between_polls is active
+
+    @contextmanager
+    def _interrupt_between_polls(self):
+        """Ctrl-C only between two polls: a KeyboardInterrupt raised inside a database call could
+        leave the connection (or SQLite's process-wide write queue) half-used, and the cancel that
+        follows would then wait on it."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers live in the main thread; call_command from a thread keeps the default
+            return
+        self._interrupted = threading.Event()
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: self._interrupted.set())
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def _cancel_on_interrupt(self, execution: Execution) -> None:
         try:
