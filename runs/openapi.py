@@ -29,7 +29,7 @@ SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
 STATUSES: dict[str, tuple[int, ...]] = {
     "get /ok": (200,),
     "get /info": (200,),
-    "post /assistants": (200, 404, 409, 422),
+    "post /assistants": (200, 404, 409, 422, 429),
     "post /assistants/search": (200, 422),
     "post /assistants/count": (200, 422),
     "get /assistants/{assistant_id}": (200, 404, 422),
@@ -41,7 +41,7 @@ STATUSES: dict[str, tuple[int, ...]] = {
     "get /assistants/{assistant_id}/schemas": (200, 404, 422),
     "post /assistants/{assistant_id}/versions": (200, 404, 422),
     "post /assistants/{assistant_id}/latest": (200, 404, 409, 422),
-    "post /threads": (200, 409, 422),
+    "post /threads": (200, 409, 422, 429),
     "post /threads/search": (200, 422),
     "post /threads/count": (200, 422),
     "post /threads/prune": (200, 422),
@@ -55,23 +55,23 @@ STATUSES: dict[str, tuple[int, ...]] = {
     "post /threads/{thread_id}/state/checkpoint": (200, 404, 422),
     "get /threads/{thread_id}/history": (200, 404, 422),
     "post /threads/{thread_id}/history": (200, 404, 422),
-    "get /threads/{thread_id}/stream": (200, 404, 422),
+    "get /threads/{thread_id}/stream": (200, 404, 422, 429),
     "get /threads/{thread_id}/runs": (200, 404, 422),
-    "post /threads/{thread_id}/runs": (200, 400, 404, 409, 422),
-    "post /threads/{thread_id}/runs/wait": (200, 400, 404, 409, 422),
-    "post /threads/{thread_id}/runs/stream": (200, 400, 404, 409, 422),
+    "post /threads/{thread_id}/runs": (200, 400, 404, 409, 422, 429),
+    "post /threads/{thread_id}/runs/wait": (200, 400, 404, 409, 422, 429),
+    "post /threads/{thread_id}/runs/stream": (200, 400, 404, 409, 422, 429),
     "get /threads/{thread_id}/runs/{run_id}": (200, 404, 422),
     "delete /threads/{thread_id}/runs/{run_id}": (204, 404, 422),
     # A missing run (or another user's) is a 200 whose body, or only event, says so, as on the
     # real server.
     "get /threads/{thread_id}/runs/{run_id}/join": (200, 422),
-    "get /threads/{thread_id}/runs/{run_id}/stream": (200, 422),
+    "get /threads/{thread_id}/runs/{run_id}/stream": (200, 422, 429),
     # 202 without a body; 200 with the run's result when ?wait=true.
     "post /threads/{thread_id}/runs/{run_id}/cancel": (200, 202, 404, 422),
-    "post /runs": (200, 400, 404, 422),
-    "post /runs/wait": (200, 400, 404, 422),
-    "post /runs/stream": (200, 400, 404, 422),
-    "post /runs/batch": (200, 400, 404, 422),
+    "post /runs": (200, 400, 404, 409, 422, 429),
+    "post /runs/wait": (200, 400, 404, 409, 422, 429),
+    "post /runs/stream": (200, 400, 404, 409, 422, 429),
+    "post /runs/batch": (200, 400, 404, 409, 422, 429),
     "post /runs/cancel": (204, 404, 422),
 }
 
@@ -84,6 +84,49 @@ RESPONSES: dict[int, dict[str, Any]] = {
     404: {"description": "Not Found", "content": _ERROR},
     409: {"description": "Conflict", "content": _ERROR},
     422: {"description": "Validation Error", "content": _ERROR},
+    429: {
+        "description": (
+            "Too Many Requests: over the per-user create rate (`Retry-After` says when to retry), "
+            "the cap on active runs (`RUNS_MAX_ACTIVE_PER_USER`) or the cap on open streams "
+            "(`STREAMS_MAX_PER_USER`)."
+        ),
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds until the create rate allows another create.",
+                "schema": {"type": "string"},
+            }
+        },
+        "content": _ERROR,
+    },
+}
+
+# Creates that take an Idempotency-Key (runs.services.Idempotency).
+IDEMPOTENT: frozenset[str] = frozenset({
+    "post /assistants",
+    "post /threads",
+    "post /threads/{thread_id}/runs",
+    "post /threads/{thread_id}/runs/wait",
+    "post /threads/{thread_id}/runs/stream",
+    "post /runs",
+    "post /runs/wait",
+    "post /runs/stream",
+    "post /runs/batch",
+})
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": (
+        "Retrying with the same key (and the same request) answers with what the first request "
+        "created instead of creating again: the object; for `/wait`, the run's result once it "
+        "ends; for `/stream`, the run's stream from its first event (or after `Last-Event-ID`). "
+        "The same key with another request is a 409. Keys are per user."
+    ),
+    "schema": {"type": "string", "maxLength": 255},
+}
+IDEMPOTENT_REPLAYED = {
+    "description": "With an Idempotency-Key: `true` when the response is the first request's.",
+    "schema": {"type": "string", "enum": ["true", "false"]},
 }
 
 # Where the real server (and so we, byte for byte) answers outside its own spec's shapes; each
@@ -222,6 +265,10 @@ def _operation(route: Route, method: str, spec_op: dict[str, Any]) -> dict[str, 
         for media_type, content in (response.get("content") or {}).items():
             if media_type == "text/event-stream":
                 content["schema"] = copy.deepcopy(RUN_EVENT)
+    if key in IDEMPOTENT:
+        operation["parameters"] = [*operation.get("parameters", []), copy.deepcopy(IDEMPOTENCY_KEY)]
+        headers = operation["responses"]["200"].setdefault("headers", {})
+        headers["Idempotent-Replayed"] = copy.deepcopy(IDEMPOTENT_REPLAYED)
     if key in UNSUPPORTED_PARAMETERS:
         operation["parameters"] = [
             p for p in operation.get("parameters", []) if p["name"] not in UNSUPPORTED_PARAMETERS[key]
