@@ -343,6 +343,32 @@ class Run(IdempotentCreate):
         return max(0.0, (end - self.started_at).total_seconds())
 
 
+class DiscardedRun(models.Model):
+    """What is left of a stateless run with an ``Idempotency-Key`` once its temporary thread was
+    deleted (and the run with it): enough for a retry with that key to get the run and its
+    result rather than start the graph again."""
+
+    run_id = models.UUIDField(primary_key=True, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    thread_id = models.UUIDField(editable=False)
+    idempotency_key = models.CharField(max_length=300, editable=False)
+    request_hash = models.CharField(max_length=64, editable=False)
+    run = models.JSONField(help_text="The run as the API showed it last.")
+    result = models.JSONField(null=True, blank=True, help_text="What /wait answered.")
+    discarded_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"], name="discarded_run_idempotency_key_unique"
+            ),
+        ]
+        indexes = [models.Index(fields=["discarded_at"], name="discarded_run_discarded_at")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} (discarded)"
+
+
 class RunEvent(models.Model):
     """One event of a run's stream, in the order produced: what an SSE client receives.
 

@@ -50,6 +50,7 @@ from runs.models import (
     Assistant,
     AssistantVersion,
     CancelAction,
+    DiscardedRun,
     IdempotentCreate,
     MultitaskStrategy,
     Run,
@@ -58,6 +59,7 @@ from runs.models import (
     ThreadStatus,
     uuid7,
 )
+from runs.serializers import run_json
 from runs.wakeups import run_changed, thread_changed
 
 logger = logging.getLogger(__name__)
@@ -156,13 +158,16 @@ class Idempotency:
 
 
 def _create_once(
-    model: type[M], *, owner, idempotency: Idempotency, what: str, create: Callable[[], M]
-) -> tuple[M, bool]:
-    """``create()`` unless ``owner`` already created a ``model`` with this key: then that one.
-    Returns (object, created). The same key with another request is a 409."""
+    model: type[M], *, owner, idempotency: Idempotency, what: str, create: Callable[[], M],
+    gone: Callable[[], Any] | None = None,
+) -> tuple[Any, bool]:
+    """``create()`` unless ``owner`` already created a ``model`` with this key: then that one (or
+    what ``gone()`` kept of it). Returns (object, created). The same key with another request is
+    a 409."""
 
-    def original() -> M | None:
-        return model.objects.filter(owner=owner, idempotency_key=idempotency.key).first()
+    def original() -> Any:
+        existing = model.objects.filter(owner=owner, idempotency_key=idempotency.key).first()
+        return existing if existing is not None or gone is None else gone()
 
     existing = original()
     if existing is None:
@@ -522,9 +527,12 @@ def threads_prune(*, user, thread_ids: list, strategy: str = "delete") -> int:
 
 
 def threads_prune_inactive(*, older_than: datetime, dry_run: bool = False) -> int:
-    """Delete threads without activity since ``older_than`` and no active run (operators)."""
+    """Delete threads without activity since ``older_than`` and no active run (operators), and
+    the idempotency records of stateless runs discarded before then."""
     queryset = Thread.objects.inactive_since(older_than)
     pks = list(queryset.values_list("pk", flat=True).distinct())
+    if not dry_run:
+        DiscardedRun.objects.filter(discarded_at__lt=older_than).delete()
     if not dry_run and pks:
         Thread.objects.filter(pk__in=pks).delete()
         _delete_checkpoints_of_threads(pks)
@@ -869,7 +877,7 @@ def run_create_idempotent(
     *, owner, body: dict, idempotency: Idempotency | None, thread_id: Any = None, on_completion: str = ""
 ) -> tuple[Run, bool]:
     """``run_create``, or the run an earlier request with the same key created (whatever its
-    status now). A stateless run deleted with its temporary thread frees its key."""
+    status now): a ``Run``, or a ``DiscardedRun`` once a stateless run went with its thread."""
     if idempotency is None:
         return run_create(owner=owner, body=body, thread_id=thread_id, on_completion=on_completion), True
     return _create_once(
@@ -878,6 +886,7 @@ def run_create_idempotent(
             owner=owner, body=body, thread_id=thread_id, on_completion=on_completion,
             idempotency=idempotency,
         ),
+        gone=lambda: DiscardedRun.objects.filter(owner=owner, idempotency_key=idempotency.key).first(),
     )
 
 
@@ -1047,7 +1056,26 @@ def run_finished_body(*, run_id: Any, thread_id: Any) -> dict:
 
 
 def temporary_thread_discard(*, thread_id: Any) -> None:
-    """Delete a stateless run's temporary thread (and checkpoints) once its result was read."""
-    Thread.objects.filter(pk=thread_id, temporary=True).delete()
+    """Delete a stateless run's temporary thread (and checkpoints) once its result was read.
+
+    Its runs go with it; those created with an Idempotency-Key leave a ``DiscardedRun`` in the
+    same transaction, so a retry with the key finds one or the other, never nothing."""
+    with transaction.atomic():
+        thread = Thread.objects.filter(pk=thread_id, temporary=True).first()
+        if thread is None:
+            return
+        keyed = Run.objects.filter(thread=thread, idempotency_key__isnull=False)
+        DiscardedRun.objects.bulk_create(
+            [
+                DiscardedRun(
+                    run_id=run.pk, owner_id=run.owner_id, thread_id=run.thread_id,
+                    idempotency_key=run.idempotency_key, request_hash=run.request_hash,
+                    run=run_json(run), result=run_result(run=run, thread=thread),
+                )
+                for run in keyed
+            ],
+            ignore_conflicts=True,
+        )
+        thread.delete()
     _delete_checkpoints_of_threads([thread_id])
 

@@ -51,7 +51,7 @@ from project.sse import HEARTBEAT, HEARTBEAT_INTERVAL, EventStreamResponse, sse_
 from project.stream_limits import hold_slot, stream_slot, too_many_streams
 from runs import services
 from runs.errors import Unprocessable
-from runs.models import CancelAction, Run, RunEvent, RunStatus, Thread
+from runs.models import CancelAction, DiscardedRun, Run, RunEvent, RunStatus, Thread
 from runs.stream_modes import API_MODES, event_wanted
 from runs.validation import parse_json_body
 from runs.wakeups import run_channel, thread_channel
@@ -397,6 +397,11 @@ async def _create_and_stream(request: HttpRequest, thread_id: str | None) -> Htt
             run, created = await in_executor(services.run_create_idempotent)(
                 owner=user, body=body, thread_id=thread_id, on_completion="", idempotency=idempotency
             )
+            if isinstance(run, DiscardedRun):
+                # Its events went with its thread; the stream says so, as a join of it would.
+                response = EventStreamResponse(single_event_body("error", RUN_NOT_FOUND))
+                response["Idempotent-Replayed"] = "true"
+                return response
             if created:
                 discard = stateless and body.get("on_completion", "delete") == "delete"
             else:

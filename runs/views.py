@@ -27,7 +27,7 @@ from runs import services
 from runs.errors import NotFound, Unprocessable
 from runs.graphs import graph_get
 from runs.jsonable import to_json
-from runs.models import CancelAction, RunStatus
+from runs.models import CancelAction, DiscardedRun, Run, RunStatus
 from runs.serializers import (
     ASSISTANT_FIELDS,
     RUN_FIELDS,
@@ -101,6 +101,11 @@ def _replayed(response: HttpResponse, idempotency: Any, created: bool) -> HttpRe
     if idempotency is not None:
         response[IDEMPOTENT_REPLAYED] = "false" if created else "true"
     return response
+
+
+def _run_body(run: Run | DiscardedRun) -> dict[str, Any]:
+    # A replayed stateless run may be gone with its thread: the API's last view of it remains.
+    return run.run if isinstance(run, DiscardedRun) else run_json(run)
 
 
 def _paginated(items: list, total: int, offset: int, limit: int) -> Response:
@@ -540,7 +545,7 @@ class ThreadRunsView(CreateView):
             owner=request.user, body=body, thread_id=thread_id, idempotency=idempotency
         )
         headers = {"Content-Location": f"/threads/{run.thread_id}/runs/{run.pk}"}
-        return _replayed(Response(run_json(run), headers=headers), idempotency, created)
+        return _replayed(Response(_run_body(run), headers=headers), idempotency, created)
 
 
 class ThreadRunWaitView(CreateView):
@@ -608,7 +613,7 @@ class StatelessRunsView(CreateView):
             idempotency=idempotency,
         )
         headers = {"Content-Location": f"/threads/{run.thread_id}/runs/{run.pk}"}
-        return _replayed(Response(run_json(run), headers=headers), idempotency, created)
+        return _replayed(Response(_run_body(run), headers=headers), idempotency, created)
 
 
 class StatelessRunWaitView(CreateView):
@@ -619,6 +624,10 @@ class StatelessRunWaitView(CreateView):
         run, created = services.run_create_idempotent(
             owner=request.user, body=body, on_completion="", idempotency=idempotency
         )
+        if isinstance(run, DiscardedRun):
+            # The first request's response has read the result and deleted the thread.
+            response = Response(run.result, headers=_run_location_headers(run.thread_id, run.pk))
+            return _replayed(response, idempotency, created)
         if created:
             discard = body.get("on_completion", "delete") == "delete"
         else:
@@ -646,7 +655,7 @@ class RunBatchView(CreateView):
             )
             for index, body in enumerate(bodies)
         ]
-        response = Response([run_json(run) for run, _ in runs])
+        response = Response([_run_body(run) for run, _ in runs])
         return _replayed(response, idempotency, any(created for _, created in runs))
 
 

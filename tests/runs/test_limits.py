@@ -11,6 +11,7 @@ import asyncio
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -18,6 +19,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.core.cache import cache
 from django.db import connections
 from django.test import AsyncClient
+from django.utils import timezone
 from rest_framework.throttling import ScopedRateThrottle
 
 from accounts.models import api_key_create
@@ -67,9 +69,9 @@ def frames(body: bytes) -> list[bytes]:
     return [frame + b"\r\n\r\n" for frame in body.split(b"\r\n\r\n") if frame.strip()]
 
 
-def execute(run_id) -> Run:
+def execute(run_id) -> Run | None:
     tasks.run_execute(str(run_id))
-    return Run.objects.get(pk=run_id)
+    return Run.objects.filter(pk=run_id).first()  # a stateless run may be gone with its thread
 
 
 async def execute_meanwhile(run_id) -> None:
@@ -223,6 +225,64 @@ def test_stateless_wait_replayed_after_the_first_client_left_keeps_and_then_dele
     assert replay["Idempotent-Replayed"] == "true"
     assert httpx.Response(200, content=body).json() == ECHOED
     assert not Thread.objects.filter(pk=run.thread_id).exists()
+
+
+def test_a_stateless_run_gone_with_its_thread_still_answers_its_key(api, alice) -> None:
+    headers = {"Idempotency-Key": "gone"}
+
+    async def first_wait():
+        first = await send("post", "/runs/wait", api.raw_key, body=RUN, headers=headers)
+        run = await sync_to_async(Run.objects.get)(owner=alice)
+        await execute_meanwhile(run.pk)
+        return run, await read_all(first)
+
+    run, first_body = async_to_sync(first_wait)()
+    assert httpx.Response(200, content=first_body).json() == ECHOED
+    assert not Thread.objects.filter(pk=run.thread_id).exists()  # read, so deleted
+
+    replay = post(api, "/runs/wait", RUN, key="gone")
+    assert replay.status_code == 200 and replay["Idempotent-Replayed"] == "true"
+    assert replay.json() == ECHOED
+    assert replay["Location"] == f"/threads/{run.thread_id}/runs/{run.pk}/join"
+    assert post(api, "/runs/wait", {**RUN, "metadata": {"x": 1}}, key="gone").status_code == 409
+
+    async def replay_stream():
+        return await send("post", "/runs/stream", api.raw_key, body=RUN, headers=headers)
+
+    # Another path is another request: a conflict, like any other change.
+    response = async_to_sync(replay_stream)()
+    assert response.status_code == 409 and "created run" in response.json()["detail"]
+    assert not Run.objects.exists()
+
+    # A plain stateless create deletes its thread when the run ends (the worker does).
+    created = post(api, "/runs", RUN, key="plain").json()
+    execute(created["run_id"])
+    assert not Run.objects.exists()
+    again = post(api, "/runs", RUN, key="plain")
+    assert again["Idempotent-Replayed"] == "true"
+    assert again.json()["run_id"] == created["run_id"] and again.json()["status"] == "success"
+    assert not Run.objects.exists()
+
+    # Operators' prune forgets them with the old threads.
+    services.threads_prune_inactive(older_than=timezone.now() + timedelta(seconds=1))
+    assert post(api, "/runs", RUN, key="plain").json()["run_id"] != created["run_id"]
+
+
+def test_a_stream_replayed_after_its_stateless_run_was_discarded_says_run_not_found(api, alice) -> None:
+    headers = {"Idempotency-Key": "gone-stream"}
+
+    async def scenario():
+        first = await send("post", "/runs/stream", api.raw_key, body=RUN, headers=headers)
+        run = await sync_to_async(Run.objects.get)(owner=alice)
+        await execute_meanwhile(run.pk)
+        assert b"echo: hi" in await read_all(first)  # the whole stream, then the thread goes
+        replay = await send("post", "/runs/stream", api.raw_key, body=RUN, headers=headers)
+        return replay, await read_all(replay)
+
+    replay, body = async_to_sync(scenario)()
+    assert replay.status_code == 200 and replay["Idempotent-Replayed"] == "true"
+    assert body == b'event: error\r\ndata: {"error":"HTTPException","message":"404: Run not found"}\r\n\r\n'
+    assert not Run.objects.exists() and not Thread.objects.filter(owner=alice).exists()
 
 
 def test_stream_replayed_joins_the_original_runs_stream_from_its_start(api, alice) -> None:
