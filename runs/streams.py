@@ -17,6 +17,11 @@ strings: events whose id is greater than ``Last-Event-ID`` are replayed, so ``0`
 real server's ``0`` / ``-1`` / ``-`` still sort before every id. One id space serves run and
 thread streams, since a thread's runs are written one after another (see ``RunEvent``).
 
+Limits, answered as JSON before the stream starts: a user holds at most ``STREAMS_MAX_PER_USER``
+open streams (``project.stream_limits``, shared with the executions' streams; the slot is given
+back when the response closes, however it ends), and the two creating endpoints take the "create"
+throttle, ``Idempotency-Key`` and the cap on active runs like every other create.
+
 Database use: every read runs in the shared executor and gives its connection back at once, so an
 idle stream holds no connection (with PostgreSQL's pool, one open stream does not pin one of its
 connections), and however many streams wake at once, the executor bounds the concurrent queries.
@@ -28,7 +33,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -351,9 +356,7 @@ def _run_stream_response(
     return response
 
 
-async def _with_stream_slot(
-    user: Any, start: Callable[[], Any]
-) -> HttpResponse:
+async def _with_stream_slot(user: Any, start: Callable[[], Awaitable[HttpResponse]]) -> HttpResponse:
     """The response ``start()`` makes, holding one of the user's open-stream slots until it
     closes; the 429 of the per-user cap instead when every slot is taken. An error response
     (JSON, before any event) gives its slot back at once."""
@@ -407,7 +410,7 @@ async def _create_and_stream(request: HttpRequest, thread_id: str | None) -> Htt
             else:
                 # A replay joins the first request's run: from its first event (or after
                 # Last-Event-ID); the temporary thread is this response's only if the first is gone.
-                discard = await in_executor(services.run_take_temporary_thread)(run=run)
+                discard = stateless and await in_executor(services.run_take_temporary_thread)(run=run)
         except APIException as exc:
             return _api_error(exc)
         stream = run_stream_body(
