@@ -1,5 +1,6 @@
 """`GET /api/v1/executions/{id}/events`: resumable SSE of status and progress."""
 
+import asyncio
 import threading
 import time
 
@@ -40,9 +41,16 @@ def read_stream(path: str, *, timeout: float = 20.0, key: str | None = None, las
             return response.status_code, response, []
         chunks = []
         deadline = time.monotonic() + timeout
-        async for chunk in response.streaming_content:
+        stream = aiter(response.streaming_content)
+        while True:
+            # Bounded per chunk too: a stream that goes silent fails the test instead of hanging it.
+            try:
+                chunk = await asyncio.wait_for(anext(stream), max(0.01, deadline - time.monotonic()))
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise AssertionError(f"stream did not end within {timeout} s: {chunks}") from None
             chunks.append(chunk)
-            assert time.monotonic() < deadline, "stream did not end"
         return response.status_code, response, parse_sse(b"".join(chunks))
 
     return async_to_sync(read)()

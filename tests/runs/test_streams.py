@@ -246,11 +246,16 @@ def read(method: str, path: str, *, key: str | None, timeout: float = 10.0, limi
             return response.status_code, response, response.content
         body = b""
         deadline = time.monotonic() + timeout
-        async for chunk in response.streaming_content:
-            body += chunk
-            assert time.monotonic() < deadline, "stream did not end"
-            if limit is not None and body.count(b"\r\n\r\n") >= limit:
+        chunks = aiter(response.streaming_content)
+        while limit is None or body.count(b"\r\n\r\n") < limit:
+            # Bounded per chunk too: a stream that goes silent fails the test instead of hanging it.
+            try:
+                chunk = await asyncio.wait_for(anext(chunks), max(0.01, deadline - time.monotonic()))
+            except StopAsyncIteration:
                 break
+            except TimeoutError:
+                raise AssertionError(f"stream did not end within {timeout} s; got {body!r}") from None
+            body += chunk
         return response.status_code, response, body
 
     return async_to_sync(go)()
