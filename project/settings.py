@@ -271,7 +271,10 @@ METADATA_MAX_BYTES = env_int("METADATA_MAX_BYTES", 64 * 1024)
 _cors_origins = [o.strip() for o in os.environ.get("CORS_ALLOWED_ORIGINS", "").split(",") if o.strip()]
 CORS_ALLOW_ALL_ORIGINS = _cors_origins == ["*"]
 CORS_ALLOWED_ORIGINS = [] if CORS_ALLOW_ALL_ORIGINS else _cors_origins
-CORS_EXPOSE_HEADERS = ["Content-Location", "Location", "X-Pagination-Total", "X-Pagination-Next"]
+CORS_EXPOSE_HEADERS = [
+    "Content-Location", "Location", "X-Pagination-Total", "X-Pagination-Next",
+    "Idempotent-Replayed", "Retry-After",
+]
 CORS_ALLOW_HEADERS = [
     "accept", "authorization", "content-type", "user-agent", "x-api-key", "x-csrftoken",
     "x-requested-with", "last-event-id", "idempotency-key", "cache-control",

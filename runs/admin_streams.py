@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
+from project.async_db import in_executor
 from project.event_hub import Watcher, hub
 from project.sse import HEARTBEAT, HEARTBEAT_INTERVAL, sse_event
 from runs.models import Run, RunStatus
-from runs.streams import in_executor
 from runs.wakeups import run_channel
 
 MAX_IDS = 200

@@ -25,7 +25,10 @@ def test_cors_when_on_exposes_the_headers_langgraph_clients_read(api, settings):
     assert "x-api-key" in preflight.headers["access-control-allow-headers"]
     assert response.headers["access-control-allow-origin"] == "*"
     exposed = {h.strip().lower() for h in response.headers["access-control-expose-headers"].split(",")}
-    assert {"content-location", "location", "x-pagination-total", "x-pagination-next"} <= exposed
+    assert {
+        "content-location", "location", "x-pagination-total", "x-pagination-next",
+        "idempotent-replayed", "retry-after",
+    } <= exposed
 
 
 def test_unknown_routes_answer_json_404(client):

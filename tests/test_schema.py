@@ -119,6 +119,8 @@ class Ctx:
     url: str
     alice: requests.Session
     carol: requests.Session  # only for the per-user cap on active executions
+    dave: requests.Session  # only for the create rate
+    erin: requests.Session  # only for the cap on open streams
     ids: dict[str, str]
     system_assistant: str
 
@@ -254,6 +256,22 @@ RECIPES: dict[str, Recipe] = {
     "200 POST /runs/batch": lambda c: c.call("POST", "/runs/batch", json=[RUN, RUN]),
     "400 POST /runs/batch": lambda c: c.call("POST", "/runs/batch", json=[BOTH_CONFIGURABLE_AND_CONTEXT]),
     "404 POST /runs/batch": lambda c: c.call("POST", "/runs/batch", json=[{**RUN, "assistant_id": RANDOM}]),
+    "409 POST /runs": lambda c: _idempotency_conflict_at(c, "/runs", RUN),
+    "409 POST /runs/wait": lambda c: _idempotency_conflict_at(c, "/runs/wait", RUN),
+    "409 POST /runs/stream": lambda c: _idempotency_conflict_at(c, "/runs/stream", RUN),
+    "409 POST /runs/batch": lambda c: _idempotency_conflict_at(c, "/runs/batch", [RUN]),
+    # The create rate is per user: a user who used it up (see _throttled) gets 429 on every create.
+    "429 POST /assistants": lambda c: _throttled(c, "/assistants", {"graph_id": "echo"}),
+    "429 POST /threads": lambda c: _throttled(c, "/threads", {}),
+    "429 POST /threads/{thread_id}/runs": lambda c: _throttled(c, f"/threads/{RANDOM}/runs", RUN),
+    "429 POST /threads/{thread_id}/runs/wait": lambda c: _throttled(c, f"/threads/{RANDOM}/runs/wait", RUN),
+    "429 POST /threads/{thread_id}/runs/stream": lambda c: _throttled(c, f"/threads/{RANDOM}/runs/stream", RUN),
+    "429 POST /runs": lambda c: _throttled(c, "/runs", RUN),
+    "429 POST /runs/wait": lambda c: _throttled(c, "/runs/wait", RUN),
+    "429 POST /runs/stream": lambda c: _throttled(c, "/runs/stream", RUN),
+    "429 POST /runs/batch": lambda c: _throttled(c, "/runs/batch", [RUN]),
+    "429 GET /threads/{thread_id}/stream": lambda c: _streams_full(c, "/threads/{thread}/stream"),
+    "429 GET /threads/{thread_id}/runs/{run_id}/stream": lambda c: _streams_full(c, "/threads/{thread}/runs/{run}/stream"),
     "204 POST /runs/cancel": lambda c: c.call("POST", "/runs/cancel", json={"status": "pending"}),
     "404 POST /runs/cancel": lambda c: c.call("POST", "/runs/cancel", json={"thread_id": RANDOM, "run_ids": [RANDOM]}),
     # executions
@@ -285,7 +303,43 @@ def _too_many_active(c: Ctx) -> requests.Response:
     return c.call("POST", "/api/v1/executions", json=body, session=c.carol)
 
 
+def _idempotency_conflict_at(c: Ctx, path: str, body: Any) -> requests.Response:
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    assert c.call("POST", path, json=body, headers=key).status_code == 200
+    changed = [{**item, "metadata": {"other": True}} for item in body] if isinstance(body, list) else {**body, "metadata": {"other": True}}
+    return c.call("POST", path, json=changed, headers=key)
+
+
+def _throttled(c: Ctx, path: str, body: Any) -> requests.Response:
+    if "throttled" not in c.ids:
+        # Cheap creates (their bodies are not even JSON) use up dave's create rate.
+        for _ in range(CREATE_RATE):
+            c.call("POST", "/threads", data=b"{", session=c.dave)
+        c.ids["throttled"] = "yes"
+    return c.call("POST", path, json=body, session=c.dave)
+
+
+def _streams_full(c: Ctx, path: str) -> requests.Response:
+    """``path`` while erin holds every one of her stream slots."""
+    if "erin_run" not in c.ids:
+        thread_id = c.ok("POST", "/threads", json={}, session=c.erin)["thread_id"]
+        c.ok("POST", f"/threads/{thread_id}/runs/wait", json=RUN, session=c.erin)
+        c.ids["erin_thread"] = thread_id
+        c.ids["erin_run"] = c.ok("GET", f"/threads/{thread_id}/runs", session=c.erin)[0]["run_id"]
+    url = c.url + path.format(thread=c.ids["erin_thread"], run=c.ids["erin_run"])
+    held = [c.erin.get(c.url + f"/threads/{c.ids['erin_thread']}/stream", stream=True, timeout=30) for _ in range(STREAMS_CAP)]
+    try:
+        assert [r.status_code for r in held] == [200] * STREAMS_CAP
+        return c.call("GET", url.removeprefix(c.url), session=c.erin)
+    finally:
+        for response in held:
+            response.close()
+
+
 ACTIVE_CAP = 3
+# Creates per minute per user on the test server: more than the recipes' user makes.
+CREATE_RATE = 300
+STREAMS_CAP = 3
 # Path parameters that are not ids: no 404 or 422 of their own.
 NOT_IDS = {"namespace"}
 
@@ -327,7 +381,10 @@ def _valid_body(path: str) -> Any:
 
 @pytest.fixture(scope="module")
 def stack(django_db_setup) -> Iterator[Server]:
-    env = {"RUNS_TIMEOUT": "10", "EXECUTIONS_MAX_ACTIVE_PER_USER": str(ACTIVE_CAP)}
+    env = {
+        "RUNS_TIMEOUT": "10", "EXECUTIONS_MAX_ACTIVE_PER_USER": str(ACTIVE_CAP),
+        "API_CREATE_RATE": f"{CREATE_RATE}/min", "STREAMS_MAX_PER_USER": str(STREAMS_CAP),
+    }
     server = Server(**env)
     cluster = Cluster(workers=2, **env)
     try:
@@ -346,7 +403,10 @@ def _session(user: Any) -> requests.Session:
 @pytest.mark.django_db(transaction=True)
 def test_every_documented_status_is_answered(stack: Server, make_user: Any) -> None:
     schema = requests.get(f"{stack.url}/api/schema/", headers={"Accept": "application/vnd.oai.openapi+json"}, timeout=30).json()
-    c = Ctx(stack.url, _session(make_user("recipes")), _session(make_user("capped")), {}, "")
+    c = Ctx(
+        stack.url, _session(make_user("recipes")), _session(make_user("capped")),
+        _session(make_user("throttled")), _session(make_user("streamer")), {}, "",
+    )
     thread_id, run_id = c.finished_thread()
     c.ids = {
         "assistant": c.ok("POST", "/assistants", json={"graph_id": "echo"})["assistant_id"],
