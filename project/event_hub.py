@@ -17,12 +17,11 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
+
+from project.async_db import in_executor
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +86,15 @@ class Watcher:
 
 
 class Hub:
+    """The wake-up machinery of one event loop: one task while anybody watches, none otherwise.
+
+    The task (``_run``) supervises the database poller and, with Redis, the pub/sub listener.
+    Both stop on their own once nobody watches; the task then ends, and the next watcher starts
+    a fresh one. When the loop shuts down (``asyncio.run`` and asgiref's ``async_to_sync``
+    cancel every task), the task ends with its helpers and starts nothing new: a task created
+    then would be destroyed pending with the closed loop.
+    """
+
     def __init__(self) -> None:
         self._watchers: dict[str, set[Watcher]] = defaultdict(set)
         self._versions: dict[str, int] = {}
@@ -100,9 +108,13 @@ class Hub:
     def open_watchers(self) -> int:
         return sum(len(w) for w in self._watchers.values())
 
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     def add(self, watcher: Watcher) -> None:
         self._watchers[watcher.channel].add(watcher)
-        if self._task is None or self._task.done():
+        if not self.running:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="event-hub")
 
     def remove(self, watcher: Watcher) -> None:
@@ -119,20 +131,26 @@ class Hub:
                 watcher.wake()
 
     async def _run(self) -> None:
-        tasks = [asyncio.create_task(self._poll_forever())]
-        if self._use_redis:
-            tasks.append(asyncio.create_task(self._listen_forever()))
-        try:
-            # Both loops end when nobody watches; whichever ends first ends the hub's task, so
-            # the next watcher starts both afresh (a poller left alone would keep the task
-            # "running" with no Redis listener, and wake-ups would wait for the slow poll).
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            if self._watchers and asyncio.current_task() is self._task:
-                # Watchers arrived while the loops were winding down: start over for them.
-                self._task = asyncio.get_running_loop().create_task(self._run(), name="event-hub")
+        while self._watchers:
+            helpers = [asyncio.create_task(self._poll_forever(), name="event-hub-poll")]
+            if self._use_redis:
+                helpers.append(asyncio.create_task(self._listen_forever(), name="event-hub-redis"))
+            try:
+                # Both helpers end when nobody watches; whichever ends first ends this round, so
+                # a poller left alone never runs on without its Redis listener.
+                await asyncio.wait(helpers, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                # Cancelled (the loop is shutting down): the helpers are cancelled with us, and
+                # the CancelledError ends this task without another round.
+                for helper in helpers:
+                    helper.cancel()
+            await asyncio.wait(helpers)  # the listener closes its Redis connection
+            failures = [h.exception() for h in helpers if not h.cancelled() and h.exception()]
+            if failures:
+                logger.error("event hub helper failed", exc_info=failures[0])
+                await asyncio.sleep(1.0)  # not a tight loop of failing rounds
+        # No await between the check above and the task's end: a watcher that arrives after it
+        # finds the task done and starts a new one; one that arrived before got another round.
 
     async def _poll_forever(self) -> None:
         while self._watchers:
@@ -152,11 +170,13 @@ class Hub:
             probe = _version_probes.get(kind)
             if probe is None:
                 continue
-            versions = await sync_to_async(probe)(ids)
+            # The shared executor, connection closed after: the hub lives as long as any stream,
+            # and a thread-sensitive call would pin a thread and a connection for all that time.
+            versions = await in_executor(probe)(ids)
             for job_id in ids:
                 channel = channel_name(kind, job_id)
                 version = versions.get(job_id, -1)
-                if self._versions.get(channel) != version:
+                if channel in self._watchers and self._versions.get(channel) != version:
                     # The first sighting wakes too: an event may have landed between the
                     # reader's first database read and this poll.
                     changed.append(channel)
@@ -187,8 +207,8 @@ class Hub:
                 try:
                     await pubsub.aclose()
                     await client.aclose()
-                except Exception:
-                    pass
+                except Exception:  # a broken connection is dropped either way
+                    logger.debug("closing the event hub's Redis connection failed", exc_info=True)
 
 
 _hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
@@ -205,13 +225,27 @@ def hub() -> Hub:
     return current
 
 
-@asynccontextmanager
-async def watch(channel: str) -> AsyncIterator[Watcher]:
-    """Register a watcher for the duration of a stream; always unregistered, even on disconnect."""
-    watcher = Watcher(channel)
-    current = hub()
-    current.add(watcher)
-    try:
-        yield watcher
-    finally:
-        current.remove(watcher)
+class watch:  # a lower-case name: it reads as a function, ``async with watch(channel) as w``
+    """Register a watcher for the duration of a stream; always unregistered, even on disconnect.
+
+    A class, not an ``@asynccontextmanager``: that would be an async generator of its own, which
+    the loop finalizes on shutdown alongside the stream's generator, in no set order; closed
+    first, it made the stream's ``async with`` fail with "generator didn't stop after athrow()".
+    """
+
+    def __init__(self, channel: str) -> None:
+        self._watcher = Watcher(channel)
+        self._hub: Hub | None = None
+
+    async def __aenter__(self) -> Watcher:
+        self._hub = hub()
+        try:
+            self._hub.add(self._watcher)
+        except BaseException:
+            self._hub.remove(self._watcher)
+            raise
+        return self._watcher
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._hub is not None:
+            self._hub.remove(self._watcher)

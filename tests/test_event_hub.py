@@ -1,11 +1,17 @@
-"""Wake-ups of stream readers through Redis pub/sub."""
+"""The event hub: wake-ups of stream readers (Redis pub/sub, database poll) and its lifecycle."""
 
 import asyncio
+import contextlib
+import gc
+import sys
+import threading
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
+from django.db import connection, connections
 
 from project import event_hub
 
@@ -30,3 +36,136 @@ def test_a_reader_that_comes_after_the_last_one_left_is_still_woken_through_redi
             return time.monotonic() - started
 
     assert async_to_sync(scenario)() < 1.0
+
+
+# --- the hub's lifecycle ----------------------------------------------------------------------------
+
+
+async def follow(channel: str) -> AsyncIterator[str]:
+    """What an SSE view's body does with the hub: watch, yield, wait for a wake-up, again."""
+    async with event_hub.watch(channel) as watcher:
+        while True:
+            watcher.arm()
+            yield channel
+            await watcher.wait(60)
+
+
+@pytest.fixture
+def problems(monkeypatch) -> list[str]:
+    """Errors Python would only print: unraisable exceptions (a coroutine finalized after its loop
+    closed) and the loops' exception-handler calls ("Task was destroyed but it is pending!")."""
+    found: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: found.append(repr(unraisable.exc_value)))
+    return found
+
+
+def run_in_own_loop(scenario, problems: list[str]) -> asyncio.AbstractEventLoop:
+    """``async_to_sync(scenario)()`` as the test suite and Django's test client call it: a fresh
+    loop that ends by cancelling every task and closing every async generator still open."""
+    loops = []
+
+    async def wrapped() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda loop, context: problems.append(context["message"]))
+        loops.append(loop)
+        await scenario()
+
+    async_to_sync(wrapped)()
+    return loops[0]
+
+
+def test_streams_left_open_when_their_loop_ends_leave_no_task_behind_and_no_error(problems):
+    # Streams whose client stopped reading but still holds them (a test keeps its response):
+    # the loop's shutdown cancels the hub's task first, then closes them, in no set order.
+    streams: list[AsyncIterator[str]] = []
+
+    async def scenario() -> None:
+        streams[:] = [follow(f"hubtest:open-{index}") for index in range(50)]
+        for stream in streams:
+            await anext(stream)
+        assert event_hub.hub().open_watchers == 50 and event_hub.hub().running
+
+    first = run_in_own_loop(scenario, problems)
+    second = run_in_own_loop(scenario, problems)  # the hub of the next loop starts fresh
+    gc.collect()  # finalizes whatever the first loop left pending
+
+    for loop in (first, second):
+        assert loop.is_closed()
+        assert asyncio.all_tasks(loop) == set()  # nothing respawned while the loop shut down
+        assert event_hub._hubs.get(loop) is None or event_hub._hubs[loop].open_watchers == 0
+    assert problems == []
+
+
+def test_the_hub_stops_when_the_last_watcher_leaves_and_a_later_one_starts_it_again(problems):
+    versions = {"later": 1}
+    event_hub.register_kind("hubprobe", lambda ids: {i: versions[i] for i in ids if i in versions})
+
+    async def scenario() -> None:
+        current = event_hub.hub()
+        async with event_hub.watch("hubprobe:first"):
+            assert current.running
+        deadline = time.monotonic() + 5
+        while current.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not current.running
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+
+        async with event_hub.watch("hubprobe:later") as later:
+            assert current.running
+            await asyncio.sleep(current._poll_interval + 0.5)  # the first poll sees version 1
+            later.arm()
+            versions["later"] = 2
+            # Only the restarted poller can wake it (nothing publishes on Redis here).
+            assert await later.wait(current._poll_interval + 3)
+
+    run_in_own_loop(scenario, problems)
+    assert problems == []
+
+
+def test_a_cancelled_reader_is_always_unregistered(problems):
+    async def scenario() -> None:
+        entered = asyncio.Event()
+
+        async def reader() -> None:
+            async with event_hub.watch("hubtest:cancelled") as watcher:
+                entered.set()
+                await watcher.wait(60)
+
+        task = asyncio.create_task(reader())
+        await entered.wait()
+        assert event_hub.hub().open_watchers == 1
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert event_hub.hub().open_watchers == 0
+
+    run_in_own_loop(scenario, problems)
+    assert problems == []
+
+
+@pytest.mark.django_db
+def test_the_poll_reads_in_the_shared_executor_and_closes_its_connection(problems):
+    seen: list[tuple[int, object]] = []
+
+    def probe(ids: list[str]) -> dict[str, int]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        seen.append((threading.get_ident(), connections["default"]))  # this thread's wrapper
+        return {}
+
+    event_hub.register_kind("hubthread", probe)
+
+    async def scenario() -> None:
+        async with event_hub.watch("hubthread:x"):
+            deadline = time.monotonic() + 10
+            while len(seen) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+
+    run_in_own_loop(scenario, problems)
+    assert len(seen) >= 2
+    for thread_id, wrapper in seen:
+        # Not the thread that called async_to_sync (where thread-sensitive calls run, on the
+        # connection the test itself uses), and no connection left open in the executor's thread.
+        assert thread_id != threading.get_ident()
+        assert wrapper.connection is None
+    assert problems == []
