@@ -16,6 +16,9 @@ from typing import Any
 
 import redis
 
+MAX_CONNECTIONS = int(os.environ.get("REDIS_MAX_CONNECTIONS", "200"))
+CONNECTION_WAIT_SECONDS = 10.0
+
 _lock = threading.Lock()
 _pools: dict[tuple, redis.ConnectionPool] = {}
 
@@ -32,7 +35,12 @@ class SharedConnectionPool(redis.ConnectionPool):
             with _lock:
                 pool = _pools.get(key)
                 if pool is None:
-                    pool = _pools[key] = redis.ConnectionPool.from_url(url, **kwargs)
+                    # Blocking: redis-py's default pool fails at 100 connections in use
+                    # ("Too many connections"), and a burst of concurrent requests each needing
+                    # the cache (throttles) got 500s; waiting a moment for a free one is right.
+                    kwargs.setdefault("max_connections", MAX_CONNECTIONS)
+                    kwargs.setdefault("timeout", CONNECTION_WAIT_SECONDS)
+                    pool = _pools[key] = redis.BlockingConnectionPool.from_url(url, **kwargs)
         return pool
 
 
