@@ -248,6 +248,8 @@ RUNS_GRAPHS = {
     "echo": "runs.demo_graphs:echo",
     "hitl": "runs.demo_graphs:hitl",
     "steps": "runs.demo_graphs:steps",
+    "chat": "runs.demo_graphs:chat",
+    "nested": "runs.demo_graphs:nested",
 }
 RUNS_CANCEL_CHECK_INTERVAL = env_float("RUNS_CANCEL_CHECK_INTERVAL", 0.2)
 RUNS_HEARTBEAT_INTERVAL = env_float("RUNS_HEARTBEAT_INTERVAL", 2.0)

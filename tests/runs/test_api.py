@@ -42,7 +42,7 @@ def test_status_enums_equal_the_spec() -> None:
 def test_shapes_match_the_spec(api) -> None:
     assistants = api.post("/assistants/search", {}, format="json")
     assert assistants.status_code == 200
-    assert {a["graph_id"] for a in assistants.json()} == {"echo", "hitl", "steps"}
+    assert {a["graph_id"] for a in assistants.json()} == {"echo", "hitl", "steps", "chat", "nested"}
     for assistant in assistants.json():
         assert_matches("Assistant", assistant)
         assert list(assistant) == [
@@ -89,7 +89,7 @@ def test_error_texts(api) -> None:
     deleted = api.delete(f"/assistants/{unknown}")
     assert (deleted.status_code, deleted.json()) == (404, {"detail": f"Assistant with ID {unknown} not found"})
     assert api.post("/assistants", {"graph_id": "nope"}, format="json").json() == {
-        "detail": "Graph 'nope' not found. Expected one of: ['echo', 'hitl', 'steps']"
+        "detail": "Graph 'nope' not found. Expected one of: ['echo', 'hitl', 'steps', 'chat', 'nested']"
     }
     thread_id = api.post("/threads", {}, format="json").json()["thread_id"]
     duplicate = api.post("/threads", {"thread_id": thread_id}, format="json")
@@ -101,7 +101,7 @@ def test_error_texts(api) -> None:
     assert (bad_run.status_code, bad_run.json()["detail"]) == (
         422,
         "Invalid assistant: 'nope'. Must be either:\n- A valid assistant UUID, or\n"
-        "- One of the registered graphs: echo, hitl, steps",
+        "- One of the registered graphs: echo, hitl, steps, chat, nested",
     )
     missing = api.post(f"/threads/{unknown}/runs", {"assistant_id": "echo"}, format="json")
     assert (missing.status_code, missing.json()) == (404, {"detail": "Thread or assistant not found."})
@@ -139,7 +139,7 @@ def test_search_pagination_headers_and_count(api) -> None:
     ascending = api.post("/threads/search", {"sort_by": "created_at", "sort_order": "asc"}, format="json")
     assert [t["metadata"]["n"] for t in ascending.json()] == [0, 1, 2]
     assert api.post("/threads/count", {"metadata": {"n": 1}}, format="json").json() == 1
-    assert api.post("/assistants/count", {}, format="json").json() == 3
+    assert api.post("/assistants/count", {}, format="json").json() == 5  # the system assistants of the demo graphs
 
 
 def test_owner_scoping_and_auth(api, bob_api, client) -> None:

@@ -41,7 +41,7 @@ def test_system_assistant_ids_match_the_real_server() -> None:
 
 
 def test_default_graphs_are_the_demo_graphs() -> None:
-    assert graph_ids() == ["echo", "hitl", "steps"]
+    assert graph_ids() == ["echo", "hitl", "steps", "chat", "nested"]
     assert set(graph_get("steps").get_graph().nodes) >= {"plan", "research", "draft", "review"}
 
 
@@ -50,7 +50,7 @@ def test_langgraph_json_file_registers_graphs_relative_to_it(tmp_path: Path, mon
     config = tmp_path / "langgraph.json"
     config.write_text(json.dumps({"graphs": {"counter": "./agent.py:graph", "raw": "./agent.py:uncompiled"}}))
     monkeypatch.setenv("LANGGRAPH_CONFIG", str(config))
-    assert graph_ids() == ["echo", "hitl", "steps", "counter", "raw"]
+    assert graph_ids() == ["echo", "hitl", "steps", "chat", "nested", "counter", "raw"]
     assert graph_get("counter").invoke({"n": 1}) == {"n": 2}
     assert graph_get("raw").invoke({"n": 5}) == {"n": 6}  # a StateGraph is compiled for us
     system_assistants_ensure()
