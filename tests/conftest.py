@@ -142,3 +142,20 @@ def wait_for(predicate: Callable[[], object], *, timeout: float = 20.0, interval
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {message or predicate}")
         time.sleep(interval)
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+FIGURES: list[str] = []
+
+
+def figure(text: str) -> None:
+    """A measured figure, printed in pytest's terminal summary (the issues ask for each)."""
+    FIGURES.append(text)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    if FIGURES:
+        terminalreporter.section("fault and load figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
+from django.db import connection
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -42,7 +43,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from accounts.models import api_key_create
-from tests.conftest import Cluster
+from tests.conftest import Cluster, figure
 from tests.runs.conftest import Server
 
 FAST_CASES = 250
@@ -356,4 +357,5 @@ def test_every_operation_as_two_users(stack, make_user) -> None:
 def test_every_operation_as_two_users_5000_cases(stack, make_user) -> None:
     total = int(os.environ.get("SCHEMATHESIS_CASES", SLOW_CASES))
     tally = fuzz_all(stack=stack, make_user=make_user, total_cases=total, derandomize=False)
+    figure(f"schemathesis as two users on {connection.vendor}: " + _report(tally).splitlines()[0])
     _check(tally, stack[0], total)

@@ -24,7 +24,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import ROOT, figure, subprocess_env  # figure: the fault tests import it from here
 from tests.runs.conftest import free_port
 
 ON_POSTGRES_AND_REDIS = (
@@ -35,23 +35,6 @@ needs_postgres_and_redis = pytest.mark.skipif(
     reason="fault test for PostgreSQL + Redis: set DATABASE_URL=postgres://… and REDIS_URL=redis://… "
     "(the PostgreSQL + Redis pass of .ci/run does)",
 )
-
-# --- figures ------------------------------------------------------------------------------------
-
-FIGURES: list[str] = []
-
-
-def figure(text: str) -> None:
-    """A measured figure, printed in pytest's terminal summary (the issue asks for each)."""
-    FIGURES.append(text)
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    if FIGURES:
-        terminalreporter.section("fault and load figures")
-        for line in FIGURES:
-            terminalreporter.write_line(line)
-
 
 # --- processes ----------------------------------------------------------------------------------
 

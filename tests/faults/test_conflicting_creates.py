@@ -30,7 +30,8 @@ from accounts.models import api_key_create
 from runs.errors import MULTITASK_REJECTED
 from runs.models import Run
 from tests.conftest import Cluster
-from tests.faults.conftest import Server, figure
+from tests.conftest import figure
+from tests.faults.conftest import Server
 
 pytestmark = [pytest.mark.slow, pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
