@@ -1,6 +1,7 @@
 """Database reads from long-lived async views (streams)."""
 
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
@@ -9,8 +10,9 @@ from django.db import connections
 T = TypeVar("T")
 
 
-def in_executor(function: Callable[..., T]) -> Callable[..., Any]:
-    """``function`` as a coroutine run in the shared executor, closing its connection after.
+def in_executor(function: Callable[..., T], *, executor: Executor | None = None) -> Callable[..., Any]:
+    """``function`` as a coroutine run in a shared executor (the loop's default unless
+    ``executor`` is given), closing its connection after.
 
     A stream lives for minutes; Django's default (thread-sensitive) async ORM would pin one
     thread and one database connection (a pool slot on PostgreSQL) to it for all that time.
@@ -22,4 +24,4 @@ def in_executor(function: Callable[..., T]) -> Callable[..., Any]:
         finally:
             connections.close_all()
 
-    return sync_to_async(call, thread_sensitive=False)
+    return sync_to_async(call, thread_sensitive=False, executor=executor)

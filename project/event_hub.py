@@ -14,9 +14,11 @@ carries nothing but "look again", so a lost one costs latency, never an event.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
 from django.db import transaction
@@ -30,6 +32,10 @@ CHANNEL_PREFIX = "agentjobs:events:"
 # kind -> function(ids) -> {id: version}; a version grows whenever the job gets a new event.
 VersionProbe = Callable[[list[str]], dict[str, int]]
 _version_probes: dict[str, VersionProbe] = {}
+
+# The poll's own thread (one per process, started on first use): in the loop's default executor
+# it queued behind the streams' reads, and a burst of those delayed every reader's wake-up.
+_poll_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-hub-poll")
 
 
 def register_kind(kind: str, probe: VersionProbe) -> None:
@@ -115,7 +121,11 @@ class Hub:
     def add(self, watcher: Watcher) -> None:
         self._watchers[watcher.channel].add(watcher)
         if not self.running:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="event-hub")
+            # A context of its own: the task outlives the request that started it, and must not
+            # keep that request's context (its thread-sensitive executor) alive.
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="event-hub", context=contextvars.Context()
+            )
 
     def remove(self, watcher: Watcher) -> None:
         watchers = self._watchers.get(watcher.channel)
@@ -170,9 +180,9 @@ class Hub:
             probe = _version_probes.get(kind)
             if probe is None:
                 continue
-            # The shared executor, connection closed after: the hub lives as long as any stream,
-            # and a thread-sensitive call would pin a thread and a connection for all that time.
-            versions = await in_executor(probe)(ids)
+            # Connection closed after: the hub lives as long as any stream, and a thread-sensitive
+            # call would pin a thread and a connection for all that time.
+            versions = await in_executor(probe, executor=_poll_executor)(ids)
             for job_id in ids:
                 channel = channel_name(kind, job_id)
                 version = versions.get(job_id, -1)

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import connection, connections
 
 from project import event_hub
+from project.async_db import in_executor
 
 
 @pytest.mark.skipif(not settings.REDIS_URL, reason="needs REDIS_URL (runs in CI's PostgreSQL + Redis pass)")
@@ -144,7 +145,7 @@ def test_a_cancelled_reader_is_always_unregistered(problems):
 
 
 @pytest.mark.django_db
-def test_the_poll_reads_in_the_shared_executor_and_closes_its_connection(problems):
+def test_the_poll_reads_off_the_requests_thread_and_closes_its_connection(problems):
     seen: list[tuple[int, object]] = []
 
     def probe(ids: list[str]) -> dict[str, int]:
@@ -165,7 +166,35 @@ def test_the_poll_reads_in_the_shared_executor_and_closes_its_connection(problem
     assert len(seen) >= 2
     for thread_id, wrapper in seen:
         # Not the thread that called async_to_sync (where thread-sensitive calls run, on the
-        # connection the test itself uses), and no connection left open in the executor's thread.
+        # connection the test itself uses), and no connection left open in the poll's thread.
         assert thread_id != threading.get_ident()
         assert wrapper.connection is None
+    assert problems == []
+
+
+def test_wake_ups_do_not_wait_behind_slow_stream_reads(problems, settings):
+    """Streams read the database in the loop's default executor; a burst of slow reads (a
+    thousand streams woken at once) must not hold up the poll that wakes every other reader."""
+    # The same poll interval with or without Redis (the hub multiplies it by 20 with Redis).
+    settings.EVENT_HUB_POLL_INTERVAL = 0.1 / (20 if settings.REDIS_URL else 1)
+    versions = {"x": 1}
+    event_hub.register_kind("hubbusy", lambda ids: {i: versions[i] for i in ids if i in versions})
+    release = threading.Event()
+
+    async def scenario() -> None:
+        async with event_hub.watch("hubbusy:x") as watcher:
+            await asyncio.sleep(0.5)  # the first poll has seen version 1
+            slow_reads = [in_executor(release.wait)(10) for _ in range(40)]  # more than its threads
+            blocked = asyncio.gather(*slow_reads)
+            try:
+                await asyncio.sleep(0.1)
+                watcher.arm()
+                versions["x"] = 2
+                woken = await watcher.wait(1.5)
+            finally:
+                release.set()
+                await blocked
+            assert woken
+
+    run_in_own_loop(scenario, problems)
     assert problems == []
