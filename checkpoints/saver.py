@@ -43,7 +43,8 @@ the ORM directly; each async method runs its sync twin in **one** ``sync_to_asyn
 
 Threads we do not control need connection hygiene Django only does around requests: an async
 call first drops its thread's connection if it is broken or past ``CONN_MAX_AGE`` (never inside
-a transaction); a sync call that had to open a connection closes it again, because sync graphs
+a transaction; checked when the connection sat unused for ``CONNECTION_RECHECK_SECONDS`` or
+after an error, not before every call of a running graph); a sync call that had to open a connection closes it again, because sync graphs
 call ``put``/``put_writes`` from short-lived pool threads whose connections would otherwise
 linger until garbage collection (or hold a PostgreSQL pool slot).
 
@@ -54,11 +55,14 @@ dropping its ancestors would lose state that only their writes hold.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
+import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from datetime import date, datetime, time
+from time import monotonic
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
@@ -93,6 +97,10 @@ GROUPS_PER_STATEMENT = 100
 IDS_PER_STATEMENT = 500
 # Rows moved per statement by copy_thread.
 COPY_BATCH_SIZE = 500
+# An async call checks its thread's connection (broken? past CONN_MAX_AGE?) when the connection
+# sat unused this long, or after an error. Checking before every call cost a `SELECT 1` round
+# trip each on PostgreSQL with health checks on: seven per run of a one-node graph.
+CONNECTION_RECHECK_SECONDS = 1.0
 
 CheckpointKey = tuple[str, str, str]  # (thread_id, checkpoint_ns, checkpoint_id)
 ListCursor = tuple[str, int]  # (checkpoint_id, pk) of the last row of a page
@@ -103,6 +111,12 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
 
     ``using`` names the database alias (default: ``"default"``). Safe to share between threads
     and event loops: it keeps no state besides the serializer.
+
+    ``sole_writer()`` gives a saver for a caller that is the only writer of the threads it
+    writes, such as a worker running a thread's one running run: it remembers the newest
+    checkpoint it wrote in each (thread, namespace) and the writes put on it, and answers
+    ``get_tuple`` of that latest checkpoint from memory instead of two queries. Use one per run
+    and drop it after; ``forget()`` if something else changed the thread's checkpoints meanwhile.
     """
 
     def __init__(
@@ -110,6 +124,17 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
     ) -> None:
         super().__init__(serde=serde)
         self.using = using
+        self._memo: _LatestMemo | None = None
+
+    def sole_writer(self) -> DjangoCheckpointSaver:
+        saver = DjangoCheckpointSaver(serde=self.serde, using=self.using)
+        saver._memo = _LatestMemo()
+        return saver
+
+    def forget(self) -> None:
+        """Drop what a ``sole_writer()`` saver remembers: reads go to the database again."""
+        if self._memo is not None:
+            self._memo.clear()
 
     # --- sync API ---------------------------------------------------------------------------
 
@@ -244,9 +269,18 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
 
     def _on_reused_connection(self, fn: Callable[..., T], /, *args: Any) -> T:
         connection = connections[self.using]
-        if not connection.in_atomic_block:
+        now = monotonic()
+        last_used = getattr(_last_used, self.using, None)
+        if not connection.in_atomic_block and (
+            last_used is None
+            or now - last_used >= CONNECTION_RECHECK_SECONDS
+            or connection.errors_occurred
+        ):
             connection.close_if_unusable_or_obsolete()
-        return fn(*args)
+        try:
+            return fn(*args)
+        finally:
+            setattr(_last_used, self.using, monotonic())
 
     # --- storage -----------------------------------------------------------------------------------
 
@@ -258,13 +292,21 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
 
     def _get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         thread_id, checkpoint_ns = _thread_and_ns(config)
+        checkpoint_id = get_checkpoint_id(config)
+        if self._memo is not None:
+            remembered = self._memo.latest((thread_id, checkpoint_ns), checkpoint_id)
+            if remembered is not None:
+                row, stored_writes = remembered
+                return self._tuple(row, self._loaded_writes(stored_writes), copy.deepcopy(row.metadata))
         rows = self._checkpoints().filter(thread_id=thread_id, checkpoint_ns=checkpoint_ns)
-        if checkpoint_id := get_checkpoint_id(config):
+        if checkpoint_id:
             row = rows.filter(checkpoint_id=checkpoint_id).first()
         else:
             row = rows.order_by("-checkpoint_id").first()
         if row is None:
             return None
+        if self._memo is not None and not checkpoint_id:
+            self._memo.seen((thread_id, checkpoint_ns), row.checkpoint_id)
         writes = self._pending_writes([_key(row)])
         return self._tuple(row, writes.get(_key(row), []))
 
@@ -313,17 +355,19 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
                 where |= Q(thread_id=thread_id, checkpoint_ns=checkpoint_ns, checkpoint_id__in=ids)
             for write in self._writes().filter(where):
                 stored[_key(write)].append(write)
+        return {key: self._loaded_writes(rows) for key, rows in stored.items()}
+
+    def _loaded_writes(self, rows: Iterable[CheckpointWrite]) -> list[PendingWrite]:
         # Sorted here, not in SQL, so the order is Python's string order on every database
         # collation: pending writes must come in writes_sort_key order.
-        return {
-            key: [
-                (w.task_id, w.channel, self.serde.loads_typed((w.type, bytes(w.value))))
-                for w in sorted(rows, key=lambda w: writes_sort_key(w.task_path, w.task_id, w.idx))
-            ]
-            for key, rows in stored.items()
-        }
+        return [
+            (w.task_id, w.channel, self.serde.loads_typed((w.type, bytes(w.value))))
+            for w in sorted(rows, key=lambda w: writes_sort_key(w.task_path, w.task_id, w.idx))
+        ]
 
-    def _tuple(self, row: Checkpoint, pending_writes: list[PendingWrite]) -> CheckpointTuple:
+    def _tuple(
+        self, row: Checkpoint, pending_writes: list[PendingWrite], metadata: Any = None
+    ) -> CheckpointTuple:
         parent_config = (
             _config(row.thread_id, row.checkpoint_ns, row.parent_checkpoint_id)
             if row.parent_checkpoint_id
@@ -332,7 +376,7 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
         return CheckpointTuple(
             config=_config(row.thread_id, row.checkpoint_ns, row.checkpoint_id),
             checkpoint=self.serde.loads_typed((row.type, bytes(row.checkpoint))),
-            metadata=row.metadata,
+            metadata=row.metadata if metadata is None else metadata,
             parent_config=parent_config,
             pending_writes=pending_writes,
         )
@@ -362,6 +406,8 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
             unique_fields=["thread_id", "checkpoint_ns", "checkpoint_id"],
             update_fields=["parent_checkpoint_id", "run_id", "type", "checkpoint", "metadata"],
         )
+        if self._memo is not None:
+            self._memo.put(row)
         return _config(thread_id, checkpoint_ns, checkpoint["id"])
 
     def _put_writes(
@@ -402,8 +448,11 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
                     unique_fields=["thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx"],
                     update_fields=["channel", "task_path", "type", "value"],
                 )
+        if self._memo is not None:
+            self._memo.put_writes((thread_id, checkpoint_ns), checkpoint_id, ordinary, special)
 
     def _delete_threads(self, thread_ids: Iterable[str]) -> None:
+        self.forget()
         ids = [str(t) for t in thread_ids]
         for chunk in _chunks(ids, IDS_PER_STATEMENT):
             with transaction.atomic(using=self.using):
@@ -411,6 +460,7 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
                 self._checkpoints().filter(thread_id__in=chunk).delete()
 
     def _delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        self.forget()
         ids = [str(r) for r in run_ids]
         for chunk in _chunks(ids, IDS_PER_STATEMENT):
             of_runs = self._checkpoints().filter(run_id__in=chunk)
@@ -427,6 +477,7 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
                 of_runs.delete()
 
     def _copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        self.forget()
         source, target = str(source_thread_id), str(target_thread_id)
         with transaction.atomic(using=self.using):
             for queryset in (self._checkpoints(), self._writes()):
@@ -444,6 +495,7 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
                     queryset.bulk_create(batch, ignore_conflicts=True)
 
     def _prune(self, thread_ids: Sequence[str], strategy: str) -> None:
+        self.forget()
         ids = [str(t) for t in thread_ids]
         if strategy == "delete":
             self._delete_threads(ids)
@@ -480,6 +532,74 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
                 with transaction.atomic(using=self.using):
                     self._writes().filter(older).delete()
                     self._checkpoints().filter(older).delete()
+
+
+_last_used = threading.local()  # database alias -> when this thread's saver calls last used it
+
+NamespaceKey = tuple[str, str]  # (thread_id, checkpoint_ns)
+
+
+class _LatestMemo:
+    """A ``sole_writer()`` saver's memory: per (thread, namespace), the newest checkpoint row it
+    wrote and the write rows put on it, kept exactly as stored (ordinary writes first one wins,
+    special ones last one wins), so a tuple built from them is the one the database would give.
+
+    It answers only for the newest id in a namespace that no database read showed an equal or
+    newer id for; writes for a newer checkpoint that arrive before the checkpoint are kept for
+    it. Async calls all run in one thread; the lock is for sync calls from other threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: dict[NamespaceKey, Checkpoint] = {}
+        self._writes: dict[NamespaceKey, dict[str, dict[tuple[str, int], CheckpointWrite]]] = {}
+        self._db_newest: dict[NamespaceKey, str] = {}
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rows.clear()
+            self._writes.clear()
+            self._db_newest.clear()
+
+    def seen(self, key: NamespaceKey, checkpoint_id: str) -> None:
+        with self._lock:
+            if checkpoint_id > self._db_newest.get(key, ""):
+                self._db_newest[key] = checkpoint_id
+
+    def put(self, row: Checkpoint) -> None:
+        key = (row.thread_id, row.checkpoint_ns)
+        with self._lock:
+            current = self._rows.get(key)
+            if current is None or row.checkpoint_id >= current.checkpoint_id:
+                self._rows[key] = row
+                by_id = self._writes.get(key, {})
+                # Writes of older checkpoints can no longer be asked for through the memo.
+                self._writes[key] = {i: w for i, w in by_id.items() if i >= row.checkpoint_id}
+
+    def put_writes(
+        self, key: NamespaceKey, checkpoint_id: str,
+        ordinary: list[CheckpointWrite], special: list[CheckpointWrite],
+    ) -> None:
+        with self._lock:
+            current = self._rows.get(key)
+            if current is not None and checkpoint_id < current.checkpoint_id:
+                return
+            stored = self._writes.setdefault(key, {}).setdefault(checkpoint_id, {})
+            for write in ordinary:
+                stored.setdefault((write.task_id, write.idx), write)
+            for write in special:
+                stored[(write.task_id, write.idx)] = write
+
+    def latest(
+        self, key: NamespaceKey, checkpoint_id: str | None
+    ) -> tuple[Checkpoint, list[CheckpointWrite]] | None:
+        with self._lock:
+            row = self._rows.get(key)
+            if row is None or row.checkpoint_id <= self._db_newest.get(key, ""):
+                return None
+            if checkpoint_id and checkpoint_id != row.checkpoint_id:
+                return None
+            return row, list(self._writes.get(key, {}).get(row.checkpoint_id, {}).values())
 
 
 # --- helpers private to the saver --------------------------------------------------------------

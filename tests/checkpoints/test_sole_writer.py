@@ -1,0 +1,169 @@
+"""``DjangoCheckpointSaver.sole_writer()``: the saver of a worker's run, which answers the latest
+checkpoint of what it wrote from memory instead of reading it back, and the connection checks
+of async calls."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from django.db import connections
+from langgraph.checkpoint.conformance import checkpointer_test, validate
+from langgraph.checkpoint.conformance.report import ProgressCallbacks
+from langgraph.checkpoint.base import empty_checkpoint
+from langgraph.checkpoint.base.id import uuid6
+from langgraph.checkpoint.serde.types import ERROR
+
+from checkpoints import saver as saver_module
+from checkpoints.saver import DjangoCheckpointSaver
+from tests.checkpoints.test_saver import put
+
+
+@checkpointer_test(name="DjangoCheckpointSaver.sole_writer()")
+async def sole_writer_saver() -> AsyncIterator[DjangoCheckpointSaver]:
+    yield DjangoCheckpointSaver().sole_writer()
+
+
+def test_a_sole_writer_saver_passes_the_conformance_suite(saver):
+    failures: list[str] = []
+
+    def record(capability: str, test: str, passed: bool, error: str | None) -> None:
+        if not passed:
+            failures.append(f"{capability}.{test}\n{error}")
+
+    report = asyncio.run(validate(sole_writer_saver, progress=ProgressCallbacks(on_test_result=record)))
+    assert not failures, "\n".join(failures)
+    assert report.conformance_level() == "FULL"
+
+
+def same(a, b) -> bool:
+    return (a.config, a.checkpoint, a.metadata, a.parent_config, a.pending_writes) == (
+        b.config, b.checkpoint, b.metadata, b.parent_config, b.pending_writes
+    )
+
+
+def test_the_latest_checkpoint_it_wrote_is_read_without_a_query_and_as_stored(
+    saver, django_assert_num_queries
+):
+    writer = saver.sole_writer()
+    first = put(writer, "t", values={"n": 1})
+    latest = put(writer, "t", parent=first, values={"n": 2}, note=("a", 1))
+    writer.put_writes(latest, [("ch", "x"), ("ch", "y"), (ERROR, "first")], "task-b", "path")
+    writer.put_writes(latest, [("ch", "again"), (ERROR, "second")], "task-b", "path")  # a retry
+    writer.put_writes(latest, [("other", 1)], "task-a")
+    config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+
+    with django_assert_num_queries(0):
+        remembered = writer.get_tuple(config)
+        by_id = writer.get_tuple(latest)
+    stored = saver.get_tuple(config)  # a plain saver reads the database
+
+    assert same(remembered, stored) and same(by_id, stored)
+    assert remembered.checkpoint["channel_values"] == {"n": 2}
+    assert remembered.pending_writes == [
+        ("task-a", "other", 1), ("task-b", ERROR, "second"), ("task-b", "ch", "x"), ("task-b", "ch", "y"),
+    ]
+    remembered.metadata["step"] = 99  # the caller's copy: the next read is unchanged
+    assert writer.get_tuple(config).metadata == stored.metadata
+
+
+def test_older_checkpoints_other_namespaces_and_forget_go_to_the_database(
+    saver, django_assert_num_queries
+):
+    writer = saver.sole_writer()
+    first = put(writer, "t")
+    put(writer, "t", parent=first)
+    put(writer, "t", ns="child")
+
+    with django_assert_num_queries(2):
+        assert writer.get_tuple(first).checkpoint["id"] == first["configurable"]["checkpoint_id"]
+    with django_assert_num_queries(0):
+        writer.get_tuple({"configurable": {"thread_id": "t", "checkpoint_ns": "child"}})
+    writer.forget()
+    with django_assert_num_queries(2):
+        writer.get_tuple({"configurable": {"thread_id": "t", "checkpoint_ns": ""}})
+
+
+def test_writes_that_arrive_before_their_checkpoint_are_kept_for_it(saver):
+    # With durability="async" LangGraph does not wait for a put before putting writes on it.
+    writer = saver.sole_writer()
+    first = put(writer, "t")
+    checkpoint = empty_checkpoint()
+    checkpoint["id"] = str(uuid6(clock_seq=-1))
+    ahead = {"configurable": {"thread_id": "t", "checkpoint_ns": "", "checkpoint_id": checkpoint["id"]}}
+    writer.put_writes(ahead, [("ch", 1)], "task")
+    writer.put(first, checkpoint, {"source": "loop", "step": 1}, {})
+
+    latest = writer.get_tuple({"configurable": {"thread_id": "t", "checkpoint_ns": ""}})
+    assert latest.checkpoint["id"] == checkpoint["id"]
+    assert latest.pending_writes == [("task", "ch", 1)]
+    assert same(latest, saver.get_tuple({"configurable": {"thread_id": "t", "checkpoint_ns": ""}}))
+
+
+def test_a_newer_checkpoint_seen_in_the_database_is_never_shadowed(saver):
+    writer = saver.sole_writer()
+    mine = put(writer, "t")
+    newer = put(saver, "t")  # somebody else's, newer: the contract is broken, but reads stay true
+    config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    writer.forget()
+    assert writer.get_tuple(config).config == newer  # read from the database, and remembered as seen
+    writer.put(mine, saver.get_tuple(mine).checkpoint, {"source": "loop", "step": 0}, {})
+
+    assert writer.get_tuple(config).config == newer
+
+
+def recorded_checks(monkeypatch) -> list[bool]:
+    """``errors_occurred`` at each connection check an async call makes."""
+    checks: list[bool] = []
+    wrapper_class = connections["default"].__class__
+    real = wrapper_class.close_if_unusable_or_obsolete
+
+    def counted(self):
+        checks.append(self.errors_occurred)
+        return real(self)
+
+    monkeypatch.setattr(wrapper_class, "close_if_unusable_or_obsolete", counted)
+    return checks
+
+
+def test_async_calls_check_their_connection_after_a_pause_only(saver, monkeypatch):
+    config = put(saver, "t")
+    checks = recorded_checks(monkeypatch)
+    clock = [saver_module.monotonic()]
+    monkeypatch.setattr(saver_module, "monotonic", lambda: clock[0])
+    counts: list[int] = []
+
+    async def calls() -> None:
+        await saver.aget_tuple(config)
+        counts.append(len(checks))
+        await saver.aget_tuple(config)  # right after: not checked
+        counts.append(len(checks))
+        clock[0] += saver_module.CONNECTION_RECHECK_SECONDS
+        await saver.aget_tuple(config)  # after a pause: checked
+        counts.append(len(checks))
+
+    asyncio.run(calls())
+    assert counts[1] == counts[0] and counts[2] == counts[1] + 1
+
+
+def test_a_failed_call_makes_the_next_async_call_check_the_connection(saver, monkeypatch):
+    config = put(saver, "t")
+    checks = recorded_checks(monkeypatch)
+    clock = saver_module.monotonic()  # stands still: only the error can cause a check
+    monkeypatch.setattr(saver_module, "monotonic", lambda: clock)
+
+    def failing(config):
+        connections["default"].errors_occurred = True  # what Django sets on a database error
+        raise RuntimeError("lost the connection")
+
+    async def calls() -> None:
+        await saver.aget_tuple(config)
+        try:
+            await saver._in_sync_thread(failing, config)
+        except RuntimeError:
+            pass
+        before = len(checks)
+        await saver.aget_tuple(config)
+        assert checks[before:] == [True]
+
+    asyncio.run(calls())
