@@ -23,6 +23,7 @@ from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from project.async_db import in_executor
+from project.event_hub import watch
 from runs import services
 from runs.errors import NotFound, Unprocessable
 from runs.graphs import graph_get
@@ -40,6 +41,7 @@ from runs.serializers import (
 )
 from runs.streams import after_disconnect
 from runs.validation import INVALID_JSON, parse_json_body, validate_body
+from runs.wakeups import run_channel
 
 
 def _detail_response(detail: str, status_code: int, headers: dict | None = None) -> Response:
@@ -464,6 +466,9 @@ class ThreadHistoryView(LangGraphView):
 # --- runs ----------------------------------------------------------------------------------------
 
 WAIT_POLL_SECONDS = 0.025
+# With Redis, the run's writers publish every change: a read of the row this often is only the
+# safety net for a lost wake-up (the event hub's own poll is another).
+WAIT_PUSHED_POLL_SECONDS = 1.0
 KEEPALIVE_SECONDS = 5.0
 
 
@@ -472,6 +477,14 @@ def _run_location_headers(thread_id: Any, run_id: Any) -> dict[str, str]:
         "Location": f"/threads/{thread_id}/runs/{run_id}/join",
         "Content-Location": f"/threads/{thread_id}/runs/{run_id}",
     }
+
+
+def _wait_poll_interval() -> float:
+    if settings.REDIS_URL:
+        return WAIT_PUSHED_POLL_SECONDS
+    # Without Redis the hub learns of changes by polling the database (EVENT_HUB_POLL_INTERVAL),
+    # slower than a /wait may take: the row is read this often too.
+    return float(getattr(settings, "RUNS_WAIT_POLL_INTERVAL", WAIT_POLL_SECONDS))
 
 
 def result_response(
@@ -485,10 +498,13 @@ def result_response(
     """A 200 whose body is the run's final result once it ends, with a newline every 5 s meanwhile
     (leading whitespace is valid JSON) so proxies and clients keep the connection open.
 
+    The run's row is read again whenever its event-hub channel says it changed (the worker
+    publishes its claim, its events and its end), and at least every ``_wait_poll_interval()``.
+
     With ``cancel_on_disconnect`` a client hanging up (the ASGI handler cancels this generator)
     cancels the run, as ``on_disconnect: "cancel"`` asks; a stateless run's thread then goes when
     the run ends, since nobody is left to read it."""
-    poll_interval = float(getattr(settings, "RUNS_WAIT_POLL_INTERVAL", WAIT_POLL_SECONDS))
+    poll_interval = _wait_poll_interval()
 
     async def body():
         loop = asyncio.get_running_loop()
@@ -497,14 +513,22 @@ def result_response(
         if initial_delay:
             await asyncio.sleep(initial_delay)
         try:
-            while True:
-                state = await snapshot(run_id=run_id)
-                if state.status is None or state.status in RunStatus.terminal():
-                    break
-                if loop.time() - last_write >= KEEPALIVE_SECONDS:
-                    last_write = loop.time()
-                    yield b"\n"
-                await asyncio.sleep(poll_interval)
+            if run_id is None:  # a join of a missing run: nothing to watch, the body says so
+                state = await snapshot(run_id=None)
+            else:
+                async with watch(run_channel(run_id)) as watcher:
+                    while True:
+                        watcher.arm()
+                        # status and result: the result is NULL until the run ends, so this
+                        # costs the result's bytes once, in the read that finds the run ended.
+                        state = await snapshot(run_id=run_id)
+                        if state.status is None or state.status in RunStatus.terminal():
+                            break
+                        if loop.time() - last_write >= KEEPALIVE_SECONDS:
+                            last_write = loop.time()
+                            yield b"\n"
+                        keepalive_in = KEEPALIVE_SECONDS - (loop.time() - last_write)
+                        await watcher.wait(max(0.0, min(poll_interval, keepalive_in)))
         except (asyncio.CancelledError, GeneratorExit):
             if cancel_on_disconnect or discard_thread:
                 await asyncio.shield(
@@ -515,7 +539,10 @@ def result_response(
                     )
                 )
             raise
-        result = await sync_to_async(services.run_finished_body)(run_id=run_id, thread_id=thread_id)
+        if state.result is not None:
+            result = state.result
+        else:  # the run is gone, or ended without a result: its thread's values, or a 404 body
+            result = await sync_to_async(services.run_finished_body)(run_id=run_id, thread_id=thread_id)
         if discard_thread:
             await sync_to_async(services.temporary_thread_discard)(thread_id=thread_id)
         yield json.dumps(result, ensure_ascii=False, separators=(",", ":"), default=str).encode()
