@@ -838,7 +838,8 @@ def run_create(
         thread = _lock_thread(
             owner=owner, thread_id=thread_pk, create=create_thread, temporary=stateless
         )
-        inflight = list(
+        # enqueue queues behind whatever is active: only the other strategies look at it.
+        inflight = [] if strategy == MultitaskStrategy.ENQUEUE else list(
             Run.objects.filter(thread=thread, status__in=RunStatus.active()).order_by("created_at")
         )
         if inflight and strategy == MultitaskStrategy.REJECT:
