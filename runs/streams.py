@@ -184,6 +184,18 @@ def after_disconnect(*, run_id: UUID, cancel: bool, temporary_thread_id: UUID | 
 # --- followers -----------------------------------------------------------------------------------
 
 
+async def _heartbeats_until_woken(watcher, last_write: float) -> AsyncIterator[bytes]:
+    """A heartbeat after every 5 s of silence until the hub says there may be something new.
+
+    Silence alone is no reason to read the database again: the hub wakes the watcher on every new
+    event and when the job disappears (its version changes), so 1,000 idle streams cost no reads.
+    """
+    while not await watcher.wait(max(0.0, HEARTBEAT_INTERVAL - (time.monotonic() - last_write))):
+        if time.monotonic() - last_write >= HEARTBEAT_INTERVAL:
+            yield HEARTBEAT
+            last_write = time.monotonic()
+
+
 async def follow_run(
     run_id: UUID, after_id: int, *, modes: frozenset[str] | None = None, with_ids: bool = False
 ) -> AsyncIterator[bytes]:
@@ -204,11 +216,9 @@ async def follow_run(
                 continue
             if status is None or status in RunStatus.terminal():
                 return
-            idle = time.monotonic() - last_write
-            if not await watcher.wait(max(0.0, HEARTBEAT_INTERVAL - idle)):
-                if time.monotonic() - last_write >= HEARTBEAT_INTERVAL:
-                    yield HEARTBEAT
-                    last_write = time.monotonic()
+            async for heartbeat in _heartbeats_until_woken(watcher, last_write):
+                yield heartbeat
+                last_write = time.monotonic()
 
 
 def _thread_event_wanted(event: StoredEvent, modes: frozenset[str]) -> bool:
@@ -237,11 +247,9 @@ async def follow_thread(thread_id: UUID, after_id: int, *, modes: frozenset[str]
                 continue
             if not exists:
                 return
-            idle = time.monotonic() - last_write
-            if not await watcher.wait(max(0.0, HEARTBEAT_INTERVAL - idle)):
-                if time.monotonic() - last_write >= HEARTBEAT_INTERVAL:
-                    yield HEARTBEAT
-                    last_write = time.monotonic()
+            async for heartbeat in _heartbeats_until_woken(watcher, last_write):
+                yield heartbeat
+                last_write = time.monotonic()
 
 
 async def run_stream_body(

@@ -14,7 +14,7 @@ from uuid import UUID
 from django.db.models import Max
 
 from project.event_hub import channel_name, publish_on_commit, register_kind
-from runs.models import Run, RunEvent, RunStatus
+from runs.models import Run, RunStatus, Thread
 
 RUN_KIND = "run"
 THREAD_KIND = "thread"
@@ -50,13 +50,12 @@ def _run_versions(ids: list[str]) -> dict[str, int]:
 
 
 def _thread_versions(ids: list[str]) -> dict[str, int]:
-    rows = (
-        RunEvent.objects.filter(run__thread_id__in=ids)
-        .values_list("run__thread_id")
-        .annotate(last=Max("id"))
-        .values_list("run__thread_id", "last")
+    # An existing thread without events is version 0, not missing: its deletion must change the
+    # version too, since idle thread streams learn of it only through the hub.
+    rows = Thread.objects.filter(pk__in=ids).annotate(last=Max("runs__events__id")).values_list(
+        "pk", "last"
     )
-    return {str(thread_id): last for thread_id, last in rows}
+    return {str(thread_id): last or 0 for thread_id, last in rows}
 
 
 register_kind(RUN_KIND, _run_versions)

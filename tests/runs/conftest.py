@@ -15,8 +15,8 @@ import pytest
 
 from tests.conftest import ROOT, Cluster, subprocess_env
 
-# The demo graphs, including those the default settings may not list (chat, nested), given to the
-# live server and workers as a langgraph.json.
+# The demo graphs given to the live server and workers as a langgraph.json, so the live tests also
+# cover registration from a file the way a user's LangGraph project does it.
 GRAPHS_CONFIG = ROOT / "tests" / "runs" / "langgraph.json"
 
 

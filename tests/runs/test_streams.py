@@ -424,3 +424,40 @@ def test_stream_ends_when_the_run_is_deleted(api, alice) -> None:
     assert async_to_sync(scenario)() == b""
     assert time.monotonic() - started < 3
     assert not Thread.objects.filter(pk=thread.pk).exists()
+
+
+def test_thread_stream_of_a_thread_without_runs_ends_when_it_is_deleted(api, alice) -> None:
+    thread = services.thread_create(owner=alice)
+
+    async def scenario() -> bytes:
+        async def delete_soon() -> None:
+            await asyncio.sleep(0.3)
+            await sync_to_async(services.thread_delete)(thread=thread)
+
+        deleter = asyncio.ensure_future(delete_soon())
+        response = await AsyncClient().get(f"/threads/{thread.pk}/stream", headers={"x-api-key": api.raw_key})
+        body = b"".join([chunk async for chunk in response.streaming_content])
+        await deleter
+        return body
+
+    started = time.monotonic()
+    assert async_to_sync(scenario)() == b""
+    assert time.monotonic() - started < 3
+
+
+def test_an_idle_stream_sends_heartbeats_without_reading_the_database_again(api, alice, monkeypatch) -> None:
+    import runs.streams as run_streams
+
+    thread = services.thread_create(owner=alice)
+    run = services.run_create(owner=alice, body={"assistant_id": "echo", "input": {}}, thread_id=thread.pk)
+    monkeypatch.setattr(run_streams, "HEARTBEAT_INTERVAL", 0.1)
+    reads = []
+    original = run_streams._run_status_and_events
+    monkeypatch.setattr(
+        run_streams, "_run_status_and_events", lambda *args: reads.append(args) or original(*args)
+    )
+
+    _, _, body = read("get", f"/threads/{thread.pk}/runs/{run.pk}/stream", key=api.raw_key, limit=5)
+    assert body == HEARTBEAT * 5
+    # The first read, and one more when the hub first sights the run; none per heartbeat.
+    assert len(reads) <= 2
