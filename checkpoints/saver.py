@@ -60,8 +60,9 @@ import math
 import random
 import threading
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import date, datetime, time
+from functools import partial
 from time import monotonic
 from typing import Any, TypeVar
 
@@ -104,6 +105,8 @@ CONNECTION_RECHECK_SECONDS = 1.0
 
 CheckpointKey = tuple[str, str, str]  # (thread_id, checkpoint_ns, checkpoint_id)
 ListCursor = tuple[str, int]  # (checkpoint_id, pk) of the last row of a page
+# A sole writer's runner of its async calls' work: await submit(work, write=...) -> work()
+Submit = Callable[..., Awaitable[Any]]
 
 
 class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
@@ -117,6 +120,10 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
     checkpoint it wrote in each (thread, namespace) and the writes put on it, and answers
     ``get_tuple`` of that latest checkpoint from memory instead of two queries. Use one per run
     and drop it after; ``forget()`` if something else changed the thread's checkpoints meanwhile.
+    Its ``submit``, if given, runs the async calls' work instead of the saver's own thread hop:
+    ``await submit(work, write=...)`` must call ``work()`` in this saver's sync thread, in the
+    order of submission, and may do so inside a transaction of several (the run's other
+    writes); ``check_connection()`` is then the caller's to call outside such transactions.
     """
 
     def __init__(
@@ -125,10 +132,12 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
         super().__init__(serde=serde)
         self.using = using
         self._memo: _LatestMemo | None = None
+        self._submit: Submit | None = None
 
-    def sole_writer(self) -> DjangoCheckpointSaver:
+    def sole_writer(self, submit: Submit | None = None) -> DjangoCheckpointSaver:
         saver = DjangoCheckpointSaver(serde=self.serde, using=self.using)
         saver._memo = _LatestMemo()
+        saver._submit = submit
         return saver
 
     def forget(self) -> None:
@@ -265,18 +274,25 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
                 connection.close()
 
     async def _in_sync_thread(self, fn: Callable[..., T], /, *args: Any) -> T:
+        if self._submit is not None:
+            write = fn not in (self._get_tuple, self._list_page)
+            return await self._submit(partial(self._on_reused_connection, fn, *args), write=write)
         return await sync_to_async(self._on_reused_connection, thread_sensitive=True)(fn, *args)
 
-    def _on_reused_connection(self, fn: Callable[..., T], /, *args: Any) -> T:
+    def check_connection(self) -> None:
+        """Drop this thread's connection if it is broken or past ``CONN_MAX_AGE`` (the next query
+        reconnects): when it sat unused for a while or after an error. Never in a transaction."""
         connection = connections[self.using]
-        now = monotonic()
         last_used = getattr(_last_used, self.using, None)
         if not connection.in_atomic_block and (
             last_used is None
-            or now - last_used >= CONNECTION_RECHECK_SECONDS
+            or monotonic() - last_used >= CONNECTION_RECHECK_SECONDS
             or connection.errors_occurred
         ):
             connection.close_if_unusable_or_obsolete()
+
+    def _on_reused_connection(self, fn: Callable[..., T], /, *args: Any) -> T:
+        self.check_connection()
         try:
             return fn(*args)
         finally:
@@ -407,7 +423,8 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
             update_fields=["parent_checkpoint_id", "run_id", "type", "checkpoint", "metadata"],
         )
         if self._memo is not None:
-            self._memo.put(row)
+            # Once committed: a submitted write may share a transaction that rolls back.
+            transaction.on_commit(partial(self._memo.put, row), using=self.using)
         return _config(thread_id, checkpoint_ns, checkpoint["id"])
 
     def _put_writes(
@@ -438,7 +455,9 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
             )
         ordinary = [w for idx, w in by_idx.items() if idx >= 0]
         special = [w for idx, w in by_idx.items() if idx < 0]
-        with transaction.atomic(using=self.using):
+        # In a transaction of submitted writes, no savepoint of its own (two more statements):
+        # a failure fails that transaction, whose writes the submitter then redoes one by one.
+        with transaction.atomic(using=self.using, savepoint=self._submit is None):
             if ordinary:
                 self._writes().bulk_create(ordinary, ignore_conflicts=True)
             if special:
@@ -449,7 +468,10 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
                     update_fields=["channel", "task_path", "type", "value"],
                 )
         if self._memo is not None:
-            self._memo.put_writes((thread_id, checkpoint_ns), checkpoint_id, ordinary, special)
+            transaction.on_commit(
+                partial(self._memo.put_writes, (thread_id, checkpoint_ns), checkpoint_id, ordinary, special),
+                using=self.using,
+            )
 
     def _delete_threads(self, thread_ids: Iterable[str]) -> None:
         self.forget()
@@ -544,9 +566,9 @@ class _LatestMemo:
     wrote and the write rows put on it, kept exactly as stored (ordinary writes first one wins,
     special ones last one wins), so a tuple built from them is the one the database would give.
 
-    It answers only for the newest id in a namespace that no database read showed an equal or
-    newer id for; writes for a newer checkpoint that arrive before the checkpoint are kept for
-    it. Async calls all run in one thread; the lock is for sync calls from other threads.
+    It answers only for the newest id in a namespace that no database read showed a newer id
+    for; writes for a newer checkpoint that arrive before the checkpoint are kept for it. Rows
+    are remembered once their transaction committed. Async calls all run in one thread; the lock is for sync calls from other threads.
     """
 
     def __init__(self) -> None:
@@ -595,7 +617,7 @@ class _LatestMemo:
     ) -> tuple[Checkpoint, list[CheckpointWrite]] | None:
         with self._lock:
             row = self._rows.get(key)
-            if row is None or row.checkpoint_id <= self._db_newest.get(key, ""):
+            if row is None or row.checkpoint_id < self._db_newest.get(key, ""):
                 return None
             if checkpoint_id and checkpoint_id != row.checkpoint_id:
                 return None

@@ -7,8 +7,9 @@ dispatches it when it ends). While the graph runs, a watcher polls the row every
 ``RUNS_CANCEL_CHECK_INTERVAL`` seconds (0.2 s) and beats ``heartbeat_at``; a cancel request (or
 the row vanishing) cancels the graph's asyncio task, so the graph stops within that interval.
 Every event a client may stream (``metadata`` first, each requested mode's chunks, ``error``)
-is stored as a ``RunEvent`` (run, seq, event, data) before the run's final status, batched one
-transaction per write, each waking the run's and thread's stream readers (``runs.wakeups``).
+is stored as a ``RunEvent`` (run, seq, event, data) before the run's final status; events and
+the saver's checkpoint writes share transactions (``RunWrites``), each waking the run's and
+thread's stream readers (``runs.wakeups``). The run ends in one transaction (``finish``).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing, nullcontext
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -41,7 +42,7 @@ from runs.graphs import GraphLoadError, GraphNotFound, checkpointer, graph_get
 from runs.jsonable import to_json
 from runs.models import CancelAction, Run, RunEvent, RunStatus, Thread, ThreadStatus
 from runs.stream_modes import GRAPH_MODE, MessagesV1, event_name
-from runs.wakeups import run_changed
+from runs.wakeups import run_changed, run_progressed
 
 logger = logging.getLogger(__name__)
 
@@ -114,15 +115,18 @@ def claim(run_id: UUID | str) -> bool:
         RunStatus.RUNNING.value, at, at, at, _worker_name(),
         pk, RunStatus.PENDING.value, at, RunStatus.PENDING.value, at,
     ]
+    # One statement needs no transaction of its own (on PostgreSQL a BEGIN and a COMMIT are two
+    # more round trips); inside the caller's, a savepoint keeps a refusal from spoiling it.
+    savepoint = transaction.atomic() if connection.in_atomic_block else nullcontext()
     try:
-        with transaction.atomic(), connection.cursor() as cursor:
+        with savepoint, connection.cursor() as cursor:
             cursor.execute(_claim_sql(connection.vendor), params)
             claimed = cursor.rowcount == 1
-            if claimed:
-                run_changed(run_id)
-            return claimed
     except IntegrityError:  # the thread already has a running run; its end dispatches this one
         return False
+    if claimed:
+        run_progressed(run_id)
+    return claimed
 
 
 def _graph_input(kwargs: dict) -> Any:
@@ -140,53 +144,130 @@ def _graph_input(kwargs: dict) -> Any:
 # Events waiting to be written beyond which the graph waits for the database (backpressure).
 MAX_PENDING_EVENTS = 1000
 
+# (work, whether it writes, the caller's future)
+Work = tuple[Callable[[], Any], bool, asyncio.Future]
 
-class EventWriter:
-    """Appends a run's events in order, batching what arrives while a write is under way.
 
-    The first event is written at once; events produced during that write go in the next one, and
-    so on: no added latency when the stream is slow, one transaction (and one reader wake-up) per
-    batch when it is fast.
+class RunWrites:
+    """A run's writes to the database, in order, batching what arrives while a write is under way:
+    its events, and the work its checkpoint saver submits (``DjangoCheckpointSaver.sole_writer``).
+
+    The first write starts at once; whatever arrives during it goes in the next transaction, and
+    so on: no added latency when the run is slow, one transaction (one BEGIN and COMMIT, one hop
+    to the sync thread, one reader wake-up for its events) per batch when it is fast. LangGraph
+    saves checkpoints and pending writes in the background (durability "async") while the run's
+    events stream, so a one-node graph's eight writes go in three or four transactions.
+
+    A batch that fails is redone one piece per transaction: a write that fails fails alone, as it
+    would have on its own. Events that still cannot be stored fail the run rather than be lost.
     """
 
     def __init__(self, run: Run, last_seq: int) -> None:
         self.run_id = run.pk
         self.thread_id = run.thread_id
         self.seq = last_seq
-        self._pending: list[RunEvent] = []
+        # The saver's connection check, run before each batch's transaction (never inside one).
+        self.check_connection: Callable[[], None] = lambda: None
+        self._events: list[RunEvent] = []
+        self._work: list[Work] = []
         self._writer: asyncio.Task | None = None
 
-    def _write(self, batch: list[RunEvent]) -> None:
-        with transaction.atomic():
-            RunEvent.objects.bulk_create(batch)
-            run_changed(self.run_id, self.thread_id)
+    async def put(self, event: str, data: Any) -> None:
+        """Append an event (written in the background)."""
+        self.seq += 1
+        self._events.append(
+            RunEvent(run_id=self.run_id, seq=self.seq, event=event, data=encode_data(data).decode())
+        )
+        if not self._start() and len(self._events) >= MAX_PENDING_EVENTS:
+            await asyncio.shield(self._writer)
+
+    async def submit(self, work: Callable[[], Any], *, write: bool = True) -> Any:
+        """``work()`` in the sync thread after everything submitted before; its result."""
+        future = asyncio.get_running_loop().create_future()
+        self._work.append((work, write, future))
+        self._start()
+        return await future
+
+    def _start(self) -> bool:
+        """Start a writer unless one is running; True if this started one."""
+        if self._writer is not None and not self._writer.done():
+            return False
+        if self._writer is not None:
+            self._writer.result()  # a failed event write fails the run rather than losing events
+        self._writer = asyncio.create_task(self._write_pending())
+        return True
 
     async def _write_pending(self) -> None:
         write = sync_to_async(self._write)
-        while self._pending:
-            batch, self._pending = self._pending, []
-            await write(batch)
+        while self._events or self._work:
+            events, self._events = self._events, []
+            # Work whose caller was cancelled before it started is dropped, as an executor job
+            # cancelled before it ran would be.
+            work = [item for item in self._work if not item[2].done()]
+            self._work = []
+            try:
+                outcomes, events_failure = await write(events, [(fn, writes) for fn, writes, _ in work])
+            except BaseException as exc:
+                for _, _, future in work:
+                    if not future.done():
+                        future.set_exception(exc)
+                raise
+            for (_, _, future), (ok, value) in zip(work, outcomes):
+                if not future.done():
+                    future.set_result(value) if ok else future.set_exception(value)
+            if events_failure is not None:
+                raise events_failure
 
-    async def put(self, event: str, data: Any) -> None:
-        self.seq += 1
-        self._pending.append(
-            RunEvent(run_id=self.run_id, seq=self.seq, event=event, data=encode_data(data).decode())
-        )
-        if self._writer is None or self._writer.done():
-            if self._writer is not None:
-                self._writer.result()  # a failed write fails the run rather than losing events
-            self._writer = asyncio.create_task(self._write_pending())
-        elif len(self._pending) >= MAX_PENDING_EVENTS:
-            await asyncio.shield(self._writer)
+    def _store(self, events: list[RunEvent]) -> None:
+        RunEvent.objects.bulk_create(events)
+        run_progressed(self.run_id, self.thread_id)
+
+    def _write(
+        self, events: list[RunEvent], work: list[tuple[Callable[[], Any], bool]]
+    ) -> tuple[list[tuple[bool, Any]], Exception | None]:
+        """One batch: ((ok, result or exception) of each work, the events' failure or None)."""
+        self.check_connection()
+        try:
+            return self._write_together(events, work), None
+        except Exception as exc:
+            if not events and len(work) == 1:
+                return [(False, exc)], None
+        # One piece failed and took the others down with it: each again, in its own transaction.
+        outcomes: list[tuple[bool, Any]] = []
+        for fn, _ in work:
+            try:
+                with transaction.atomic():
+                    outcomes.append((True, fn()))
+            except Exception as exc:
+                outcomes.append((False, exc))
+        events_failure = None
+        if events:
+            try:
+                with transaction.atomic():
+                    self._store(events)
+            except Exception as exc:
+                events_failure = exc
+        return outcomes, events_failure
+
+    def _write_together(
+        self, events: list[RunEvent], work: list[tuple[Callable[[], Any], bool]]
+    ) -> list[tuple[bool, Any]]:
+        if not events and not any(writes for _, writes in work):
+            return [(True, fn()) for fn, _ in work]  # reads only: no transaction, no write lock
+        with transaction.atomic():
+            outcomes = [(True, fn()) for fn, _ in work]
+            if events:
+                self._store(events)
+        return outcomes
 
     async def drain(self) -> None:
-        """Wait until every event put so far is stored."""
+        """Wait until everything put or submitted so far is done."""
         while self._writer is not None:
             writer = self._writer
             await asyncio.shield(writer)
             if writer is self._writer:
                 self._writer = None
-        if self._pending:
+        if self._events or self._work:
             await self._write_pending()
 
 
@@ -202,7 +283,7 @@ class RunDriver:
         self.interrupts: list | None = None
         # Only an earlier attempt (a worker that died) can have left events.
         last_seq = _last_seq(run.pk) if run.attempts > 1 else 0
-        self.events = EventWriter(run, last_seq)
+        self.writes = RunWrites(run, last_seq)
         self.stop_reason: str | None = None
 
     # --- database calls, run in asgiref's sync thread ------------------------------------------
@@ -262,7 +343,7 @@ class RunDriver:
                     yield item if self.subgraphs else ((), *item)
 
     async def _consume(self, graph: Any, config: dict) -> None:
-        await self.events.put("metadata", {"run_id": str(self.run.pk), "attempt": self.run.attempts})
+        await self.writes.put("metadata", {"run_id": str(self.run.pk), "attempt": self.run.attempts})
         plain = {m for m in self.requested if m not in ("messages", "messages-tuple")}
         as_tuples = "messages-tuple" in self.requested
         messages_v1 = MessagesV1() if "messages" in self.requested else None
@@ -270,16 +351,16 @@ class RunDriver:
             async for namespace, mode, chunk in chunks:
                 if mode == "messages":
                     if as_tuples:
-                        await self.events.put(event_name("messages", namespace), to_json(chunk))
+                        await self.writes.put(event_name("messages", namespace), to_json(chunk))
                     if messages_v1 is not None:
                         for name, data in messages_v1.events(chunk):
-                            await self.events.put(event_name(name, namespace), data)
+                            await self.writes.put(event_name(name, namespace), data)
                     continue
                 data = to_json(chunk)
                 if mode == "values" and not namespace and isinstance(data, dict):
                     self.last_values = data
                 if mode in plain:
-                    await self.events.put(event_name(mode, namespace), data)
+                    await self.writes.put(event_name(mode, namespace), data)
 
     async def _watch(self, task: asyncio.Task) -> None:
         poll = sync_to_async(self._poll)
@@ -315,7 +396,7 @@ class RunDriver:
         finally:
             # Every event is stored before the run's end is: a reader that sees the final status
             # has all the events.
-            await self.events.drain()
+            await self.writes.drain()
         return outcome
 
     async def _drive(self) -> Outcome:
@@ -323,8 +404,10 @@ class RunDriver:
             saver = checkpointer()
             if hasattr(saver, "sole_writer"):
                 # The run is its thread's one running run, the only writer of its checkpoints: the
-                # saver answers the final state from what it wrote instead of reading it back.
-                saver = saver.sole_writer()
+                # saver answers the final state from what it wrote instead of reading it back, and
+                # its writes share the transactions of the run's events.
+                saver = saver.sole_writer(submit=self.writes.submit)
+                self.writes.check_connection = saver.check_connection
             graph = graph_get(self.run.assistant.graph_id, checkpointer=saver)
         except (GraphNotFound, GraphLoadError) as exc:
             error = {"error": type(exc).__name__, "message": f"Graph not available: {exc}"}
@@ -356,6 +439,7 @@ class RunDriver:
             await asyncio.gather(watcher, return_exceptions=True)
         if self.stop_reason in (CancelAction.ROLLBACK, "deleted"):
             await asyncio.gather(task, return_exceptions=True)
+            await self.writes.drain()  # no checkpoint of the run may land after the deletion
             await sync_to_async(services.run_delete_checkpoints)(run_ids=[self.run.pk])
             if hasattr(saver, "forget"):
                 saver.forget()  # what it remembers was just deleted
@@ -573,5 +657,5 @@ def run_execute(run_id: str) -> str:
         logger.exception("run %s failed outside its graph", run_id)
         error = {"error": type(exc).__name__, "message": str(exc) or type(exc).__name__}
         outcome = Outcome(RunStatus.ERROR, result={"__error__": error}, error=error)
-    finish(run, outcome, last_seq=driver.events.seq, connection_used_at=connection_used_at)
+    finish(run, outcome, last_seq=driver.writes.seq, connection_used_at=connection_used_at)
     return outcome.kind
