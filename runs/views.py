@@ -41,7 +41,7 @@ from runs.serializers import (
 )
 from runs.streams import after_disconnect
 from runs.validation import INVALID_JSON, parse_json_body, validate_body
-from runs.wakeups import run_channel
+from runs.wakeups import run_status_channel
 
 
 def _detail_response(detail: str, status_code: int, headers: dict | None = None) -> Response:
@@ -498,8 +498,9 @@ def result_response(
     """A 200 whose body is the run's final result once it ends, with a newline every 5 s meanwhile
     (leading whitespace is valid JSON) so proxies and clients keep the connection open.
 
-    The run's row is read again whenever its event-hub channel says it changed (the worker
-    publishes its claim, its events and its end), and at least every ``_wait_poll_interval()``.
+    The run's row is read again whenever its status channel on the event hub says it changed
+    (its claim, its end, a cancel or a delete; not its events), and at least every
+    ``_wait_poll_interval()``.
 
     With ``cancel_on_disconnect`` a client hanging up (the ASGI handler cancels this generator)
     cancels the run, as ``on_disconnect: "cancel"`` asks; a stateless run's thread then goes when
@@ -516,7 +517,7 @@ def result_response(
             if run_id is None:  # a join of a missing run: nothing to watch, the body says so
                 state = await snapshot(run_id=None)
             else:
-                async with watch(run_channel(run_id)) as watcher:
+                async with watch(run_status_channel(run_id)) as watcher:
                     while True:
                         watcher.arm()
                         # status and result: the result is NULL until the run ends, so this
