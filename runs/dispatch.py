@@ -22,30 +22,45 @@ from runs.models import Run, RunStatus
 
 logger = logging.getLogger(__name__)
 
-_local = threading.local()
+_broker_lock = threading.Lock()
+_shared_broker: Broker | None = None
 
 
 def _broker() -> Broker:
-    # async_task opens a new broker (a new Redis connection) per call unless handed one.
-    broker = getattr(_local, "broker", None)
-    if broker is None:
-        broker = _local.broker = get_broker()
-    return broker
+    # async_task opens a new broker (a new Redis connection) per call unless handed one. One per
+    # process, not per thread: under ASGI every request runs its sync code in a thread of its
+    # own, so a broker per thread was a new Redis connection (and client setup) per run created.
+    # The Redis client pools its connections across threads; the ORM broker holds none.
+    global _shared_broker
+    with _broker_lock:
+        if _shared_broker is None:
+            _shared_broker = get_broker()
+        return _shared_broker
+
+
+def _broker_failed(broker: Broker) -> None:
+    global _shared_broker
+    with _broker_lock:
+        if _shared_broker is broker:
+            _shared_broker = None
 
 
 def run_enqueue(run_id: UUID | str) -> None:
     """Queue ``run_id`` for a worker now. A broker failure leaves the run pending, to be found by
     the next dispatch of its thread (or a recovery sweep), so it is logged rather than raised."""
+    broker = None
     try:
+        broker = _broker()
         async_task(
             "runs.tasks.run_execute",
             str(run_id),
-            broker=_broker(),
+            broker=broker,
             task_name=f"run-{run_id}",
             group="runs",
         )
     except Exception:
-        _local.broker = None
+        if broker is not None:
+            _broker_failed(broker)
         logger.exception("could not enqueue run %s; it stays pending", run_id)
 
 
