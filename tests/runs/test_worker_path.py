@@ -127,3 +127,48 @@ def test_the_worker_keeps_its_event_loop_and_cancels_what_a_run_left_behind():
     assert cancelled == [True]
     assert tasks._run_in_loop(leaves_a_task()) is first_loop
     assert cancelled == [True, True]
+
+
+def test_a_run_wakes_its_waiters_once_and_its_stream_readers_as_it_goes(alice, thread, monkeypatch):
+    from runs import wakeups
+
+    published: list[str] = []
+    monkeypatch.setattr(wakeups, "publish_on_commit", published.append)
+    run = create(alice, thread, **echo_input("hi"))
+    published.clear()
+
+    tasks.run_execute(str(run.pk))
+
+    status = wakeups.run_status_channel(run.pk)
+    assert published.count(status) == 1 and published[-3:].count(status) == 1  # at its end only
+    assert published.count(wakeups.run_channel(run.pk)) >= 3  # start, events, end
+    assert wakeups.thread_channel(thread.pk) in published
+
+
+def test_the_run_status_version_moves_with_the_status_not_with_events(alice, thread):
+    from runs.wakeups import RUN_STATUS_KIND
+    from project.event_hub import _version_probes
+
+    probe = _version_probes[RUN_STATUS_KIND]
+    run = create(alice, thread, **echo_input("hi"))
+    pending = probe([str(run.pk)])[str(run.pk)]
+    assert tasks.claim(run.pk)
+    running = probe([str(run.pk)])[str(run.pk)]
+    Run.objects.filter(pk=run.pk).update(status=RunStatus.SUCCESS)
+    ended = probe([str(run.pk)])[str(run.pk)]
+    assert len({pending, running, ended}) == 3
+    assert probe(["01a20786-0000-7000-8000-000000000000"]) == {}  # gone
+
+
+def test_runs_are_queued_through_one_broker_whatever_the_thread():
+    # Under ASGI each request runs in a thread of its own: a broker per thread was a new Redis
+    # connection per run created.
+    import threading
+
+    brokers = []
+    threads = [threading.Thread(target=lambda: brokers.append(dispatch._broker())) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(b) for b in brokers}) == 1 and brokers[0] is dispatch._broker()
