@@ -167,3 +167,46 @@ def test_a_failed_call_makes_the_next_async_call_check_the_connection(saver, mon
         assert checks[before:] == [True]
 
     asyncio.run(calls())
+
+
+def test_a_submitter_runs_the_work_of_async_calls_and_only_committed_writes_are_remembered(saver):
+    from asgiref.sync import sync_to_async
+    from django.db import transaction
+
+    flags: list[bool] = []
+    roll_back = [False]
+
+    class RolledBack(Exception):
+        pass
+
+    def in_transaction(work):
+        try:
+            with transaction.atomic():
+                result = work()
+                if roll_back[0]:
+                    raise RolledBack
+                return result
+        except RolledBack:
+            return None
+
+    async def submit(work, *, write):
+        flags.append(write)
+        return await sync_to_async(in_transaction, thread_sensitive=True)(work)
+
+    writer = saver.sole_writer(submit=submit)
+    kept = put(saver, "t")
+    latest = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+
+    async def calls() -> None:
+        stored = await writer.aget_tuple(kept)
+        roll_back[0] = True
+        checkpoint = empty_checkpoint()
+        checkpoint["id"] = str(uuid6(clock_seq=-1))
+        await writer.aput(kept, checkpoint, {"source": "loop", "step": 1}, {})
+        roll_back[0] = False
+        # Neither in the database nor remembered: the latest is still the kept one.
+        assert (await writer.aget_tuple(latest)).config == stored.config
+
+    asyncio.run(calls())
+    assert flags == [False, True, False]
+    assert saver.get_tuple(latest).config == kept
