@@ -90,11 +90,25 @@ def live_stack(django_db_setup) -> Iterator[tuple[Server, Cluster]]:
         server.stop()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call":
+        item.call_failed = report.failed
+    return report
+
+
 @pytest.fixture
-def live(live_stack, transactional_db, make_user) -> LiveStack:
+def live(live_stack, transactional_db, make_user, request) -> Iterator[LiveStack]:
     """The module's server and cluster, and two users with API keys, committed for this test."""
     from accounts.models import api_key_create
 
     server, cluster = live_stack
     keys = [api_key_create(user=make_user(name))[1] for name in ("live", "other")]
-    return LiveStack(server.url, keys[0], keys[1], server, cluster)
+    server_log_start, cluster_log_start = len(server.log()), len(cluster.log())
+    yield LiveStack(server.url, keys[0], keys[1], server, cluster)
+    if getattr(request.node, "call_failed", False):
+        # A 500 seen by the client is only explained by the server's traceback: show what the
+        # processes logged during this test in pytest's report.
+        print("--- server log during the test ---\n" + server.log()[server_log_start:][-6000:])
+        print("--- cluster log during the test ---\n" + cluster.log()[cluster_log_start:][-6000:])
