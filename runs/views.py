@@ -490,20 +490,23 @@ def _wait_poll_interval() -> float:
 
 
 @cache
-def _run_status_sql(vendor: str) -> str:
+def _run_state_sql(vendor: str) -> str:
     quote = connection.ops.quote_name
-    status = quote(Run._meta.get_field("status").column)
-    return f"SELECT {status} FROM {quote(Run._meta.db_table)} WHERE {quote(Run._meta.pk.column)} = %s"
+    status, result = (quote(Run._meta.get_field(name).column) for name in ("status", "result"))
+    table, pk = quote(Run._meta.db_table), quote(Run._meta.pk.column)
+    return f"SELECT {status}, {result} FROM {table} WHERE {pk} = %s"
 
 
-def _run_status(run_id: Any) -> str | None:
-    """The run's status, None once it is gone: the read a /wait repeats until the run ends (every
-    25 ms without Redis). Written out: the ORM spent several times the statement's own time
-    composing it."""
+def _run_state(run_id: Any) -> tuple[str | None, Any]:
+    """(status, result) of the run, (None, None) once it is gone: the read a /wait repeats until
+    the run ends (every 25 ms without Redis). The result is NULL until then, so it costs its bytes
+    once. Written out: the ORM spent several times the statement's own time composing it."""
     with connection.cursor() as cursor:
-        cursor.execute(_run_status_sql(connection.vendor), [Run._meta.pk.get_db_prep_value(run_id, connection)])
+        cursor.execute(_run_state_sql(connection.vendor), [Run._meta.pk.get_db_prep_value(run_id, connection)])
         row = cursor.fetchone()
-    return row[0] if row else None
+    if row is None:
+        return None, None
+    return row[0], Run._meta.get_field("result").from_db_value(row[1], None, connection)
 
 
 def result_response(
@@ -529,18 +532,16 @@ def result_response(
     async def body():
         loop = asyncio.get_running_loop()
         last_write = loop.time()
-        snapshot = sync_to_async(services.run_snapshot)
         if initial_delay:
             await asyncio.sleep(initial_delay)
+        run_result = None
         try:
-            if run_id is None:  # a join of a missing run: nothing to watch, the body says so
-                state = await snapshot(run_id=None)
-            else:
-                status_of = sync_to_async(_run_status)
+            if run_id is not None:  # else a join of a missing run: nothing to wait for
+                state_of = sync_to_async(_run_state)
                 async with watch(run_status_channel(run_id)) as watcher:
                     while True:
                         watcher.arm()
-                        run_status = await status_of(run_id)
+                        run_status, run_result = await state_of(run_id)
                         if run_status is None or run_status in RunStatus.terminal():
                             break
                         if loop.time() - last_write >= KEEPALIVE_SECONDS:
@@ -558,10 +559,8 @@ def result_response(
                     )
                 )
             raise
-        if run_id is not None:
-            state = await snapshot(run_id=run_id)
-        if state.result is not None:
-            result = state.result
+        if run_result is not None:
+            result = run_result
         else:  # the run is gone, or ended without a result: its thread's values, or a 404 body
             result = await sync_to_async(services.run_finished_body)(run_id=run_id, thread_id=thread_id)
         if discard_thread:
