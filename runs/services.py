@@ -456,12 +456,23 @@ def _delete_checkpoints_of_threads(thread_ids: Iterable[uuid.UUID]) -> None:
         saver.delete_thread(str(thread_id))
 
 
+def _lock_runs_before_delete(runs) -> list:
+    """Lock the runs a delete is about to cascade to, and return their ids.
+
+    Django collects a run's events before deleting it; an event a worker committed in between
+    made PostgreSQL refuse the whole delete (foreign key) and the user got a 500. Once the runs are
+    locked, a worker's event either committed before (and is collected) or waits for the delete
+    and then finds its run gone, which it handles like a cancel. (SQLite has one writer: no-op.)
+    """
+    return list(runs.select_for_update().values_list("pk", flat=True))
+
+
 def thread_delete(*, thread: Thread) -> None:
     """Delete a thread, its runs and its checkpoints. A worker running one of its runs sees the
     row vanish within its cancel-check interval and stops the graph."""
     thread_id = thread.pk
     with transaction.atomic():
-        run_ids = list(Run.objects.filter(thread_id=thread_id).values_list("pk", flat=True))
+        run_ids = _lock_runs_before_delete(Run.objects.filter(thread_id=thread_id))
         thread.delete()
         thread_changed(thread_id)  # its stream and its runs' streams close
         for run_id in run_ids:
@@ -521,7 +532,9 @@ def threads_prune(*, user, thread_ids: list, strategy: str = "delete") -> int:
     if strategy == "keep_latest":
         checkpointer().prune([str(pk) for pk in owned], strategy="keep_latest")
         return len(owned)
-    Thread.objects.filter(pk__in=owned).delete()
+    with transaction.atomic():
+        _lock_runs_before_delete(Run.objects.filter(thread_id__in=owned))
+        Thread.objects.filter(pk__in=owned).delete()
     _delete_checkpoints_of_threads(owned)
     return len(owned)
 
@@ -534,7 +547,9 @@ def threads_prune_inactive(*, older_than: datetime, dry_run: bool = False) -> in
     if not dry_run:
         DiscardedRun.objects.filter(discarded_at__lt=older_than).delete()
     if not dry_run and pks:
-        Thread.objects.filter(pk__in=pks).delete()
+        with transaction.atomic():
+            _lock_runs_before_delete(Run.objects.filter(thread_id__in=pks))
+            Thread.objects.filter(pk__in=pks).delete()
         _delete_checkpoints_of_threads(pks)
     return len(pks)
 
@@ -1006,6 +1021,7 @@ def run_delete(*, run: Run) -> None:
     thread_id, run_id = run.thread_id, run.pk
     with transaction.atomic():
         Thread.objects.select_for_update().filter(pk=thread_id).exists()
+        _lock_runs_before_delete(Run.objects.filter(pk=run_id))
         if not Run.objects.filter(pk=run_id).delete()[0]:
             raise NotFound("Run not found")
         run_changed(run_id, thread_id)
@@ -1065,6 +1081,7 @@ def temporary_thread_discard(*, thread_id: Any) -> None:
         thread = Thread.objects.filter(pk=thread_id, temporary=True).first()
         if thread is None:
             return
+        _lock_runs_before_delete(Run.objects.filter(thread=thread))
         keyed = Run.objects.filter(thread=thread, idempotency_key__isnull=False)
         DiscardedRun.objects.bulk_create(
             [
