@@ -26,6 +26,13 @@ def close_worker_connections():
     asyncio.run(sync_to_async(connections.close_all)())
 
 
+def in_own_thread(work) -> None:
+    try:
+        work()
+    finally:
+        connections.close_all()  # else PostgreSQL keeps the session, and the test database
+
+
 def join(api, thread_id, run_id, *, during=None) -> tuple[int, dict]:
     """GET .../join; ``during()`` runs in a thread once the response has started."""
 
@@ -33,7 +40,7 @@ def join(api, thread_id, run_id, *, during=None) -> tuple[int, dict]:
         response = await AsyncClient().get(
             f"/threads/{thread_id}/runs/{run_id}/join", headers={"x-api-key": api.raw_key}
         )
-        worker = threading.Thread(target=during) if during else None
+        worker = threading.Thread(target=in_own_thread, args=(during,)) if during else None
         if worker:
             worker.start()
         body = b"".join([chunk async for chunk in response.streaming_content])
