@@ -249,3 +249,110 @@ def runs_report_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]
             "",
         ))
     return rows
+
+
+# --- the runs phase alone ----------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    """Only this phase, with the same server, cluster and bench database as ``bench/run.py``: for
+    measuring a change to the runs path without the whole bench's ten minutes."""
+    import argparse
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench import run as bench_run
+
+    parser = argparse.ArgumentParser(description="The runs.wait phase of the bench alone.")
+    parser.add_argument("--sequential", type=int, default=100, help="waits per sequential series (100)")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent async clients (8)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="concurrent phase length (10)")
+    parser.add_argument("--workers", type=int, default=2, help="qcluster workers (2)")
+    parser.add_argument("--server-workers", type=int, default=1, help="uvicorn processes (1)")
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""))
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args(argv)
+
+    load_before = os.getloadavg()[0]
+    setup = bench_run.bench_setup(args)
+    # A directory and queue of its own, so it can run beside a `make bench` without sharing its
+    # SQLite file or its tasks (on PostgreSQL, give it its own database in the URL).
+    data_dir = bench_run.BENCH_DIR.parent / "bench-runs"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    setup.env.update(DATA_DIR=str(data_dir), Q_CLUSTER_NAME=f"{bench_run.CLUSTER_NAME}-runs")
+    if not args.database_url:
+        setup.database = f"SQLite {data_dir.relative_to(bench_run.ROOT)}/db.sqlite3"
+    print(f"runs bench: {setup.database}, broker {setup.broker}", flush=True)
+    bench_run.manage(setup, "migrate", "--no-input", "-v0")
+    bench_run.manage(setup, "flush", "--no-input", "-v0")
+    for name in ("DATABASE_URL", "REDIS_URL"):
+        os.environ.pop(name, None)
+    os.environ.update(setup.env)
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+
+    from accounts.models import api_key_create
+
+    user = get_user_model().objects.create(username="benchuser")
+    _, api_key = api_key_create(user=user, name="bench")
+    port = bench_run.free_port()
+    children = bench_run.Children(setup.env, data_dir)
+    try:
+        children.start("server", [
+            sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1",
+            "--port", str(port), "--no-access-log", "--log-level", "warning",
+            "--workers", str(args.server_workers),
+        ])
+        children.start("qcluster", [sys.executable, "manage.py", "qcluster"])
+        base_url = f"http://127.0.0.1:{port}"
+        _wait_ok(base_url, children.check)
+        results = runs_measure(
+            base_url=base_url, api_key=api_key, check=children.check,
+            sequential=args.sequential, clients=args.clients,
+            concurrent_seconds=args.seconds, cpu=children.cpu_seconds,
+        )
+    except (RunsBenchError, bench_run.BenchError) as exc:
+        for name in children.procs:
+            print(children.tail(name), file=sys.stderr)
+        print(f"runs bench: FAILED: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        children.stop()
+    rows = [("figure", "value", "target", "")] + runs_report_rows(results)
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print(f"load average before: {load_before:.2f} on {os.cpu_count()} CPUs; after: {os.getloadavg()[0]:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(
+            {"database": setup.database, "broker": setup.broker, "load_before": load_before, **results},
+            indent=2,
+        ))
+    return 0
+
+
+def _wait_ok(base_url: str, check: Callable[[], None]) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while True:
+        check()
+        try:
+            if httpx.get(f"{base_url}/ok", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RunsBenchError("the server did not answer /ok within 30 s")
+        time.sleep(0.1)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))
