@@ -252,8 +252,10 @@ class RunWrites:
     def _write_together(
         self, events: list[RunEvent], work: list[tuple[Callable[[], Any], bool]]
     ) -> list[tuple[bool, Any]]:
-        if not events and not any(writes for _, writes in work):
-            return [(True, fn()) for fn, _ in work]  # reads only: no transaction, no write lock
+        if not events and (len(work) == 1 or not any(writes for _, writes in work)):
+            # Reads only (no transaction, no write lock), or one piece of work, which is atomic on
+            # its own (a checkpoint is one statement): no BEGIN and COMMIT around it.
+            return [(True, fn()) for fn, _ in work]
         with transaction.atomic():
             outcomes = [(True, fn()) for fn, _ in work]
             if events:
