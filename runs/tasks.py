@@ -156,7 +156,7 @@ class RunWrites:
     so on: no added latency when the run is slow, one transaction (one BEGIN and COMMIT, one hop
     to the sync thread, one reader wake-up for its events) per batch when it is fast. LangGraph
     saves checkpoints and pending writes in the background (durability "async") while the run's
-    events stream, so a one-node graph's eight writes go in three or four transactions.
+    events stream, so a one-node graph's nine writes take five or six trips to the database.
 
     A batch that fails is redone one piece per transaction: a write that fails fails alone, as it
     would have on its own. Events that still cannot be stored fail the run rather than be lost.
