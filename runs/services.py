@@ -1053,19 +1053,6 @@ def run_result(*, run: Run | None, thread: Thread | None) -> dict:
     return {}
 
 
-@dataclass(frozen=True)
-class RunSnapshot:
-    status: str | None
-    result: dict | None
-
-
-def run_snapshot(*, run_id: Any) -> RunSnapshot:
-    row = Run.objects.filter(pk=run_id).values_list("status", "result").first()
-    if row is None:
-        return RunSnapshot(status=None, result=None)
-    return RunSnapshot(status=row[0], result=row[1])
-
-
 def run_finished_body(*, run_id: Any, thread_id: Any) -> dict:
     run = Run.objects.filter(pk=run_id).first()
     thread = Thread.objects.filter(pk=thread_id).first()
