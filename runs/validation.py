@@ -59,12 +59,20 @@ def _message(error: ValidationError, schema: str) -> str:
     )
 
 
+# The schema sets no upper bound on a search's offset, but the databases' OFFSET is a signed 64-bit
+# integer: PostgreSQL answered a larger one with an error (a fuzz finding), so say so with a 422.
+MAX_OFFSET = 2**63 - 1
+
+
 def validate_body(data: Any, schema: str) -> Any:
     """``data`` if it matches component ``schema``; else a 422 naming the first violation."""
     validator = _validator(schema)
     error = next(iter(sorted(validator.iter_errors(data), key=lambda e: (len(e.path), e.path))), None)
     if error is not None:
         raise Unprocessable(_message(error, schema))
+    offset = data.get("offset") if isinstance(data, dict) else None
+    if isinstance(offset, int) and not isinstance(offset, bool) and offset > MAX_OFFSET:
+        raise Unprocessable(f'"offset" {offset} is greater than the maximum of {MAX_OFFSET}')
     return data
 
 

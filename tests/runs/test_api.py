@@ -142,6 +142,14 @@ def test_search_pagination_headers_and_count(api) -> None:
     assert api.post("/assistants/count", {}, format="json").json() == 5  # the system assistants of the demo graphs
 
 
+def test_search_offsets_beyond_a_database_integer_are_a_422(api) -> None:
+    for path in ("/threads/search", "/assistants/search"):
+        too_far = api.post(path, {"offset": 2**63}, format="json")
+        assert too_far.status_code == 422, too_far.content
+        assert too_far.json()["detail"] == f'"offset" {2**63} is greater than the maximum of {2**63 - 1}'
+        assert api.post(path, {"offset": 2**63 - 1}, format="json").json() == []
+
+
 def test_owner_scoping_and_auth(api, bob_api, client) -> None:
     thread_id = api.post("/threads", {}, format="json").json()["thread_id"]
     run_id = api.post(f"/threads/{thread_id}/runs", {"assistant_id": "echo"}, format="json").json()["run_id"]
