@@ -356,6 +356,9 @@ def test_every_operation_as_two_users(stack, make_user) -> None:
 @pytest.mark.django_db(transaction=True)
 def test_every_operation_as_two_users_5000_cases(stack, make_user) -> None:
     total = int(os.environ.get("SCHEMATHESIS_CASES", SLOW_CASES))
-    tally = fuzz_all(stack=stack, make_user=make_user, total_cases=total, derandomize=False)
+    # Fixed cases by default, so CI's verdict is about the change and not the draw; set
+    # SCHEMATHESIS_RANDOM=1 to explore new ones (how the findings so far were made).
+    explore = os.environ.get("SCHEMATHESIS_RANDOM") == "1"
+    tally = fuzz_all(stack=stack, make_user=make_user, total_cases=total, derandomize=not explore)
     figure(f"schemathesis as two users on {connection.vendor}: " + _report(tally).splitlines()[0])
     _check(tally, stack[0], total)
