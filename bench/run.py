@@ -703,6 +703,40 @@ def wait_server(bench: Bench) -> None:
             time.sleep(0.1)
 
 
+def wait_ok(base_url: str, check: Callable[[], None]) -> None:
+    """Until the server at ``base_url`` answers ``/ok``; ``check`` raises once a child died."""
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while True:
+        check()
+        try:
+            if httpx.get(f"{base_url}/ok", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise BenchError("the server did not answer /ok within 30 s")
+        time.sleep(0.1)
+
+
+def print_phase_report(
+    rows: list[tuple[str, str, str, str]], *, setup: Setup, load_before: float,
+    results: dict[str, Any], json_path: Path | None,
+) -> None:
+    """The table of a phase run on its own (runs_bench.py, streams_bench.py), and its JSON file."""
+    rows = [("figure", "value", "target", "")] + rows
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print(f"load average before: {load_before:.2f} on {os.cpu_count()} CPUs; after: {os.getloadavg()[0]:.2f}")
+    if json_path:
+        json_path.write_text(json.dumps(
+            {"database": setup.database, "broker": setup.broker, "load_before": load_before, **results},
+            indent=2, default=str,
+        ))
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
 

@@ -258,7 +258,6 @@ def main(argv: list[str]) -> int:
     """Only this phase, with the same server, cluster and bench database as ``bench/run.py``: for
     measuring a change to the runs path without the whole bench's ten minutes."""
     import argparse
-    import json
     import sys
     from pathlib import Path
 
@@ -310,7 +309,7 @@ def main(argv: list[str]) -> int:
         ])
         children.start("qcluster", [sys.executable, "manage.py", "qcluster"])
         base_url = f"http://127.0.0.1:{port}"
-        _wait_ok(base_url, children.check)
+        bench_run.wait_ok(base_url, children.check)
         results = runs_measure(
             base_url=base_url, api_key=api_key, check=children.check,
             sequential=args.sequential, clients=args.clients,
@@ -323,33 +322,11 @@ def main(argv: list[str]) -> int:
         return 1
     finally:
         children.stop()
-    rows = [("figure", "value", "target", "")] + runs_report_rows(results)
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-    print(f"load average before: {load_before:.2f} on {os.cpu_count()} CPUs; after: {os.getloadavg()[0]:.2f}")
-    if args.json:
-        args.json.write_text(json.dumps(
-            {"database": setup.database, "broker": setup.broker, "load_before": load_before, **results},
-            indent=2,
-        ))
+    bench_run.print_phase_report(
+        runs_report_rows(results), setup=setup, load_before=load_before, results=results,
+        json_path=args.json,
+    )
     return 0
-
-
-def _wait_ok(base_url: str, check: Callable[[], None]) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 30
-    while True:
-        check()
-        try:
-            if httpx.get(f"{base_url}/ok", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RunsBenchError("the server did not answer /ok within 30 s")
-        time.sleep(0.1)
 
 
 if __name__ == "__main__":
