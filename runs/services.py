@@ -696,31 +696,34 @@ def thread_state_update(
     return {"checkpoint": ref, "configurable": ref, "checkpoint_id": ref["checkpoint_id"]}
 
 
+def thread_state_fields(*, state: dict, error: dict | None, now) -> dict[str, Any]:
+    """The thread row's fields that cache a run's latest state; ``status`` is the caller's, since
+    only it knows whether the thread stays busy (``resting_status`` is what it falls back to)."""
+    fields: dict[str, Any] = {
+        "interrupts": _thread_interrupts(state),
+        "error": error,
+        "resting_status": (
+            ThreadStatus.ERROR if error else
+            ThreadStatus.INTERRUPTED if state["next"] else ThreadStatus.IDLE
+        ),
+        "has_run": True,
+        "state_updated_at": now,
+        "updated_at": now,
+    }
+    if state["checkpoint"]:
+        fields["values"] = state["values"]
+    return fields
+
+
 def thread_store_state(*, thread_id: Any, state: dict, error: dict | None = None) -> None:
     """Cache the latest state on the thread row and set its status from it (busy stays busy)."""
-    resting = (
-        ThreadStatus.ERROR if error else
-        ThreadStatus.INTERRUPTED if state["next"] else ThreadStatus.IDLE
-    )
-    now = timezone.now()
+    fields = thread_state_fields(state=state, error=error, now=timezone.now())
     with transaction.atomic():
-        thread = Thread.objects.select_for_update().filter(pk=thread_id).first()
-        if thread is None:
+        if not Thread.objects.select_for_update().filter(pk=thread_id).exists():
             return
-        thread.values = state["values"] if state["checkpoint"] else thread.values
-        thread.interrupts = _thread_interrupts(state)
-        thread.error = error
-        thread.resting_status = resting
-        thread.has_run = True
-        thread.state_updated_at = now
-        thread.updated_at = now
-        thread.status = _thread_status(thread)
-        thread.save(
-            update_fields=[
-                "values", "interrupts", "error", "resting_status", "has_run",
-                "state_updated_at", "updated_at", "status",
-            ]
-        )
+        busy = Run.objects.filter(thread_id=thread_id, status__in=RunStatus.active()).exists()
+        fields["status"] = ThreadStatus.BUSY if busy else fields["resting_status"]
+        Thread.objects.filter(pk=thread_id).update(**fields)
 
 
 def _thread_status(thread: Thread) -> str:

@@ -561,21 +561,8 @@ def _thread_store(thread_id: UUID, state: dict | None, error: dict | None, *, bu
             status=ThreadStatus.BUSY if busy else F("resting_status"), updated_at=now
         )
         return
-    resting = (
-        ThreadStatus.ERROR if error else
-        ThreadStatus.INTERRUPTED if state["next"] else ThreadStatus.IDLE
-    )
-    fields: dict[str, Any] = {
-        "interrupts": {task["id"]: task["interrupts"] for task in state["tasks"] if task["interrupts"]},
-        "error": error,
-        "resting_status": resting,
-        "has_run": True,
-        "state_updated_at": now,
-        "updated_at": now,
-        "status": ThreadStatus.BUSY if busy else resting,
-    }
-    if state["checkpoint"]:
-        fields["values"] = state["values"]
+    fields = services.thread_state_fields(state=state, error=error, now=now)
+    fields["status"] = ThreadStatus.BUSY if busy else fields["resting_status"]
     Thread.objects.filter(pk=thread_id).update(**fields)
 
 
