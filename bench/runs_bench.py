@@ -273,17 +273,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""))
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--data-dir", type=Path, default=bench_run.BENCH_DIR.parent / "bench-runs",
+        help="SQLite file, logs and queue name of this run (var/bench-runs): another directory "
+        "lets two runs proceed side by side",
+    )
     args = parser.parse_args(argv)
 
     load_before = os.getloadavg()[0]
     setup = bench_run.bench_setup(args)
     # A directory and queue of its own, so it can run beside a `make bench` without sharing its
     # SQLite file or its tasks (on PostgreSQL, give it its own database in the URL).
-    data_dir = bench_run.BENCH_DIR.parent / "bench-runs"
+    data_dir = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    setup.env.update(DATA_DIR=str(data_dir), Q_CLUSTER_NAME=f"{bench_run.CLUSTER_NAME}-runs")
+    setup.env.update(DATA_DIR=str(data_dir), Q_CLUSTER_NAME=f"{bench_run.CLUSTER_NAME}-{data_dir.name}")
     if not args.database_url:
-        setup.database = f"SQLite {data_dir.relative_to(bench_run.ROOT)}/db.sqlite3"
+        setup.database = f"SQLite {data_dir}/db.sqlite3"
     print(f"runs bench: {setup.database}, broker {setup.broker}", flush=True)
     bench_run.manage(setup, "migrate", "--no-input", "-v0")
     bench_run.manage(setup, "flush", "--no-input", "-v0")

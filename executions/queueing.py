@@ -77,12 +77,13 @@ def enqueue_execution_on_commit(execution: Execution) -> None:
     The design's rule is ``on_commit``; with the ORM broker on the execution's own database we
     depart from it on purpose and insert the queue row inside the transaction. Workers still
     cannot see the message before the row (both commit together), a rollback drops both, and a
-    crash between commit and enqueue can no longer strand a pending row. It is also much
-    cheaper: outside a transaction, django-q2's ORM broker calls ``close_old_connections()``,
-    which under ASGI (no persistent connections) closes the request's connection and opens a
-    new one just for the queue INSERT and its own commit. A failure here fails the transaction
-    instead of being logged: the database that could not take the queue row would not have
-    committed the execution either. Redis (or a queue on another database) keeps ``on_commit``.
+    crash between commit and enqueue can no longer strand a pending row. It is also cheaper:
+    the queue row shares the execution's commit (django-q2's own ORM broker, outside a
+    transaction, even closed the request's connection to open a new one for its INSERT; ours,
+    ``project.orm_broker``, no longer does). The pushers' wake-up is sent on commit by the broker
+    itself. A failure here fails the transaction instead of being logged: the database that
+    could not take the queue row would not have committed the execution either. Redis (or a
+    queue on another database) keeps ``on_commit``.
     """
     if transaction.get_autocommit(router.db_for_write(type(execution))):
         enqueue_execution(execution)

@@ -8,7 +8,11 @@ carries nothing but "look again", so a lost one costs latency, never an event.
   for all its streams, plus a slow database poll as a safety net.
 - Without Redis (embedded mode): each server process runs ONE poller that asks the database for
   the version (last event seq) of every watched job in a single query per kind, every
-  ``EVENT_HUB_POLL_INTERVAL`` seconds, however many streams are open.
+  ``EVENT_HUB_POLL_INTERVAL`` seconds, however many streams are open. With local wake-ups
+  (``project.local_wakeups``, on unless ``LOCAL_WAKEUPS_DIR`` is empty) writers also send the
+  channel's name to every hub of this machine, each listening on a socket of its own while
+  anybody watches, so readers wake at once; the poll still finds what a writer on another
+  machine (PostgreSQL shared without Redis) or a lost datagram did not say.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from django.conf import settings
 from django.db import transaction
 
+from project import local_wakeups
 from project.async_db import in_executor
 
 logger = logging.getLogger(__name__)
@@ -49,9 +54,22 @@ def channel_name(kind: str, job_id: object) -> str:
 
 # --- writers --------------------------------------------------------------------------------------
 
+def wakeups_pushed() -> bool:
+    """Whether writers wake readers themselves (Redis, or local wake-ups): a reader's own re-read
+    of the database is then only a safety net and may be rare."""
+    return bool(settings.REDIS_URL) or local_wakeups.enabled()
+
+
+def _local_role() -> str:
+    # The hubs reading the same database: the probes' versions, and so the channels, are its rows.
+    return local_wakeups.role("hub", *local_wakeups.database_scope())
+
+
 def publish(channel: str) -> None:
     if not settings.REDIS_URL:
-        return  # readers poll the database
+        # Readers also poll the database: without local wake-ups that is all they have.
+        local_wakeups.send(_local_role(), channel.encode())
+        return
     from project.redis_pool import redis_client
 
     try:
@@ -106,6 +124,7 @@ class Hub:
         self._versions: dict[str, int] = {}
         self._task: asyncio.Task | None = None
         self._use_redis = bool(settings.REDIS_URL)
+        self._use_local = not self._use_redis and local_wakeups.enabled()
         # With Redis the poll is only a safety net for lost messages.
         base = float(getattr(settings, "EVENT_HUB_POLL_INTERVAL", 0.1))
         self._poll_interval = base * 20 if self._use_redis else base
@@ -121,11 +140,22 @@ class Hub:
     def add(self, watcher: Watcher) -> None:
         self._watchers[watcher.channel].add(watcher)
         if not self.running:
-            # A context of its own: the task outlives the request that started it, and must not
-            # keep that request's context (its thread-sensitive executor) alive.
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name="event-hub", context=contextvars.Context()
-            )
+            # Bound before the watcher's first database read, not when the task gets to run: a
+            # datagram sent in between reaches the socket and is read with the others.
+            listener = local_wakeups.Listener.open(_local_role()) if self._use_local else None
+            try:
+                # A context of its own: the task outlives the request that started it, and must
+                # not keep that request's context (its thread-sensitive executor) alive.
+                self._task = asyncio.get_running_loop().create_task(
+                    self._run(listener), name="event-hub", context=contextvars.Context()
+                )
+            except BaseException:
+                if listener is not None:
+                    listener.close()
+                raise
+            if listener is not None:
+                # Also when the task is cancelled before it ever ran (the loop shutting down).
+                self._task.add_done_callback(lambda _task: listener.close())
 
     def remove(self, watcher: Watcher) -> None:
         watchers = self._watchers.get(watcher.channel)
@@ -140,7 +170,28 @@ class Hub:
             for watcher in self._watchers.get(channel, ()):
                 watcher.wake()
 
-    async def _run(self) -> None:
+    def _read_local(self, listener: local_wakeups.Listener) -> None:
+        messages = listener.drain()
+        if len(messages) >= local_wakeups.QUEUE_LIMIT:
+            # The socket's queue may have been full, and senders skip a full queue: any channel
+            # may have lost its wake-up, so every reader looks again.
+            self._wake(list(self._watchers))
+            return
+        self._wake({message.decode(errors="replace") for message in messages})
+
+    async def _run(self, listener: local_wakeups.Listener | None = None) -> None:
+        if listener is None:
+            await self._rounds()
+            return
+        loop = asyncio.get_running_loop()
+        # A reader on the loop itself, no thread: a datagram wakes its channel's watchers at once.
+        loop.add_reader(listener.fileno(), self._read_local, listener)
+        try:
+            await self._rounds()
+        finally:
+            loop.remove_reader(listener.fileno())
+
+    async def _rounds(self) -> None:
         while self._watchers:
             helpers = [asyncio.create_task(self._poll_forever(), name="event-hub-poll")]
             if self._use_redis:
