@@ -29,6 +29,10 @@ through the base class's ancestor walk.
 Checkpoint ids are uuid6 strings whose text order is their time order: "latest" is the highest
 id of a (thread, namespace), served backwards by the unique index; ``before`` is ``id < x``.
 
+The statements of every graph step (a checkpoint read with its pending writes, in one
+statement; a checkpoint saved; writes saved) are written out in ``checkpoints.sql``; the rest
+goes through the ORM.
+
 Threads and connections
 -----------------------
 Django's ORM is synchronous and must not run on an event loop's thread. The sync methods use
@@ -39,7 +43,9 @@ the ORM directly; each async method runs its sync twin in **one** ``sync_to_asyn
 * in a worker that runs a graph with ``async_to_sync(graph.ainvoke)(...)``: calls run back in the
   worker's own thread, on the connection the runtime already holds;
 * under a bare ``asyncio.run(...)``: calls run in asgiref's single shared thread, one
-  connection for all graphs of the process.
+  connection for all graphs of the process;
+* in a worker's run, through a ``sole_writer()`` saver: its work goes where the run's writer
+  sends it (``submit``, ``post``), and what it remembers is answered without a hop.
 
 Threads we do not control need connection hygiene Django only does around requests: an async
 call first drops its thread's connection if it is broken or past ``CONN_MAX_AGE`` (never inside
@@ -55,14 +61,17 @@ dropping its ancestors would lose state that only their writes hold.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import inspect
 import math
 import random
 import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from datetime import date, datetime, time
-from functools import cache, partial
+from functools import partial
 from time import monotonic
 from typing import Any, TypeVar
 
@@ -70,6 +79,7 @@ from asgiref.sync import sync_to_async
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import Exists, Max, OuterRef, Q, QuerySet
 from django.db.models.fields.json import KeyTransform
+from django.utils import timezone
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
@@ -85,7 +95,9 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.base import Checkpoint as CheckpointData
 
+from checkpoints import sql
 from checkpoints.models import Checkpoint, CheckpointWrite
+from checkpoints.sql import CheckpointRow, WriteRow
 
 T = TypeVar("T")
 
@@ -107,6 +119,8 @@ CheckpointKey = tuple[str, str, str]  # (thread_id, checkpoint_ns, checkpoint_id
 ListCursor = tuple[str, int]  # (checkpoint_id, pk) of the last row of a page
 # A sole writer's runner of its async calls' work: await submit(work, write=...) -> work()
 Submit = Callable[..., Awaitable[Any]]
+# ... and of writes it does not wait for: post(work) -> the future of work()
+Post = Callable[[Callable[[], Any]], "asyncio.Future[Any]"]
 
 
 class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
@@ -124,6 +138,11 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
     ``await submit(work, write=...)`` must call ``work()`` in this saver's sync thread, in the
     order of submission, and may do so inside a transaction of several (the run's other
     writes); ``check_connection()`` is then the caller's to call outside such transactions.
+    With ``post`` as well, ``aput`` does not wait for its checkpoint to be stored:
+    ``post(work)`` queues ``work()`` like ``submit`` and returns its future at once, and the
+    caller must fail the run if it fails (LangGraph chains its checkpoint saves, each waiting
+    for the one before: posted, a run's saves share transactions instead of taking one each).
+    Not for durability "sync", where the graph must wait for each checkpoint.
     """
 
     def __init__(
@@ -133,12 +152,29 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
         self.using = using
         self._memo: _LatestMemo | None = None
         self._submit: Submit | None = None
+        self._post: Post | None = None
+        # A sole writer's async writes submitted and not done yet (all on one event loop), and
+        # the event set when there are none, made by the first wait for it.
+        self._writes_in_flight = 0
+        self._writes_idle: asyncio.Event | None = None
 
-    def sole_writer(self, submit: Submit | None = None) -> DjangoCheckpointSaver:
+    def sole_writer(
+        self, submit: Submit | None = None, post: Post | None = None
+    ) -> DjangoCheckpointSaver:
+        assert post is None or submit is not None, "post comes with submit"
         saver = DjangoCheckpointSaver(serde=self.serde, using=self.using)
         saver._memo = _LatestMemo()
         saver._submit = submit
+        saver._post = post
         return saver
+
+    def prime(self, thread_id: str, checkpoint_ns: str = "") -> None:
+        """Read a namespace's latest checkpoint and its writes into a ``sole_writer()`` saver's
+        memory, from the calling thread: a worker does it on its own connection before the graph
+        starts, whose first read is then answered without a trip to the sync thread."""
+        assert self._memo is not None, "prime() is for a sole_writer() saver"
+        row, writes = sql.checkpoint_read(self.using, str(thread_id), checkpoint_ns, None)
+        self._memo.known((str(thread_id), checkpoint_ns), row, writes)
 
     def forget(self) -> None:
         """Drop what a ``sole_writer()`` saver remembers: reads go to the database again."""
@@ -197,9 +233,17 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         self._in_caller_thread(self._prune, thread_ids, strategy)
 
-    # --- async API: one thread hop per call -----------------------------------------------------
+    # --- async API: one thread hop per call (none for what a sole writer knows) -------------------
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        if self._memo is not None:
+            # Once none of this saver's writes is under way, the memo holds all it wrote: what
+            # it knows is answered here, without a trip to the sync thread (which would wait
+            # for those writes too).
+            await self._writes_done()
+            answered, remembered = self._remembered(config)
+            if answered:
+                return remembered
         return await self._in_sync_thread(self._get_tuple, config)
 
     async def alist(
@@ -227,6 +271,18 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
+        if self._post is not None:
+            thread_id, checkpoint_ns = _thread_and_ns(config)
+            self._write_started()
+            try:
+                future = self._post(partial(self._on_reused_connection, self._put, config, checkpoint, metadata))
+            except BaseException:
+                # Refused (the run's writes already failed): nothing is under way, and a read
+                # waiting for the saves must not wait for this one.
+                self._write_ended()
+                raise
+            future.add_done_callback(self._posted_write_ended)
+            return _config(thread_id, checkpoint_ns, checkpoint["id"])
         return await self._in_sync_thread(self._put, config, checkpoint, metadata)
 
     async def aput_writes(
@@ -274,10 +330,40 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
                 connection.close()
 
     async def _in_sync_thread(self, fn: Callable[..., T], /, *args: Any) -> T:
-        if self._submit is not None:
-            write = fn not in (self._get_tuple, self._list_page)
-            return await self._submit(partial(self._on_reused_connection, fn, *args), write=write)
-        return await sync_to_async(self._on_reused_connection, thread_sensitive=True)(fn, *args)
+        write = fn not in (self._get_tuple, self._list_page)
+        counted = write and self._memo is not None
+        if counted:
+            self._write_started()
+        try:
+            if self._submit is not None:
+                return await self._submit(partial(self._on_reused_connection, fn, *args), write=write)
+            return await sync_to_async(self._on_reused_connection, thread_sensitive=True)(fn, *args)
+        finally:
+            if counted:
+                self._write_ended()
+
+    def _write_started(self) -> None:
+        self._writes_in_flight += 1
+        if self._writes_idle is not None:
+            self._writes_idle.clear()
+
+    def _write_ended(self) -> None:
+        self._writes_in_flight -= 1
+        if not self._writes_in_flight and self._writes_idle is not None:
+            self._writes_idle.set()
+
+    def _posted_write_ended(self, future: asyncio.Future) -> None:
+        if not future.cancelled():
+            future.exception()  # the poster fails the run with it; retrieved here, not logged
+        self._write_ended()
+
+    async def _writes_done(self) -> None:
+        """Wait until none of a sole writer's async writes is under way (they run in order on
+        the sync thread: ended, they are in the memo, or failed)."""
+        if self._writes_in_flight:
+            if self._writes_idle is None:
+                self._writes_idle = asyncio.Event()
+            await self._writes_idle.wait()
 
     def check_connection(self) -> None:
         """Drop this thread's connection if it is broken or past ``CONN_MAX_AGE`` (the next query
@@ -310,21 +396,26 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
         thread_id, checkpoint_ns = _thread_and_ns(config)
         checkpoint_id = get_checkpoint_id(config)
         if self._memo is not None:
-            remembered = self._memo.latest((thread_id, checkpoint_ns), checkpoint_id)
-            if remembered is not None:
-                row, stored_writes = remembered
-                return self._tuple(row, self._loaded_writes(stored_writes), copy.deepcopy(row.metadata))
-        rows = self._checkpoints().filter(thread_id=thread_id, checkpoint_ns=checkpoint_ns)
-        if checkpoint_id:
-            row = rows.filter(checkpoint_id=checkpoint_id).first()
-        else:
-            row = rows.order_by("-checkpoint_id").first()
+            answered, remembered = self._remembered(config)
+            if answered:
+                return remembered
+        row, stored_writes = sql.checkpoint_read(self.using, thread_id, checkpoint_ns, checkpoint_id)
         if row is None:
             return None
         if self._memo is not None and not checkpoint_id:
             self._memo.seen((thread_id, checkpoint_ns), row.checkpoint_id)
-        writes = self._pending_writes([_key(row)])
-        return self._tuple(row, writes.get(_key(row), []))
+        return self._tuple(row, self._loaded_writes(stored_writes))
+
+    def _remembered(self, config: RunnableConfig) -> tuple[bool, CheckpointTuple | None]:
+        """(True, the tuple or None) if the memo knows what ``get_tuple`` would find."""
+        thread_id, checkpoint_ns = _thread_and_ns(config)
+        remembered = self._memo.latest((thread_id, checkpoint_ns), get_checkpoint_id(config))
+        if remembered is None:
+            return False, None
+        row, stored_writes = remembered
+        if row is None:
+            return True, None
+        return True, self._tuple(row, self._loaded_writes(stored_writes), copy.deepcopy(row.metadata))
 
     def _list_page(
         self,
@@ -373,7 +464,7 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
                 stored[_key(write)].append(write)
         return {key: self._loaded_writes(rows) for key, rows in stored.items()}
 
-    def _loaded_writes(self, rows: Iterable[CheckpointWrite]) -> list[PendingWrite]:
+    def _loaded_writes(self, rows: Iterable[CheckpointWrite | WriteRow]) -> list[PendingWrite]:
         # Sorted here, not in SQL, so the order is Python's string order on every database
         # collation: pending writes must come in writes_sort_key order.
         return [
@@ -382,7 +473,7 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
         ]
 
     def _tuple(
-        self, row: Checkpoint, pending_writes: list[PendingWrite], metadata: Any = None
+        self, row: Checkpoint | CheckpointRow, pending_writes: list[PendingWrite], metadata: Any = None
     ) -> CheckpointTuple:
         parent_config = (
             _config(row.thread_id, row.checkpoint_ns, row.parent_checkpoint_id)
@@ -404,24 +495,18 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
         type_, blob = self.serde.dumps_typed(checkpoint)
         stored_metadata = _jsonable(get_serializable_checkpoint_metadata(config, metadata))
         run_id = stored_metadata.get("run_id")
-        row = Checkpoint(
+        row = CheckpointRow(
             thread_id=thread_id,
             checkpoint_ns=checkpoint_ns,
             checkpoint_id=checkpoint["id"],
             # The config names the checkpoint this one was made from.
             parent_checkpoint_id=get_checkpoint_id(config),
-            run_id=None if run_id is None else str(run_id),
             type=type_,
             checkpoint=blob,
             metadata=stored_metadata,
         )
         # LangGraph saves the same checkpoint id again at exit (durability="exit"): last one wins.
-        connection = connections[self.using]
-        with connection.cursor() as cursor:
-            cursor.execute(
-                _upsert_checkpoint_sql(connection.vendor, connection.alias),
-                [field.get_db_prep_save(getattr(row, field.attname), connection) for field in _UPSERT_FIELDS],
-            )
+        sql.checkpoint_upsert(self.using, row, None if run_id is None else str(run_id), timezone.now())
         if self._memo is not None:
             # Once committed: a submitted write may share a transaction that rolls back.
             transaction.on_commit(partial(self._memo.put, row), using=self.using)
@@ -438,35 +523,28 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
         checkpoint_id = config["configurable"]["checkpoint_id"]
         # Keyed by idx: two writes to one special channel in a call keep the last, and one
         # upsert statement must not touch a row twice (PostgreSQL refuses).
-        by_idx: dict[int, CheckpointWrite] = {}
+        by_idx: dict[int, WriteRow] = {}
         for position, (channel, value) in enumerate(writes):
             idx = WRITES_IDX_MAP.get(channel, position)
             type_, blob = self.serde.dumps_typed(value)
-            by_idx[idx] = CheckpointWrite(
-                thread_id=thread_id,
-                checkpoint_ns=checkpoint_ns,
-                checkpoint_id=checkpoint_id,
-                task_id=task_id,
-                idx=idx,
-                channel=channel,
-                task_path=task_path,
-                type=type_,
-                value=blob,
-            )
+            by_idx[idx] = WriteRow(task_id, idx, channel, task_path, type_, blob)
         ordinary = [w for idx, w in by_idx.items() if idx >= 0]
         special = [w for idx, w in by_idx.items() if idx < 0]
-        # In a transaction of submitted writes, no savepoint of its own (two more statements):
-        # a failure fails that transaction, whose writes the submitter then redoes one by one.
-        with transaction.atomic(using=self.using, savepoint=self._submit is None):
+        key = (thread_id, checkpoint_ns, checkpoint_id)
+        now = timezone.now()
+        # One statement is atomic on its own. Two share a transaction; in one of submitted
+        # writes, without a savepoint of its own (two more statements): a failure fails that
+        # transaction, whose writes the submitter then redoes one by one.
+        together = (
+            transaction.atomic(using=self.using, savepoint=self._submit is None)
+            if (ordinary and special) or connections[self.using].in_atomic_block
+            else nullcontext()
+        )
+        with together:
             if ordinary:
-                self._writes().bulk_create(ordinary, ignore_conflicts=True)
+                sql.writes_insert(self.using, key, ordinary, now, replace=False)
             if special:
-                self._writes().bulk_create(
-                    special,
-                    update_conflicts=True,
-                    unique_fields=["thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx"],
-                    update_fields=["channel", "task_path", "type", "value"],
-                )
+                sql.writes_insert(self.using, key, special, now, replace=True)
         if self._memo is not None:
             transaction.on_commit(
                 partial(self._memo.put_writes, (thread_id, checkpoint_ns), checkpoint_id, ordinary, special),
@@ -556,37 +634,12 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
                     self._checkpoints().filter(older).delete()
 
 
+# LangGraph asks whether put_writes takes task_path through inspect.signature every time a graph
+# starts (some 50 µs); a signature kept on the functions makes it a few times cheaper.
+for _method in (DjangoCheckpointSaver.put_writes, DjangoCheckpointSaver.aput_writes):
+    _method.__signature__ = inspect.signature(_method)
+
 _last_used = threading.local()  # database alias -> when this thread's saver calls last used it
-
-_UPSERT_FIELDS = [
-    Checkpoint._meta.get_field(name)
-    for name in (
-        "thread_id", "checkpoint_ns", "checkpoint_id", "parent_checkpoint_id", "run_id", "type",
-        "checkpoint", "metadata", "created_at",
-    )
-]
-_UPSERT_KEY = ("thread_id", "checkpoint_ns", "checkpoint_id")
-
-
-@cache
-def _upsert_checkpoint_sql(vendor: str, alias: str) -> str:
-    """``put``'s insert-or-replace, the statement ``bulk_create(update_conflicts=True)`` makes
-    (SQLite and PostgreSQL both say ON CONFLICT ... DO UPDATE), written out because bulk_create
-    also wraps it in a transaction of its own: a BEGIN and a COMMIT, two round trips on
-    PostgreSQL, around one statement that is atomic anyway."""
-    quote = connections[alias].ops.quote_name
-    columns = [quote(field.column) for field in _UPSERT_FIELDS]
-    key = [quote(Checkpoint._meta.get_field(name).column) for name in _UPSERT_KEY]
-    updates = [
-        f"{column} = EXCLUDED.{column}"
-        for field, column in zip(_UPSERT_FIELDS, columns)
-        if field.name not in _UPSERT_KEY and field.name != "created_at"
-    ]
-    return (
-        f"INSERT INTO {quote(Checkpoint._meta.db_table)} ({', '.join(columns)}) "
-        f"VALUES ({', '.join(['%s'] * len(columns))}) "
-        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {', '.join(updates)}"
-    )
 
 NamespaceKey = tuple[str, str]  # (thread_id, checkpoint_ns)
 
@@ -598,29 +651,53 @@ class _LatestMemo:
 
     It answers only for the newest id in a namespace that no database read showed a newer id
     for; writes for a newer checkpoint that arrive before the checkpoint are kept for it. Rows
-    are remembered once their transaction committed. Async calls all run in one thread; the lock is for sync calls from other threads.
+    are remembered once their transaction committed; ``known`` adds what a read found (the
+    latest checkpoint and its writes, or that there is none). Async calls all run in one
+    thread; the lock is for sync calls from other threads.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._rows: dict[NamespaceKey, Checkpoint] = {}
-        self._writes: dict[NamespaceKey, dict[str, dict[tuple[str, int], CheckpointWrite]]] = {}
+        self._rows: dict[NamespaceKey, CheckpointRow] = {}
+        self._writes: dict[NamespaceKey, dict[str, dict[tuple[str, int], WriteRow]]] = {}
         self._db_newest: dict[NamespaceKey, str] = {}
+        # Namespaces a read found without any checkpoint, while the memo has none of them.
+        self._empty: set[NamespaceKey] = set()
 
     def clear(self) -> None:
         with self._lock:
             self._rows.clear()
             self._writes.clear()
             self._db_newest.clear()
+            self._empty.clear()
 
     def seen(self, key: NamespaceKey, checkpoint_id: str) -> None:
         with self._lock:
+            self._empty.discard(key)
             if checkpoint_id > self._db_newest.get(key, ""):
                 self._db_newest[key] = checkpoint_id
 
-    def put(self, row: Checkpoint) -> None:
+    def known(self, key: NamespaceKey, row: CheckpointRow | None, writes: list[WriteRow]) -> None:
+        """What a read of the namespace's latest checkpoint found: ``row`` and its ``writes``,
+        or no checkpoint at all."""
+        with self._lock:
+            current = self._rows.get(key)
+            if row is None:
+                if current is None:
+                    self._empty.add(key)
+                return
+            self._empty.discard(key)
+            if current is None or row.checkpoint_id >= current.checkpoint_id:
+                self._rows[key] = row
+                by_id = self._writes.get(key, {})
+                kept = {i: w for i, w in by_id.items() if i > row.checkpoint_id}
+                kept[row.checkpoint_id] = {(w.task_id, w.idx): w for w in writes}
+                self._writes[key] = kept
+
+    def put(self, row: CheckpointRow) -> None:
         key = (row.thread_id, row.checkpoint_ns)
         with self._lock:
+            self._empty.discard(key)
             current = self._rows.get(key)
             if current is None or row.checkpoint_id >= current.checkpoint_id:
                 self._rows[key] = row
@@ -630,7 +707,7 @@ class _LatestMemo:
 
     def put_writes(
         self, key: NamespaceKey, checkpoint_id: str,
-        ordinary: list[CheckpointWrite], special: list[CheckpointWrite],
+        ordinary: list[WriteRow], special: list[WriteRow],
     ) -> None:
         with self._lock:
             current = self._rows.get(key)
@@ -644,9 +721,13 @@ class _LatestMemo:
 
     def latest(
         self, key: NamespaceKey, checkpoint_id: str | None
-    ) -> tuple[Checkpoint, list[CheckpointWrite]] | None:
+    ) -> tuple[CheckpointRow | None, list[WriteRow]] | None:
+        """(the row, its writes) if the memo can answer; (None, []) if the namespace has no
+        checkpoint (so none of any id); None if the memo does not know."""
         with self._lock:
             row = self._rows.get(key)
+            if row is None and key in self._empty:
+                return None, []
             if row is None or row.checkpoint_id < self._db_newest.get(key, ""):
                 return None
             if checkpoint_id and checkpoint_id != row.checkpoint_id:

@@ -14,14 +14,15 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from executions.queueing import broker_queue_size
 from runs import dispatch, services
-from runs.models import Run, RunEvent, RunStatus
+from runs.models import Run, RunStatus
 from runs.tasks import Outcome, final_events
 from runs.wakeups import run_changed
+from runs.worker_sql import events_insert
 
 
 def runs_reap_stale(*, heartbeat_timeout: float | None = None) -> int:
@@ -47,9 +48,11 @@ def runs_reap_stale(*, heartbeat_timeout: float | None = None) -> int:
             if not won:
                 continue
             # Its streams end like any failed run's: an error event, then the thread's run_done.
-            RunEvent.objects.bulk_create(
-                final_events(run.pk, Outcome(RunStatus.ERROR, result={"__error__": error}, error=error))
-            )
+            with connection.cursor() as cursor:
+                events_insert(
+                    cursor,
+                    final_events(run.pk, Outcome(RunStatus.ERROR, result={"__error__": error}, error=error)),
+                )
             run_changed(run.pk, run.thread_id)
             services.thread_refresh_status(thread_id=run.thread_id)
             transaction.on_commit(lambda thread_id=run.thread_id: dispatch.thread_dispatch_next(thread_id))

@@ -7,9 +7,11 @@ dispatches it when it ends). While the graph runs, a watcher polls the row every
 ``RUNS_CANCEL_CHECK_INTERVAL`` seconds (0.2 s) and beats ``heartbeat_at``; a cancel request (or
 the row vanishing) cancels the graph's asyncio task, so the graph stops within that interval.
 Every event a client may stream (``metadata`` first, each requested mode's chunks, ``error``)
-is stored as a ``RunEvent`` (run, seq, event, data) before the run's final status; events and
-the saver's checkpoint writes share transactions (``RunWrites``), each waking the run's and
-thread's stream readers (``runs.wakeups``). The run ends in one transaction (``finish``).
+is stored as a ``RunEvent`` (run, seq, event, data) before the run's final status, or in the
+transaction that records it; events and the saver's checkpoint writes share transactions
+(``RunWrites``), each waking the run's and thread's stream readers (``runs.wakeups``). The run
+ends in one transaction (``finish``). The worker's own statements are written out once per
+database (``runs.worker_sql``), as are the saver's (``checkpoints.sql``).
 """
 
 from __future__ import annotations
@@ -23,24 +25,25 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, nullcontext
 from dataclasses import dataclass, field
-from functools import cache
+from functools import partial
 from typing import Any
 from uuid import UUID
 
+import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import Error as DatabaseFailure
 from django.db import IntegrityError, close_old_connections, connection, transaction
-from django.db.models import F, Max
+from django.db.models import Max
 from django.utils import timezone
 from django_q.exceptions import TimeoutException
 from langgraph.types import Command
 
 from project.sse import encode_data
-from runs import dispatch, services
+from runs import dispatch, services, worker_sql
 from runs.graphs import GraphLoadError, GraphNotFound, checkpointer, graph_get
-from runs.jsonable import to_json
-from runs.models import CancelAction, Run, RunEvent, RunStatus, Thread, ThreadStatus
+from runs.jsonable import to_json, to_json_encoded
+from runs.models import CancelAction, Run, RunEvent, RunStatus
 from runs.stream_modes import GRAPH_MODE, MessagesV1, event_name
 from runs.wakeups import run_changed, run_progressed
 
@@ -79,54 +82,39 @@ class Outcome:
     extra: dict = field(default_factory=dict)
 
 
-@cache
-def _claim_sql(vendor: str) -> str:
-    """The claim as one UPDATE, from the model's table and column names: the run, if pending and
-    due, unless an older due pending run of its thread exists (created earlier, or at the same
-    instant with a smaller id). Written out because the ORM spent ~1.5 ms of CPU composing this
-    correlated NOT EXISTS on every run, more than the statement takes to run."""
-    quote = connection.ops.quote_name
-    table = quote(Run._meta.db_table)
-
-    def name(field: str) -> str:
-        return quote(Run._meta.get_field(field).column)
-
-    def col(field: str, of: str = table) -> str:
-        return f"{of}.{name(field)}"
-
-    older = quote("older")
-    return (
-        f"UPDATE {table} SET {name('status')} = %s, {name('started_at')} = %s, "
-        f"{name('heartbeat_at')} = %s, {name('updated_at')} = %s, {name('worker')} = %s, "
-        f"{name('attempts')} = {col('attempts')} + 1 "
-        f"WHERE {col('run_id')} = %s AND {col('status')} = %s AND {col('created_at')} <= %s "
-        f"AND NOT EXISTS (SELECT 1 FROM {table} AS {older} "
-        f"WHERE {col('thread', older)} = {col('thread')} AND {col('status', older)} = %s "
-        f"AND {col('created_at', older)} <= %s AND ({col('created_at', older)} < {col('created_at')} "
-        f"OR ({col('created_at', older)} = {col('created_at')} AND {col('run_id', older)} < {col('run_id')})))"
-    )
-
-
-def claim(run_id: UUID | str) -> bool:
-    """pending -> running, in FIFO order per thread and never beside another running run."""
+def claim_run(run_id: UUID | str) -> Run | None:
+    """pending -> running, in FIFO order per thread and never beside another running run: the
+    claimed run (with its assistant's graph id), or None."""
     at = Run._meta.get_field("created_at").get_db_prep_value(timezone.now(), connection)
     pk = Run._meta.pk.get_db_prep_value(run_id, connection)
     params = [
         RunStatus.RUNNING.value, at, at, at, _worker_name(),
         pk, RunStatus.PENDING.value, at, RunStatus.PENDING.value, at,
     ]
+    # The claimed run comes back from the UPDATE where the database can say RETURNING.
+    returning = worker_sql.can_return()
     # One statement needs no transaction of its own (on PostgreSQL a BEGIN and a COMMIT are two
     # more round trips); inside the caller's, a savepoint keeps a refusal from spoiling it.
     savepoint = transaction.atomic() if connection.in_atomic_block else nullcontext()
     try:
         with savepoint, connection.cursor() as cursor:
-            cursor.execute(_claim_sql(connection.vendor), params)
-            claimed = cursor.rowcount == 1
+            cursor.execute(worker_sql.claim_sql(connection.vendor, returning), params)
+            # All rows fetched: SQLite ends an autocommit statement (and its write lock) then.
+            rows = cursor.fetchall() if returning else None
+            claimed = bool(rows) if returning else cursor.rowcount == 1
     except IntegrityError:  # the thread already has a running run; its end dispatches this one
-        return False
-    if claimed:
-        run_progressed(run_id)
-    return claimed
+        return None
+    if not claimed:
+        return None
+    run_progressed(run_id)
+    if rows:
+        return worker_sql.claimed_run(rows[0])
+    return Run.objects.select_related("assistant").get(pk=run_id)
+
+
+def claim(run_id: UUID | str) -> bool:
+    """pending -> running, in FIFO order per thread and never beside another running run."""
+    return claim_run(run_id) is not None
 
 
 def _graph_input(kwargs: dict) -> Any:
@@ -143,23 +131,32 @@ def _graph_input(kwargs: dict) -> Any:
 
 # Events waiting to be written beyond which the graph waits for the database (backpressure).
 MAX_PENDING_EVENTS = 1000
+# Turns of the event loop a batch waits before it is taken: what the graph's tasks submit in
+# them joins it (a one-node graph's writes then take two batches, not four), while a run
+# waiting on I/O loses a few microseconds.
+BATCH_TURNS = 3
 
-# (work, whether it writes, the caller's future)
-Work = tuple[Callable[[], Any], bool, asyncio.Future]
+# (work, whether it writes, its future, whether it was posted: nobody waits for it)
+Work = tuple[Callable[[], Any], bool, asyncio.Future, bool]
 
 
 class RunWrites:
     """A run's writes to the database, in order, batching what arrives while a write is under way:
     its events, and the work its checkpoint saver submits (``DjangoCheckpointSaver.sole_writer``).
 
-    The first write starts at once; whatever arrives during it goes in the next transaction, and
-    so on: no added latency when the run is slow, one transaction (one BEGIN and COMMIT, one hop
-    to the sync thread, one reader wake-up for its events) per batch when it is fast. LangGraph
-    saves checkpoints and pending writes in the background (durability "async") while the run's
-    events stream, so a one-node graph's nine writes take five or six trips to the database.
+    The first write starts after a few turns of the event loop (``BATCH_TURNS``: what the
+    graph's tasks submit in them joins); whatever arrives during a write goes in the next
+    transaction, and so on: no added latency when the run is slow, one transaction (one BEGIN
+    and COMMIT, one hop to the sync thread, one reader wake-up for its events) per batch when it
+    is fast. LangGraph saves checkpoints and pending writes in the background (durability
+    "async") while the run's events stream; its checkpoint saves, each waiting for the one
+    before, are ``post``-ed (nobody waits for them), and the events left once the graph is done
+    go in the run's last transaction (``hold_events``, ``unwritten``): a one-node graph's ten
+    writes take two trips to the database.
 
     A batch that fails is redone one piece per transaction: a write that fails fails alone, as it
-    would have on its own. Events that still cannot be stored fail the run rather than be lost.
+    would have on its own. Events or posted writes that still cannot be stored fail the run
+    rather than be lost.
     """
 
     def __init__(self, run: Run, last_seq: int) -> None:
@@ -168,62 +165,97 @@ class RunWrites:
         self.seq = last_seq
         # The saver's connection check, run before each batch's transaction (never inside one).
         self.check_connection: Callable[[], None] = lambda: None
-        self._events: list[RunEvent] = []
+        self._events: list[worker_sql.EventRow] = []
         self._work: list[Work] = []
         self._writer: asyncio.Task | None = None
+        self._hold_events = False
 
-    async def put(self, event: str, data: Any) -> None:
-        """Append an event (written in the background)."""
+    async def put(self, event: str, data: Any = None, *, encoded: bytes | None = None) -> None:
+        """Append an event (written in the background): its ``data``, or that data ``encoded``."""
         self.seq += 1
-        self._events.append(
-            RunEvent(run_id=self.run_id, seq=self.seq, event=event, data=encode_data(data).decode())
-        )
+        if encoded is None:
+            encoded = encode_data(data)
+        self._events.append((self.run_id, self.seq, event, encoded.decode(), False, timezone.now()))
         if not self._start() and len(self._events) >= MAX_PENDING_EVENTS:
             await asyncio.shield(self._writer)
 
     async def submit(self, work: Callable[[], Any], *, write: bool = True) -> Any:
         """``work()`` in the sync thread after everything submitted before; its result."""
         future = asyncio.get_running_loop().create_future()
-        self._work.append((work, write, future))
+        self._work.append((work, write, future, False))
         self._start()
         return await future
+
+    def post(self, work: Callable[[], Any]) -> asyncio.Future:
+        """``work()``, a write, in the sync thread after everything submitted before, without
+        waiting for it: the future of its result. Since nobody may be waiting, its failure fails
+        the run as an event's would."""
+        future = asyncio.get_running_loop().create_future()
+        self._work.append((work, True, future, True))
+        self._start()
+        return future
 
     def _start(self) -> bool:
         """Start a writer unless one is running; True if this started one."""
         if self._writer is not None and not self._writer.done():
             return False
-        if self._writer is not None:
-            self._writer.result()  # a failed event write fails the run rather than losing events
+        if self._writer is not None and (self._writer.cancelled() or self._writer.exception()):
+            # A failed event write (or posted write) fails the run rather than losing it, and
+            # fails what waits behind it: no writer will ever take that work.
+            failure = asyncio.CancelledError() if self._writer.cancelled() else self._writer.exception()
+            self._fail_pending(failure)
+            raise failure
         self._writer = asyncio.create_task(self._write_pending())
         return True
 
+    def _fail_pending(self, failure: BaseException) -> None:
+        """Fail the work queued behind a failed write. Whoever waits for it (a saver's read that
+        waits for its saves, a submitter) would otherwise wait forever: no event loop timer is
+        left once the graph is done, so the worker hung with it."""
+        work, self._work = self._work, []
+        for _, _, future, posted in work:
+            if not future.done():
+                future.set_exception(failure)
+                if posted:
+                    future.exception()  # its poster hears of it through the run's failure
+
     async def _write_pending(self) -> None:
-        write = sync_to_async(self._write)
-        while self._events or self._work:
+        write = partial(_write_batch, self)
+        while True:
+            # What the graph's tasks submit in the next turns of the loop joins the batch.
+            for _ in range(BATCH_TURNS):
+                await asyncio.sleep(0)
+            if not (self._work or (self._events and not self._hold_events)):
+                return
             events, self._events = self._events, []
             # Work whose caller was cancelled before it started is dropped, as an executor job
             # cancelled before it ran would be.
             work = [item for item in self._work if not item[2].done()]
             self._work = []
             try:
-                outcomes, events_failure = await write(events, [(fn, writes) for fn, writes, _ in work])
+                outcomes, failure = await write(events, [(fn, writes) for fn, writes, _, _ in work])
             except BaseException as exc:
-                for _, _, future in work:
+                for _, _, future, _ in work:
                     if not future.done():
                         future.set_exception(exc)
+                self._fail_pending(exc)
                 raise
-            for (_, _, future), (ok, value) in zip(work, outcomes):
+            for (_, _, future, posted), (ok, value) in zip(work, outcomes):
                 if not future.done():
                     future.set_result(value) if ok else future.set_exception(value)
-            if events_failure is not None:
-                raise events_failure
+                if posted and not ok and failure is None:
+                    failure = value
+            if failure is not None:
+                self._fail_pending(failure)
+                raise failure
 
-    def _store(self, events: list[RunEvent]) -> None:
-        RunEvent.objects.bulk_create(events)
+    def _store(self, events: list[worker_sql.EventRow]) -> None:
+        with connection.cursor() as cursor:
+            worker_sql.events_insert(cursor, events)
         run_progressed(self.run_id, self.thread_id)
 
     def _write(
-        self, events: list[RunEvent], work: list[tuple[Callable[[], Any], bool]]
+        self, events: list[worker_sql.EventRow], work: list[tuple[Callable[[], Any], bool]]
     ) -> tuple[list[tuple[bool, Any]], Exception | None]:
         """One batch: ((ok, result or exception) of each work, the events' failure or None)."""
         self.check_connection()
@@ -250,7 +282,7 @@ class RunWrites:
         return outcomes, events_failure
 
     def _write_together(
-        self, events: list[RunEvent], work: list[tuple[Callable[[], Any], bool]]
+        self, events: list[worker_sql.EventRow], work: list[tuple[Callable[[], Any], bool]]
     ) -> list[tuple[bool, Any]]:
         if not events and (len(work) == 1 or not any(writes for _, writes in work)):
             # Reads only (no transaction, no write lock), or one piece of work, which is atomic on
@@ -262,15 +294,41 @@ class RunWrites:
                 self._store(events)
         return outcomes
 
-    async def drain(self) -> None:
-        """Wait until everything put or submitted so far is done."""
+    async def _writer_done(self) -> None:
         while self._writer is not None:
             writer = self._writer
             await asyncio.shield(writer)
             if writer is self._writer:
                 self._writer = None
+
+    async def drain(self) -> None:
+        """Wait until everything put or submitted so far is done."""
+        self._hold_events = False
+        await self._writer_done()
         if self._events or self._work:
             await self._write_pending()
+
+    def hold_events(self) -> None:
+        """From now on, write events only along with other work: the graph is done, and the
+        events left (``unwritten()``) go in the transaction that ends the run, one transaction
+        fewer for a run's last values."""
+        self._hold_events = True
+
+    async def close(self) -> None:
+        """Wait until everything submitted so far is done; the events left are ``unwritten()``."""
+        self.hold_events()
+        await self._writer_done()
+        if self._work:
+            await self._write_pending()
+
+    def unwritten(self) -> list[worker_sql.EventRow]:
+        """The events not written yet, taken: the caller stores them."""
+        events, self._events = self._events, []
+        return events
+
+
+# One SyncToAsync for every batch of every run (making one inspects the function).
+_write_batch = sync_to_async(RunWrites._write)
 
 
 class RunDriver:
@@ -281,12 +339,36 @@ class RunDriver:
         self.kwargs = run.kwargs
         self.requested = list(self.kwargs.get("stream_mode") or ["values"])
         self.subgraphs = bool(self.kwargs.get("subgraphs"))
-        self.last_values: dict | None = None
+        # The last values chunk of the root graph, encoded: the run's result (decoded once, at
+        # the end, rather than every chunk on the way).
+        self._last_values: bytes | None = None
         self.interrupts: list | None = None
-        # Only an earlier attempt (a worker that died) can have left events.
-        last_seq = _last_seq(run.pk) if run.attempts > 1 else 0
-        self.writes = RunWrites(run, last_seq)
+        self.writes = RunWrites(run, 0)
         self.stop_reason: str | None = None
+        self.saver = checkpointer()
+        if hasattr(self.saver, "sole_writer"):
+            # The run is its thread's one running run, the only writer of its checkpoints: the
+            # saver answers the latest state from what it read and wrote instead of reading it
+            # back, and its writes share the transactions of the run's events.
+            # Unless each checkpoint must be stored before the graph goes on (durability "sync"),
+            # its saves are posted: a one-node graph's writes then take two transactions.
+            post = None if self.kwargs.get("durability") == "sync" else self.writes.post
+            self.saver = self.saver.sole_writer(submit=self.writes.submit, post=post)
+            self.writes.check_connection = self.saver.check_connection
+
+    def prepare(self) -> None:
+        """The reads before the graph starts, on the worker's own connection (in its thread)."""
+        if self.run.attempts > 1:  # only an earlier attempt (a worker that died) left events
+            self.writes.seq = _last_seq(self.run.pk)
+        if hasattr(self.saver, "prime"):
+            # The thread's latest checkpoint: the graph's first read is then answered from the
+            # saver's memory rather than by a trip from the event loop to the sync thread.
+            self.saver.prime(str(self.run.thread_id))
+
+    @property
+    def last_values(self) -> dict | None:
+        """The last values chunk of the root graph, as plain JSON data."""
+        return None if self._last_values is None else orjson.loads(self._last_values)
 
     # --- database calls, run in asgiref's sync thread ------------------------------------------
 
@@ -358,11 +440,14 @@ class RunDriver:
                         for name, data in messages_v1.events(chunk):
                             await self.writes.put(event_name(name, namespace), data)
                     continue
-                data = to_json(chunk)
-                if mode == "values" and not namespace and isinstance(data, dict):
-                    self.last_values = data
+                encoded = to_json_encoded(chunk)
+                if mode == "values" and not namespace and encoded[:1] == b"{":
+                    self._last_values = encoded
                 if mode in plain:
-                    await self.writes.put(event_name(mode, namespace), data)
+                    await self.writes.put(event_name(mode, namespace), encoded=encoded)
+        # The graph is done: the events left wait for the run's end rather than take a
+        # transaction of their own.
+        self.writes.hold_events()
 
     async def _watch(self, task: asyncio.Task) -> None:
         poll = sync_to_async(self._poll)
@@ -393,23 +478,20 @@ class RunDriver:
         return services.state_json(snapshot)
 
     async def drive(self) -> Outcome:
+        """The graph's run; what it wrote is stored, but for its last events (``unwritten()``),
+        which ``finish`` stores with the run's end: a reader that sees the final status has all
+        the events."""
         try:
             outcome = await self._drive()
-        finally:
-            # Every event is stored before the run's end is: a reader that sees the final status
-            # has all the events.
+        except BaseException:
             await self.writes.drain()
+            raise
+        await self.writes.close()
         return outcome
 
     async def _drive(self) -> Outcome:
+        saver = self.saver
         try:
-            saver = checkpointer()
-            if hasattr(saver, "sole_writer"):
-                # The run is its thread's one running run, the only writer of its checkpoints: the
-                # saver answers the final state from what it wrote instead of reading it back, and
-                # its writes share the transactions of the run's events.
-                saver = saver.sole_writer(submit=self.writes.submit)
-                self.writes.check_connection = saver.check_connection
             graph = graph_get(self.run.assistant.graph_id, checkpointer=saver)
         except (GraphNotFound, GraphLoadError) as exc:
             error = {"error": type(exc).__name__, "message": f"Graph not available: {exc}"}
@@ -449,10 +531,10 @@ class RunDriver:
         if self.stop_reason == CancelAction.INTERRUPT:
             await asyncio.gather(task, return_exceptions=True)
             state = await self._state(graph)
-            result = self.last_values if self.last_values is not None else state["values"]
+            result = self.last_values if self._last_values is not None else state["values"]
             return Outcome(RunStatus.INTERRUPTED, result=result, state=state)
         state = await self._state(graph)
-        result = self.last_values if self.last_values is not None else state["values"]
+        result = self.last_values if self._last_values is not None else state["values"]
         return Outcome(RunStatus.SUCCESS, result=result or {}, state=state)
 
 
@@ -460,25 +542,25 @@ def _last_seq(run_id: UUID) -> int:
     return RunEvent.objects.filter(run_id=run_id).aggregate(m=Max("seq"))["m"] or 0
 
 
-def final_events(run_id: UUID, outcome: Outcome, last_seq: int | None = None) -> list[RunEvent]:
+def final_events(
+    run_id: UUID, outcome: Outcome, last_seq: int | None = None
+) -> list[worker_sql.EventRow]:
     """The ``error`` event of a failed run, and the thread stream's end-of-run marker.
 
     ``last_seq``: the run's highest event seq, when the caller knows it (the worker does)."""
     if last_seq is None:
         last_seq = _last_seq(run_id)
+    now = timezone.now()
     events = []
     if outcome.kind in (RunStatus.ERROR, RunStatus.TIMEOUT) and outcome.error:
-        events.append(RunEvent(event="error", data=encode_data(outcome.error).decode()))
+        events.append(("error", encode_data(outcome.error).decode(), False))
     events.append(
-        RunEvent(
-            event="metadata",
-            data=encode_data({"status": "run_done", "run_id": str(run_id)}).decode(),
-            thread_only=True,
-        )
+        ("metadata", encode_data({"status": "run_done", "run_id": str(run_id)}).decode(), True)
     )
-    for offset, event in enumerate(events, start=1):
-        event.run_id, event.seq = run_id, last_seq + offset
-    return events
+    return [
+        (run_id, last_seq + offset, event, data, thread_only, now)
+        for offset, (event, data, thread_only) in enumerate(events, start=1)
+    ]
 
 
 # A connection used this recently is not checked again before the run's end is recorded.
@@ -486,14 +568,16 @@ CONNECTION_RECHECK_SECONDS = 1.0
 
 
 def finish(
-    run: Run, outcome: Outcome, last_seq: int | None = None, *, connection_used_at: float | None = None
+    run: Run, outcome: Outcome, last_seq: int | None = None, *,
+    connection_used_at: float | None = None, events: list[worker_sql.EventRow] | None = None,
 ) -> None:
     """Record the outcome, refresh the thread and start the thread's next run, if any.
 
-    One transaction of a few statements: the thread lock, the run's end and its final events,
-    the thread's next run (which also says whether the thread stays busy) and the thread's state.
-    ``last_seq`` is the run's highest event seq if the caller knows it; ``connection_used_at``
-    (``time.monotonic()``) when this thread's connection last ran a query, if it knows that.
+    One transaction of four statements: the thread lock with the thread's next run (which also
+    says whether the thread stays busy), the run's end, its last ``events`` (not stored yet)
+    and final events, and the thread's state. ``last_seq`` is the run's highest event seq if
+    the caller knows it; ``connection_used_at`` (``time.monotonic()``) when this thread's
+    connection last ran a query, if it knows that.
     """
     if (
         connection_used_at is None
@@ -507,41 +591,27 @@ def finish(
     now = timezone.now()
     thread_id = run.thread_id
     on_completion = run.on_completion
-    with transaction.atomic():
-        thread_exists = Thread.objects.select_for_update().filter(pk=thread_id).exists()
+    with transaction.atomic(), connection.cursor() as cursor:
+        thread_exists, following = worker_sql.thread_lock(cursor, thread_id, run.pk)
         if outcome.kind in (CancelAction.ROLLBACK, "deleted"):
             Run.objects.filter(pk=run.pk).delete()
         else:
-            ended = Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
-                status=outcome.kind,
-                result=outcome.result,
-                error=outcome.error,
-                ended_at=now,
-                updated_at=now,
-                heartbeat_at=None,
+            ended, stored_on_completion = worker_sql.run_end(
+                cursor, run.pk, status=outcome.kind, result=outcome.result, error=outcome.error,
+                now=now,
             )
             if ended:
                 # In the transaction that ends the run: a stream reader that sees the final status
-                # also sees these, and closes after them.
-                RunEvent.objects.bulk_create(final_events(run.pk, outcome, last_seq))
-            # Read after the UPDATE locked the row: a stream client that hung up may have asked
-            # for its stateless thread to go when the run ends.
-            on_completion = (
-                Run.objects.filter(pk=run.pk).values_list("on_completion", flat=True).first()
-                or on_completion
-            )
+                # also sees these, and closes after them. (A run that something else ended, the
+                # reaper, already has its final events: nothing may follow them.)
+                worker_sql.events_insert(
+                    cursor, [*(events or ()), *final_events(run.pk, outcome, last_seq)]
+                )
+            on_completion = stored_on_completion or on_completion
         run_changed(run.pk, thread_id)
         if thread_exists:
-            # Under the thread's lock no run can be created: the oldest active run left is the
-            # one to start next, and whether there is one is whether the thread stays busy.
-            following = (
-                Run.objects.filter(thread_id=thread_id, status__in=RunStatus.active())
-                .order_by("created_at", "run_id")
-                .values_list("run_id", "created_at")
-                .first()
-            )
             error = outcome.error if outcome.kind == RunStatus.ERROR else None
-            _thread_store(thread_id, outcome.state, error, busy=following is not None, now=now)
+            _thread_store(cursor, thread_id, outcome.state, error, busy=following is not None, now=now)
             if following is not None and following[1] <= now:
                 next_run_id = following[0]
                 transaction.on_commit(lambda: dispatch.run_enqueue(next_run_id))
@@ -552,18 +622,17 @@ def finish(
         services.temporary_thread_discard(thread_id=thread_id)
 
 
-def _thread_store(thread_id: UUID, state: dict | None, error: dict | None, *, busy: bool, now) -> None:
+def _thread_store(
+    cursor: Any, thread_id: UUID, state: dict | None, error: dict | None, *, busy: bool, now
+) -> None:
     """The thread's row after a run, inside ``finish``'s transaction and lock: what
     ``services.thread_store_state`` records (``thread_refresh_status`` without a state), in one
     UPDATE since the caller already holds the lock and knows whether the thread stays busy."""
     if state is None:
-        Thread.objects.filter(pk=thread_id).update(
-            status=ThreadStatus.BUSY if busy else F("resting_status"), updated_at=now
-        )
+        worker_sql.thread_update(cursor, thread_id, {"updated_at": now}, busy=busy)
         return
     fields = services.thread_state_fields(state=state, error=error, now=now)
-    fields["status"] = ThreadStatus.BUSY if busy else fields["resting_status"]
-    Thread.objects.filter(pk=thread_id).update(**fields)
+    worker_sql.thread_update(cursor, thread_id, fields, busy=busy)
 
 
 def _wait_until_due(run: Run) -> bool:
@@ -625,19 +694,23 @@ def run_execute(run_id: str) -> str:
     close_old_connections()
     # The claim comes first: it is the common case, and it finds everything the checks below
     # would (a run gone, not pending, not due, or behind another run of its thread).
-    if not claim(run_id):
-        run = Run.objects.filter(pk=run_id, status=RunStatus.PENDING).first()
-        if run is None:
+    run = claim_run(run_id)
+    if run is None:
+        pending = Run.objects.filter(pk=run_id, status=RunStatus.PENDING).first()
+        if pending is None:
             return "skipped"
-        if not _wait_until_due(run):
+        if not _wait_until_due(pending):
             return "not due"
-        if not claim(run_id):
+        run = claim_run(run_id)
+        if run is None:
             return "waiting"
-    run = Run.objects.select_related("assistant").get(pk=run_id)
     connection_used_at = time.monotonic()
     driver = RunDriver(run)
+    events: list[worker_sql.EventRow] = []
     try:
+        driver.prepare()
         outcome = _run_in_loop(driver.drive())
+        events = driver.writes.unwritten()
     except TimeoutException:
         error = {"error": "TimeoutError", "message": "The worker's time limit was hit."}
         finish(run, Outcome(RunStatus.TIMEOUT, result={"__error__": error}, error=error))
@@ -646,5 +719,10 @@ def run_execute(run_id: str) -> str:
         logger.exception("run %s failed outside its graph", run_id)
         error = {"error": type(exc).__name__, "message": str(exc) or type(exc).__name__}
         outcome = Outcome(RunStatus.ERROR, result={"__error__": error}, error=error)
-    finish(run, outcome, last_seq=driver.writes.seq, connection_used_at=connection_used_at)
+    # After a failure of our own, events that did not make it are dropped: they may be what
+    # failed, and the run's end must be recorded.
+    finish(
+        run, outcome, last_seq=driver.writes.seq, connection_used_at=connection_used_at,
+        events=events,
+    )
     return outcome.kind

@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import pytest
 from django.db import connections
-from langgraph.checkpoint.conformance import checkpointer_test, validate
-from langgraph.checkpoint.conformance.report import ProgressCallbacks
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.base.id import uuid6
+from langgraph.checkpoint.conformance import checkpointer_test, validate
+from langgraph.checkpoint.conformance.report import ProgressCallbacks
 from langgraph.checkpoint.serde.types import ERROR
 
 from checkpoints import saver as saver_module
@@ -24,14 +25,45 @@ async def sole_writer_saver() -> AsyncIterator[DjangoCheckpointSaver]:
     yield DjangoCheckpointSaver().sole_writer()
 
 
-def test_a_sole_writer_saver_passes_the_conformance_suite(saver):
+class InOrder:
+    """Runs submitted and posted work in the sync thread one after the other, in order: what a
+    worker's ``RunWrites`` guarantees, without its batching."""
+
+    def __init__(self) -> None:
+        self._last: asyncio.Future | None = None
+
+    async def submit(self, work, *, write: bool):
+        return await self.post(work)
+
+    def post(self, work) -> asyncio.Future:
+        from asgiref.sync import sync_to_async
+
+        before = self._last
+
+        async def in_turn():
+            if before is not None:
+                await asyncio.wait([before])
+            return await sync_to_async(work, thread_sensitive=True)()
+
+        self._last = asyncio.get_running_loop().create_task(in_turn())
+        return self._last
+
+
+@checkpointer_test(name="DjangoCheckpointSaver.sole_writer(submit, post)")
+async def posting_sole_writer_saver() -> AsyncIterator[DjangoCheckpointSaver]:
+    runner = InOrder()
+    yield DjangoCheckpointSaver().sole_writer(submit=runner.submit, post=runner.post)
+
+
+@pytest.mark.parametrize("factory", [sole_writer_saver, posting_sole_writer_saver], ids=["plain", "posting"])
+def test_a_sole_writer_saver_passes_the_conformance_suite(saver, factory):
     failures: list[str] = []
 
     def record(capability: str, test: str, passed: bool, error: str | None) -> None:
         if not passed:
             failures.append(f"{capability}.{test}\n{error}")
 
-    report = asyncio.run(validate(sole_writer_saver, progress=ProgressCallbacks(on_test_result=record)))
+    report = asyncio.run(validate(factory, progress=ProgressCallbacks(on_test_result=record)))
     assert not failures, "\n".join(failures)
     assert report.conformance_level() == "FULL"
 
@@ -75,12 +107,12 @@ def test_older_checkpoints_other_namespaces_and_forget_go_to_the_database(
     put(writer, "t", parent=first)
     put(writer, "t", ns="child")
 
-    with django_assert_num_queries(2):
+    with django_assert_num_queries(1):
         assert writer.get_tuple(first).checkpoint["id"] == first["configurable"]["checkpoint_id"]
     with django_assert_num_queries(0):
         writer.get_tuple({"configurable": {"thread_id": "t", "checkpoint_ns": "child"}})
     writer.forget()
-    with django_assert_num_queries(2):
+    with django_assert_num_queries(1):
         writer.get_tuple({"configurable": {"thread_id": "t", "checkpoint_ns": ""}})
 
 
@@ -210,3 +242,116 @@ def test_a_submitter_runs_the_work_of_async_calls_and_only_committed_writes_are_
     asyncio.run(calls())
     assert flags == [False, True, False]
     assert saver.get_tuple(latest).config == kept
+
+
+def test_a_primed_saver_answers_its_first_reads_from_memory(saver, django_assert_num_queries):
+    first = put(saver, "t", values={"n": 1})
+    saver.put_writes(first, [("ch", "x"), (ERROR, "e")], "task")
+    latest = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    fresh = {"configurable": {"thread_id": "new", "checkpoint_ns": ""}}
+    writer = saver.sole_writer()
+
+    with django_assert_num_queries(2):  # a checkpoint with its writes, one statement each
+        writer.prime("t")
+        writer.prime("new")
+    with django_assert_num_queries(0):
+        remembered = writer.get_tuple(latest)
+        by_id = writer.get_tuple(first)
+        assert writer.get_tuple(fresh) is None  # known to have no checkpoint, of any id
+        assert writer.get_tuple({"configurable": {**fresh["configurable"], "checkpoint_id": "x"}}) is None
+    assert same(remembered, saver.get_tuple(latest)) and same(by_id, remembered)
+
+    second = put(writer, "new")
+    with django_assert_num_queries(0):
+        assert writer.get_tuple(fresh).config == second
+    assert same(writer.get_tuple(fresh), saver.get_tuple(fresh))
+
+
+def test_async_reads_wait_for_the_writes_under_way_and_need_no_trip(saver):
+    from asgiref.sync import sync_to_async
+
+    trips: list[bool] = []
+
+    async def submit(work, *, write):
+        trips.append(write)
+        return await sync_to_async(work, thread_sensitive=True)()
+
+    writer = saver.sole_writer(submit=submit)
+    kept = put(saver, "t")
+    latest = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    checkpoint = empty_checkpoint()
+    checkpoint["id"] = str(uuid6(clock_seq=-1))
+
+    writer.prime("t")  # as a worker does, from its own thread
+
+    async def calls() -> None:
+        assert (await writer.aget_tuple(latest)).config == kept
+        saving = asyncio.create_task(writer.aput(kept, checkpoint, {"source": "loop", "step": 1}, {}))
+        await asyncio.sleep(0)  # the save is under way
+        read = await writer.aget_tuple(latest)
+        assert read.checkpoint["id"] == checkpoint["id"]
+        await saving
+
+    asyncio.run(calls())
+    assert trips == [True]  # the save; the reads came from memory
+
+
+def test_posted_saves_return_at_once_and_are_answered_once_stored(saver):
+    from asgiref.sync import sync_to_async
+
+    queue: list = []
+
+    async def submit(work, *, write):
+        return await sync_to_async(work, thread_sensitive=True)()
+
+    def post(work):
+        future = asyncio.get_running_loop().create_future()
+        queue.append((work, future))
+        return future
+
+    writer = saver.sole_writer(submit=submit, post=post)
+    kept = put(saver, "t")
+    latest = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    checkpoint = empty_checkpoint()
+    checkpoint["id"] = str(uuid6(clock_seq=-1))
+
+    async def calls() -> None:
+        returned = await writer.aput(kept, checkpoint, {"source": "loop", "step": 1}, {})
+        assert returned == {"configurable": {"thread_id": "t", "checkpoint_ns": "", "checkpoint_id": checkpoint["id"]}}
+        assert len(queue) == 1
+        assert (await sync_to_async(saver.get_tuple)(latest)).config == kept  # not stored yet
+        reading = asyncio.create_task(writer.aget_tuple(latest))
+        await asyncio.sleep(0.01)
+        assert not reading.done()  # it waits for the posted save
+        work, future = queue.pop()
+        future.set_result(await sync_to_async(work, thread_sensitive=True)())
+        assert (await reading).checkpoint["id"] == checkpoint["id"]
+
+    asyncio.run(calls())
+    assert saver.get_tuple(latest).checkpoint["id"] == checkpoint["id"]
+
+
+def test_a_refused_posted_save_leaves_no_save_under_way(saver):
+    # The run's writer refuses posts once its writes failed; a read waiting for the saves under
+    # way must not wait for the refused one (it hung a worker forever).
+    from asgiref.sync import sync_to_async
+
+    async def submit(work, *, write):
+        return await sync_to_async(work, thread_sensitive=True)()
+
+    def post(work):
+        raise ValueError("the run's writes failed")
+
+    writer = saver.sole_writer(submit=submit, post=post)
+    kept = put(saver, "t")
+    latest = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    checkpoint = empty_checkpoint()
+    checkpoint["id"] = str(uuid6(clock_seq=-1))
+
+    async def calls() -> None:
+        with pytest.raises(ValueError, match="writes failed"):
+            await writer.aput(kept, checkpoint, {"source": "loop", "step": 1}, {})
+        read = await asyncio.wait_for(writer.aget_tuple(latest), 5)
+        assert read.config == kept
+
+    asyncio.run(calls())
