@@ -13,9 +13,10 @@ import logging
 import threading
 from uuid import UUID
 
-from django.db import transaction
+from django.db import router, transaction
 from django.utils import timezone
 from django_q.brokers import Broker, get_broker
+from django_q.conf import Conf
 from django_q.tasks import async_task
 
 from runs.models import Run, RunStatus
@@ -45,27 +46,44 @@ def _broker_failed(broker: Broker) -> None:
             _shared_broker = None
 
 
+def _async_task(run_id: UUID | str, broker: Broker) -> None:
+    async_task("runs.tasks.run_execute", str(run_id), broker=broker, task_name=f"run-{run_id}", group="runs")
+
+
 def run_enqueue(run_id: UUID | str) -> None:
     """Queue ``run_id`` for a worker now. A broker failure leaves the run pending, to be found by
     the next dispatch of its thread (or a recovery sweep), so it is logged rather than raised."""
     broker = None
     try:
         broker = _broker()
-        async_task(
-            "runs.tasks.run_execute",
-            str(run_id),
-            broker=broker,
-            task_name=f"run-{run_id}",
-            group="runs",
-        )
+        _async_task(run_id, broker)
     except Exception:
         if broker is not None:
             _broker_failed(broker)
         logger.exception("could not enqueue run %s; it stays pending", run_id)
 
 
+def _queue_is_in_the_runs_database() -> bool:
+    return bool(Conf.ORM) and not Conf.SYNC and Conf.ORM == router.db_for_write(Run)
+
+
 def run_enqueue_on_commit(run_id: UUID | str) -> None:
-    transaction.on_commit(lambda: run_enqueue(run_id))
+    """Queue ``run_id`` so that it reaches workers when, and only when, the current transaction
+    commits.
+
+    With the ORM broker on the runs' own database the queue row is inserted inside the
+    transaction, as ``executions.queueing`` does and for the same reasons: both rows commit
+    together (a worker cannot see the message before the run, a rollback drops both), and it
+    saves the queue INSERT a commit of its own (``project.orm_broker`` wakes the pushers once the
+    transaction commits). A broker failure then fails the create instead of leaving a pending run: the
+    database that could not take the queue row would not have taken the run either. Redis keeps
+    ``on_commit``."""
+    if transaction.get_autocommit(router.db_for_write(Run)):
+        run_enqueue(run_id)
+    elif _queue_is_in_the_runs_database():
+        _async_task(run_id, _broker())
+    else:
+        transaction.on_commit(lambda: run_enqueue(run_id))
 
 
 def thread_next_pending_run(thread_id: UUID | str) -> UUID | None:

@@ -16,7 +16,7 @@ import os
 import sys
 import threading
 import uuid
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +47,24 @@ class GraphLoadError(RuntimeError):
 
 
 def _config_file_graphs() -> dict[str, str]:
+    """The file's graphs; the same dict while the file is unchanged, so callers must not alter it."""
     path = os.environ.get("LANGGRAPH_CONFIG") or getattr(settings, "RUNS_LANGGRAPH_CONFIG", "")
     if not path:
         return {}
-    config_path = Path(path).expanduser().resolve()
+    config_path = os.path.realpath(os.path.expanduser(path))
+    try:
+        stat = os.stat(config_path)
+        signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    except OSError:
+        signature = None  # unreadable: _parse_config_file says why, and caches nothing
+    return _parse_config_file(config_path, signature)
+
+
+# Every run create asks for the graph ids: reading and parsing the file each time was a visible
+# share of the server's CPU per run. A changed file (mtime, size or inode) is read again.
+@lru_cache(maxsize=8)
+def _parse_config_file(path: str, signature: tuple[int, int, int] | None) -> dict[str, str]:
+    config_path = Path(path)
     try:
         data = json.loads(config_path.read_text())
     except (OSError, ValueError) as exc:

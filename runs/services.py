@@ -16,11 +16,13 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Max, QuerySet
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Max, Model, QuerySet
+from django.db.models.constants import OnConflict
 from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
 from langgraph.errors import InvalidUpdateError
@@ -116,12 +118,12 @@ def check_json_size(field: str, value: Any) -> None:
         )
 
 
-def _check_active_runs(owner) -> None:
+def _too_many_active(active: int) -> None:
+    """429 when ``active`` pending or running runs of the user reach ``RUNS_MAX_ACTIVE_PER_USER``.
+
+    A soft cap: two racing creates may both pass at the edge, which is harmless."""
     limit = settings.RUNS_MAX_ACTIVE_PER_USER
-    if not limit:
-        return
-    # A soft cap: two racing creates may both pass at the edge, which is harmless.
-    if Run.objects.owned_by(owner).active().count() >= limit:
+    if limit and active >= limit:
         raise TooManyActive(
             detail=f"You already have {limit} pending or running runs (RUNS_MAX_ACTIVE_PER_USER); "
             "wait for some to finish or cancel them."
@@ -808,16 +810,178 @@ def _run_kwargs(
     }
 
 
-def _lock_thread(*, owner, thread_id: uuid.UUID, create: bool, temporary: bool = False) -> Thread:
+# --- a run create's statements, written out ------------------------------------------------------
+#
+# Creating a run is the API's hottest write. Composing its statements with the ORM (filters, the
+# insert compiler, Model.save) cost the server more CPU than the database spent running them, so
+# they are written out once from the models' tables and columns, as the worker's claim is
+# (``runs.tasks``); values still go through each field's own ``get_db_prep_save``.
+
+
+def _quoted(model: type[Model], field: str | None = None) -> str:
+    name = model._meta.db_table if field is None else model._meta.get_field(field).column
+    return connection.ops.quote_name(name)
+
+
+def _prep(model: type[Model], field: str, value: Any, db: Any) -> Any:
+    return model._meta.get_field(field).get_db_prep_value(value, db)
+
+
+@cache
+def _insert_sql(model: type[Model], vendor: str, ignore_conflicts: bool) -> str:
+    on_conflict = OnConflict.IGNORE if ignore_conflicts else None
+    fields = model._meta.concrete_fields
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    suffix = connection.ops.on_conflict_suffix_sql(fields, on_conflict, None, None)
+    return (
+        f"{connection.ops.insert_statement(on_conflict=on_conflict)} {_quoted(model)} ({columns}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))}) {suffix}"
+    ).rstrip()
+
+
+def _insert(cursor: Any, obj: Model, *, ignore_conflicts: bool = False) -> None:
+    """INSERT ``obj`` with all its columns, as ``save()`` would (the runs models have no signal
+    receivers to miss). ``cursor.db`` rather than the ``connection`` proxy: each attribute read
+    through that is a lookup of the thread's connection."""
+    db, fields = cursor.db, type(obj)._meta.concrete_fields
+    cursor.execute(
+        _insert_sql(type(obj), db.vendor, ignore_conflicts),
+        [field.get_db_prep_save(field.pre_save(obj, True), db) for field in fields],
+    )
+    obj._state.adding = False
+    obj._state.db = db.alias
+
+
+def _run_probes_sql(count_active: bool) -> str:
+    """The owner's pending and running runs (0 when uncapped), and whether the run's assistant is
+    still there."""
+    active = (
+        f"(SELECT COUNT(*) FROM {_quoted(Run)} WHERE {_quoted(Run, 'owner')} = %s "
+        f"AND {_quoted(Run, 'status')} IN (%s, %s))"
+        if count_active else "0"
+    )
+    assistant = (
+        f"EXISTS (SELECT 1 FROM {_quoted(Assistant)} WHERE {_quoted(Assistant, 'assistant_id')} = %s)"
+    )
+    return f"{active}, {assistant}"
+
+
+def _run_probes_params(owner: Any, assistant: Assistant, count_active: bool, db: Any) -> list[Any]:
+    active = [owner.pk, *RunStatus.active()] if count_active else []
+    return [*active, _prep(Assistant, "assistant_id", assistant.pk, db)]
+
+
+@cache
+def _run_probes_only_sql(vendor: str, count_active: bool) -> str:
+    return f"SELECT {_run_probes_sql(count_active)}"
+
+
+@cache
+def _thread_busy_sql(vendor: str, count_active: bool, returning: bool) -> str:
+    """Marks an owner's thread busy; with ``returning``, also answers its metadata and the run's
+    probes. The UPDATE locks the row, as ``select_for_update`` did, until the run is in."""
+    update = (
+        f"UPDATE {_quoted(Thread)} SET {_quoted(Thread, 'status')} = %s, "
+        f"{_quoted(Thread, 'updated_at')} = %s "
+        f"WHERE {_quoted(Thread, 'thread_id')} = %s AND {_quoted(Thread, 'owner')} = %s"
+    )
+    if not returning:
+        return update
+    return f"{update} RETURNING {_quoted(Thread, 'metadata')}, {_run_probes_sql(count_active)}"
+
+
+@cache
+def _thread_read_sql(vendor: str, count_active: bool) -> str:
+    """``_thread_busy_sql``'s answer without RETURNING (SQLite before 3.35), read first."""
+    return (
+        f"SELECT {_quoted(Thread, 'metadata')}, {_run_probes_sql(count_active)} FROM {_quoted(Thread)} "
+        f"WHERE {_quoted(Thread, 'thread_id')} = %s AND {_quoted(Thread, 'owner')} = %s"
+    )
+
+
+@cache
+def _thread_metadata_sql(vendor: str) -> str:
+    return (
+        f"UPDATE {_quoted(Thread)} SET {_quoted(Thread, 'metadata')} = %s "
+        f"WHERE {_quoted(Thread, 'thread_id')} = %s"
+    )
+
+
+# graph id -> its system assistant as read once. The API never changes a system assistant (the
+# admin shows them read-only), and one deleted is made again the same by system_assistants_ensure,
+# so the copy stays right; each run create checks that the row is still there in the statement
+# that locks its thread. It spares a run create by graph id (the SDK's usual way) a read.
+_system_assistants: dict[str, Assistant] = {}
+
+
+def _run_assistant(*, user, assistant_id: str) -> Assistant:
+    """``assistant_for_run``, with the system assistants of graph ids kept per process."""
+    if _as_uuid(assistant_id) is not None or assistant_id not in graph_ids():
+        return assistant_for_run(user=user, assistant_id=assistant_id)
+    assistant = _system_assistants.get(assistant_id)
+    if assistant is None:
+        assistant = _system_assistants[assistant_id] = assistant_for_run(user=user, assistant_id=assistant_id)
+    return assistant
+
+
+def _assistant_still_there(assistant: Assistant, exists: Any) -> None:
+    if exists:
+        return
+    if assistant.owner_id is not None:  # deleted since it was read
+        raise NotFound(THREAD_OR_ASSISTANT_NOT_FOUND)
+    system_assistants_ensure()  # a system one is made again, the same
+
+
+def _thread_for_run(
+    cursor: Any, *, owner, thread_pk: uuid.UUID, assistant: Assistant, create: bool,
+    stateless: bool, now: datetime,
+) -> None:
+    """Lock the run's thread and mark it busy with the run's graph and assistant in its metadata,
+    creating it first when asked (a stateless run's is new and temporary): 429 over the
+    active-runs cap, then 404 when the thread is not the owner's."""
+    db, count_active = cursor.db, bool(settings.RUNS_MAX_ACTIVE_PER_USER)
+    probes = _run_probes_params(owner, assistant, count_active, db)
+    assigned = {"graph_id": assistant.graph_id, "assistant_id": str(assistant.pk)}
+    if stateless:
+        cursor.execute(_run_probes_only_sql(db.vendor, count_active), probes)
+        active, assistant_exists = cursor.fetchone()
+        _too_many_active(active)
+        _assistant_still_there(assistant, assistant_exists)
+        thread = Thread(
+            thread_id=thread_pk, owner=owner, temporary=True, status=ThreadStatus.BUSY,
+            metadata=assigned, created_at=now, updated_at=now,
+        )
+        _insert(cursor, thread)
+        return
     if create:
         # INSERT .. ON CONFLICT DO NOTHING: concurrent creates of one thread id never fail.
-        Thread.objects.bulk_create(
-            [Thread(thread_id=thread_id, owner=owner, temporary=temporary)], ignore_conflicts=True
-        )
-    thread = Thread.objects.select_for_update().filter(pk=thread_id, owner=owner).first()
-    if thread is None:
+        _insert(cursor, Thread(thread_id=thread_pk, owner=owner), ignore_conflicts=True)
+    where = [_prep(Thread, "thread_id", thread_pk, db), owner.pk]
+    busy = [ThreadStatus.BUSY, _prep(Thread, "updated_at", now, db), *where]
+    returning = db.features.can_return_columns_from_insert
+    if returning:
+        cursor.execute(_thread_busy_sql(db.vendor, count_active, True), busy + probes)
+        row = cursor.fetchone()
+    else:
+        cursor.execute(_thread_read_sql(db.vendor, count_active), probes + where)
+        row = cursor.fetchone()
+        if row is not None:
+            cursor.execute(_thread_busy_sql(db.vendor, count_active, False), busy)
+    if row is None:
+        cursor.execute(_run_probes_only_sql(db.vendor, count_active), probes)
+        _too_many_active(cursor.fetchone()[0])
         raise NotFound(THREAD_OR_ASSISTANT_NOT_FOUND)
-    return thread
+    raw_metadata, active, assistant_exists = row
+    _too_many_active(active)
+    _assistant_still_there(assistant, assistant_exists)
+    metadata_field = Thread._meta.get_field("metadata")
+    metadata = metadata_field.from_db_value(raw_metadata, None, db) or {}
+    merged = {**metadata, **assigned}
+    if merged != metadata:  # the same assistant as last time leaves it as it is
+        cursor.execute(
+            _thread_metadata_sql(db.vendor),
+            [metadata_field.get_db_prep_save(merged, db), where[0]],
+        )
 
 
 def run_create(
@@ -832,7 +996,7 @@ def run_create(
     new temporary thread. Applies the multitask strategy against the thread's active runs."""
     check_json_size("metadata", body.get("metadata"))
     check_json_size("config", body.get("config"))
-    assistant = assistant_for_run(user=owner, assistant_id=body["assistant_id"])
+    assistant = _run_assistant(user=owner, assistant_id=body["assistant_id"])
     configurable = (body.get("config") or {}).get("configurable")
     if configurable and body.get("context"):
         raise BadRequest(
@@ -849,28 +1013,29 @@ def run_create(
     thread_pk = uuid7() if stateless else parse_uuid(thread_id, "thread")
     create_thread = stateless or body.get("if_not_exists") == "create"
     run_id = uuid7()
-    _check_active_runs(owner)
     now = timezone.now()
 
     with transaction.atomic():
-        thread = _lock_thread(
-            owner=owner, thread_id=thread_pk, create=create_thread, temporary=stateless
-        )
+        with connection.cursor() as cursor:
+            _thread_for_run(
+                cursor, owner=owner, thread_pk=thread_pk, assistant=assistant,
+                create=create_thread, stateless=stateless, now=now,
+            )
         # enqueue queues behind whatever is active: only the other strategies look at it.
         inflight = [] if strategy == MultitaskStrategy.ENQUEUE else list(
-            Run.objects.filter(thread=thread, status__in=RunStatus.active()).order_by("created_at")
+            Run.objects.filter(thread_id=thread_pk, status__in=RunStatus.active()).order_by("created_at")
         )
         if inflight and strategy == MultitaskStrategy.REJECT:
             raise Conflict(MULTITASK_REJECTED)
-        run = Run.objects.create(
+        run = Run(
             run_id=run_id,
-            thread=thread,
-            assistant=assistant,
+            thread_id=thread_pk,
+            assistant_id=assistant.pk,
             owner=owner,
             status=RunStatus.PENDING,
             metadata=body.get("metadata") or {},
             kwargs=_run_kwargs(
-                body=body, run_id=run_id, thread_id=thread.pk, assistant=assistant, owner=owner,
+                body=body, run_id=run_id, thread_id=thread_pk, assistant=assistant, owner=owner,
                 temporary=stateless, after_seconds=after_seconds,
             ),
             multitask_strategy=strategy,
@@ -879,12 +1044,8 @@ def run_create(
             on_completion=on_completion,
             **(idempotency.stored() if idempotency else {}),
         )
-        thread.metadata = {
-            **thread.metadata, "graph_id": assistant.graph_id, "assistant_id": str(assistant.pk)
-        }
-        thread.status = ThreadStatus.BUSY
-        thread.updated_at = now
-        thread.save(update_fields=["metadata", "status", "updated_at"])
+        with connection.cursor() as cursor:
+            _insert(cursor, run)
         if inflight and strategy in (MultitaskStrategy.INTERRUPT, MultitaskStrategy.ROLLBACK):
             for other in inflight:
                 _cancel_locked(run=other, action=strategy)

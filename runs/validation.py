@@ -27,9 +27,32 @@ def components() -> dict[str, Any]:
     return json.loads(SCHEMA_FILE.read_text())["components"]["schemas"]
 
 
+_COMPONENT_REF = "#/components/schemas/"
+# Values that are data, not schemas: a "$ref" key inside them is not a reference.
+_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples", "example"})
+
+
+def _inlined(schema: Any, seen: tuple[str, ...] = ()) -> Any:
+    """``schema`` with each lone ``{"$ref": "#/components/schemas/X"}`` replaced by X itself
+    (except in a cycle). Resolving a reference at every validation was half of the check's cost;
+    the errors are the same, as their schema paths leave out "$ref" anyway."""
+    if isinstance(schema, list):
+        return [_inlined(item, seen) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    ref = schema.get("$ref")
+    if len(schema) == 1 and isinstance(ref, str) and ref.startswith(_COMPONENT_REF):
+        name = ref[len(_COMPONENT_REF):]
+        if name in seen or name not in components():
+            return schema
+        return _inlined(components()[name], (*seen, name))
+    return {key: value if key in _DATA_KEYWORDS else _inlined(value, seen) for key, value in schema.items()}
+
+
 @cache
 def _validator(name: str) -> Draft202012Validator:
-    root = {"$ref": f"#/components/schemas/{name}", "components": {"schemas": components()}}
+    # The components stay beside the inlined schema for the references left: cycles.
+    root = {**_inlined(components()[name], (name,)), "components": {"schemas": components()}}
     return Draft202012Validator(root)
 
 

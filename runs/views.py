@@ -25,6 +25,7 @@ from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from project.async_db import in_executor
+from project import event_hub
 from project.event_hub import watch
 from runs import services
 from runs.errors import NotFound, Unprocessable
@@ -482,9 +483,11 @@ def _run_location_headers(thread_id: Any, run_id: Any) -> dict[str, str]:
 
 
 def _wait_poll_interval() -> float:
-    if settings.REDIS_URL:
+    if event_hub.wakeups_pushed():
+        # Redis, or datagrams between the processes of this machine: the run's end wakes the
+        # /wait at once, and the hub's own poll still finds what a lost wake-up did not say.
         return WAIT_PUSHED_POLL_SECONDS
-    # Without Redis the hub learns of changes by polling the database (EVENT_HUB_POLL_INTERVAL),
+    # Otherwise the hub learns of changes by polling the database (EVENT_HUB_POLL_INTERVAL),
     # slower than a /wait may take: the row is read this often too.
     return float(getattr(settings, "RUNS_WAIT_POLL_INTERVAL", WAIT_POLL_SECONDS))
 
@@ -497,7 +500,7 @@ def _run_state_sql(vendor: str) -> str:
     return f"SELECT {status}, {result} FROM {table} WHERE {pk} = %s"
 
 
-def _run_state(run_id: Any) -> tuple[str | None, Any]:
+def _run_state(run_id: Any) -> tuple[str | None, bytes | None]:
     """(status, result) of the run, (None, None) once it is gone: the read a /wait repeats until
     the run ends (every 25 ms without Redis). The result is NULL until then, so it costs its bytes
     once. Written out: the ORM spent several times the statement's own time composing it."""
@@ -506,7 +509,25 @@ def _run_state(run_id: Any) -> tuple[str | None, Any]:
         row = cursor.fetchone()
     if row is None:
         return None, None
-    return row[0], Run._meta.get_field("result").from_db_value(row[1], None, connection)
+    return row[0], _stored_json(row[1])
+
+
+def _stored_json(value: Any) -> bytes | None:
+    """A JSON column's value as the JSON text stored, for a response body; None for NULL or null.
+
+    The result of a chat graph's run is the thread's whole conversation: decoding it and encoding
+    it again was a tenth of a /wait's CPU, and grew with the thread. The drivers give the text as
+    it is (SQLite's column; PostgreSQL's jsonb through Django's text loader): the same JSON value,
+    only its spacing and escapes are the database's."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    if not isinstance(value, str):  # a driver that decodes JSON itself
+        return None if value is None else _json_body(value)
+    return None if value == "null" else value.encode()
+
+
+def _json_body(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str).encode()
 
 
 def result_response(
@@ -559,13 +580,14 @@ def result_response(
                     )
                 )
             raise
-        if run_result is not None:
-            result = run_result
-        else:  # the run is gone, or ended without a result: its thread's values, or a 404 body
-            result = await sync_to_async(services.run_finished_body)(run_id=run_id, thread_id=thread_id)
+        if run_result is None:
+            # The run is gone, or ended without a result: its thread's values, or a 404 body.
+            run_result = _json_body(
+                await sync_to_async(services.run_finished_body)(run_id=run_id, thread_id=thread_id)
+            )
         if discard_thread:
             await sync_to_async(services.temporary_thread_discard)(thread_id=thread_id)
-        yield json.dumps(result, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+        yield run_result
 
     response = StreamingHttpResponse(body(), content_type="application/json", status=200)
     for key, value in _run_location_headers(thread_id, run_id).items():

@@ -63,6 +63,22 @@ def test_a_join_answers_the_runs_result_once_the_worker_ends_it(api, alice):
     assert body == Run.objects.get(pk=run.pk).result
 
 
+def test_a_join_answers_the_stored_result_as_the_same_json_value(api, alice):
+    # Sent as the database holds it, not decoded and encoded again: the same value, whatever
+    # JSON can say (integers beyond 64 bits, any text, nested nulls).
+    thread = services.thread_create(owner=alice)
+    run = services.run_create(owner=alice, thread_id=thread.pk, body={"assistant_id": "echo"})
+    result = {
+        "messages": [{"content": "é 😀 \u2028 \x1f \" \\", "id": None}],
+        "big": 2**70, "small": -(2**63) - 1, "float": 1e-05, "list": [1.5, True, None, {}],
+    }
+    Run.objects.filter(pk=run.pk).update(status=RunStatus.SUCCESS, result=result)
+    status, body = join(api, thread.pk, run.pk)
+    assert status == 200
+    assert body == result
+    assert isinstance(body["big"], int)
+
+
 def test_a_join_of_a_run_cancelled_before_it_started_answers_the_threads_values(api, alice):
     thread = services.thread_create(owner=alice)
     first = services.run_create(
@@ -90,6 +106,7 @@ def test_a_join_of_a_missing_run_answers_200_with_the_real_servers_error_body(ap
 
 def test_without_redis_a_waiting_join_reads_the_run_every_poll_interval(api, alice, settings, monkeypatch):
     settings.REDIS_URL = ""
+    settings.LOCAL_WAKEUPS_DIR = ""  # no wake-ups at all: the reads are all there is
     settings.RUNS_WAIT_POLL_INTERVAL = 0.05
     reads: list[str | None] = []
     real = views._run_state
