@@ -159,7 +159,8 @@ def test_wait_state_history_update_and_copy(client) -> None:
 
 def test_background_run_get_list_join_delete(client) -> None:
     thread_id = client.threads.create()["thread_id"]
-    run = client.runs.create(thread_id, "echo", input=echo_input("bg"), metadata={"m": 1})
+    # A second's sleep: the thread is still busy when it is read (workers pick runs up in ms).
+    run = client.runs.create(thread_id, "echo", input=echo_input("bg", sleep=1), metadata={"m": 1})
     assert run["status"] == "pending" and run["multitask_strategy"] == "enqueue"
     assert run["kwargs"]["stream_mode"] == ["values"]
     assert client.threads.get(thread_id)["status"] == "busy"
