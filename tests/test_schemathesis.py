@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -95,6 +96,7 @@ class Tally:
     statuses: Counter = field(default_factory=Counter)
     failures: dict[tuple, Failure] = field(default_factory=dict)
     advisories: dict[tuple, Failure] = field(default_factory=dict)
+    seconds: Counter = field(default_factory=Counter)
 
 
 @pytest.fixture(scope="module")
@@ -308,10 +310,14 @@ def fuzz_all(*, stack: tuple[Server, Cluster], make_user: Any, total_cases: int,
     tally = Tally()
     for operation in operations:
         for actor, other in ((identities[0], identities[1]), (identities[1], identities[0])):
+            started = time.monotonic()
             _fuzz_operation(
                 operation=operation, server=server, actor=actor, other=other, anonymous=anonymous,
                 examples=per_run, tally=tally, derandomize=derandomize,
             )
+            tally.seconds[operation.label] += time.monotonic() - started
+            # Seen live with -s: which operation a slow or stuck fuzz is spending its time on.
+            print(f"fuzzed {operation.label} as {actor.name}: {time.monotonic() - started:.1f}s", flush=True)
             if operation.method.upper() == "DELETE" or operation.path.endswith("/prune"):
                 for identity in identities:  # deleted seeds would turn later cases into plain 404s
                     _seed(server.url, identity)
@@ -325,7 +331,8 @@ def _report(tally: Tally) -> str:
         f"{tally.cases} cases over {len(tally.by_operation)} operations "
         f"({len(succeeded)} of them answered a 2xx at least once), {len(tally.failures)} distinct failures"
     )
-    lines = [summary, f"never a 2xx: {sorted(set(tally.by_operation) - succeeded)}"]
+    slowest = ", ".join(f"{label} {seconds:.0f}s" for label, seconds in tally.seconds.most_common(5))
+    lines = [summary, f"never a 2xx: {sorted(set(tally.by_operation) - succeeded)}", f"slowest: {slowest}"]
     for failure in tally.failures.values():
         lines += [
             "", f"== {failure.operation} ({failure.identity}): {'; '.join(failure.titles)}",
