@@ -1,5 +1,6 @@
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
+from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
@@ -7,9 +8,7 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
-from django_filters.rest_framework import DjangoFilterBackend
 
 from executions import selectors, services
 from executions.filters import ExecutionFilter
@@ -23,6 +22,7 @@ from executions.serializers import (
     ExecutionSerializer,
     TargetListSerializer,
 )
+from project.throttling import CreateRateThrottle
 
 ERRORS_401 = {401: ErrorResponseSerializer}
 ERRORS_404 = {404: ErrorResponseSerializer}
@@ -39,7 +39,7 @@ class ExecutionViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
 
     def get_throttles(self):
         # Only starting work is throttled; reads and cancels stay free.
-        return [ScopedRateThrottle()] if self.action == "create" else []
+        return [CreateRateThrottle()] if self.action == "create" else []
 
     def get_queryset(self):
         return selectors.executions_visible_to(self.request.user)

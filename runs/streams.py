@@ -47,13 +47,13 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework.exceptions import APIException, Throttled
-from rest_framework.throttling import ScopedRateThrottle
 
 from project.async_db import in_executor
 from project.auth import raw_key_from_headers, user_for_api_key
 from project.event_hub import watch
 from project.sse import HEARTBEAT, HEARTBEAT_INTERVAL, EventStreamResponse, sse_event
 from project.stream_limits import hold_slot, stream_slot, too_many_streams
+from project.throttling import CreateRateThrottle
 from runs import services
 from runs.errors import Unprocessable
 from runs.models import CancelAction, DiscardedRun, Run, RunEvent, RunStatus, Thread
@@ -307,9 +307,9 @@ def _api_error(exc: APIException) -> JsonResponse:
 
 
 def _create_throttle(request: HttpRequest, user: Any) -> None:
-    """The "create" throttle of the API views (DRF's, on the shared cache), for these plain
+    """The "create" throttle of the API views (on the shared cache), for these plain
     views: raises ``Throttled`` over the rate."""
-    throttle = ScopedRateThrottle()
+    throttle = CreateRateThrottle()
     # The throttle keys on request.user; here that is the API key's user, not the session's.
     if not throttle.allow_request(
         SimpleNamespace(user=user, META=request.META), SimpleNamespace(throttle_scope="create")

@@ -21,12 +21,12 @@ from rest_framework import exceptions, status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
-from project.async_db import in_executor
 from project import event_hub
+from project.async_db import in_executor
 from project.event_hub import watch
+from project.throttling import CreateRateThrottle
 from runs import services
 from runs.errors import NotFound, Unprocessable
 from runs.graphs import graph_get
@@ -93,7 +93,7 @@ class CreateView(LangGraphView):
     throttle_scope = "create"
 
     def get_throttles(self) -> list:
-        return [ScopedRateThrottle()] if self.request.method == "POST" else []
+        return [CreateRateThrottle()] if self.request.method == "POST" else []
 
     def idempotency(self, body: Any) -> services.Idempotency | None:
         return services.Idempotency.from_header(
