@@ -1,4 +1,4 @@
-"""The "create" throttle: a counter per user and window, on the shared cache (Redis in the
+"""The "create" throttle: counters per user and window on the shared cache (Redis in the
 PostgreSQL + Redis pass, the local-memory cache otherwise)."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from rest_framework.throttling import ScopedRateThrottle
 from project.throttling import CreateRateThrottle
 
 VIEW = SimpleNamespace(throttle_scope="create")
+MINUTE = 6000 * 60.0  # the start of a window
 
 
 @pytest.fixture(autouse=True)
@@ -23,15 +24,13 @@ def rate(monkeypatch):
     cache.clear()
 
 
-def request_of(user_id: int) -> SimpleNamespace:
-    return SimpleNamespace(user=SimpleNamespace(pk=user_id, is_authenticated=True), META={})
-
-
-def allowed(user_id: int, at: float | None = None) -> tuple[bool, CreateRateThrottle]:
+def create(user_id: int, at: float | None = None) -> CreateRateThrottle | None:
+    """None if the create is allowed, else the throttle that refused it."""
     throttle = CreateRateThrottle()
     if at is not None:
         throttle.timer = lambda: at
-    return throttle.allow_request(request_of(user_id), VIEW), throttle
+    request = SimpleNamespace(user=SimpleNamespace(pk=user_id, is_authenticated=True), META={})
+    return None if throttle.allow_request(request, VIEW) else throttle
 
 
 def test_concurrent_creates_never_pass_the_limit_together():
@@ -42,9 +41,9 @@ def test_concurrent_creates_never_pass_the_limit_together():
 
     def creates() -> None:
         for _ in range(25):
-            ok, _ = allowed(1)
+            refused = create(1, at=MINUTE + 10)
             with lock:
-                results.append(ok)
+                results.append(refused is None)
 
     threads = [threading.Thread(target=creates) for _ in range(8)]
     for thread in threads:
@@ -54,11 +53,23 @@ def test_concurrent_creates_never_pass_the_limit_together():
     assert results.count(True) == 50 and len(results) == 200
 
 
-def test_the_next_window_starts_afresh_and_retry_after_says_when():
-    start = 6000 * 60.0 + 15  # 15 s into a window
-    outcomes = [allowed(2, at=start)[0] for _ in range(51)]
-    assert outcomes == [True] * 50 + [False]
-    refused, throttle = allowed(2, at=start + 30)
-    assert not refused and throttle.wait() == pytest.approx(15)
-    assert allowed(2, at=start + 45)[0]  # the next minute
-    assert allowed(3, at=start)[0]  # every user has a budget of their own
+def test_the_budget_slides_back_as_retry_after_says():
+    assert [create(2, at=MINUTE + 30) for _ in range(50)] == [None] * 50
+    refused = create(2, at=MINUTE + 40)
+    assert refused is not None
+    # The next window starts with the last one's 50 counted in full, sliding out over a minute:
+    # one more fits once 1/50 of it has gone, 21.2 s from now.
+    assert refused.wait() == pytest.approx(21.2)
+    assert create(2, at=MINUTE + 60.5) is not None  # no new budget at the window's start
+    assert create(2, at=MINUTE + 40 + 21.3) is None
+    assert create(2, at=MINUTE + 40 + 21.4) is not None  # that one slot, and no more yet
+    assert create(3, at=MINUTE + 40) is None  # every user has a budget of their own
+
+
+def test_refused_creates_do_not_use_up_the_budget():
+    for _ in range(50):
+        assert create(4, at=MINUTE + 1) is None
+    for _ in range(20):
+        assert create(4, at=MINUTE + 2) is not None
+    # Two minutes on, nothing of that minute is left, refused creates included.
+    assert [create(4, at=MINUTE + 120) for _ in range(50)] == [None] * 50
