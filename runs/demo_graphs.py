@@ -34,9 +34,9 @@ def _last_content(state: EchoState) -> str:
     return _content(messages[-1]) if messages else ""
 
 
-# Async like the echo node: under astream a sync function (route or node) is sent to a thread
-# of the loop's executor, a visible share of a run as short as echo's.
-async def _route(state: EchoState) -> str:
+# Sync, though under astream a sync function is sent to a thread of the loop's executor: a
+# thread state update (POST /threads/{id}/state) runs the graph's branches synchronously.
+def _route(state: EchoState) -> str:
     return "fail" if _last_content(state) == "fail" else "echo"
 
 
@@ -46,7 +46,7 @@ async def _echo(state: EchoState) -> dict:
     return {"messages": [{"role": "assistant", "content": "echo: " + _last_content(state)}]}
 
 
-async def _fail(state: EchoState) -> dict:
+async def _fail(state: EchoState) -> dict:  # async: no trip to the executor
     raise ValueError("boom requested")
 
 
