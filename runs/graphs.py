@@ -51,7 +51,9 @@ def _config_file_graphs() -> dict[str, str]:
     path = os.environ.get("LANGGRAPH_CONFIG") or getattr(settings, "RUNS_LANGGRAPH_CONFIG", "")
     if not path:
         return {}
-    config_path = os.path.realpath(os.path.expanduser(path))
+    # Resolved only when the file is read: realpath is a system call per path component, and
+    # stat follows a symlink anyway (another target is another inode, so it is read again).
+    config_path = os.path.expanduser(path)
     try:
         stat = os.stat(config_path)
         signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
@@ -64,7 +66,7 @@ def _config_file_graphs() -> dict[str, str]:
 # share of the server's CPU per run. A changed file (mtime, size or inode) is read again.
 @lru_cache(maxsize=8)
 def _parse_config_file(path: str, signature: tuple[int, int, int] | None) -> dict[str, str]:
-    config_path = Path(path)
+    config_path = Path(os.path.realpath(path))
     try:
         data = json.loads(config_path.read_text())
     except (OSError, ValueError) as exc:
