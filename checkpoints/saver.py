@@ -273,9 +273,12 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
     ) -> RunnableConfig:
         if self._post is not None:
             thread_id, checkpoint_ns = _thread_and_ns(config)
+            # Serialized here: the run's writer may store it in a transaction with others, which
+            # on SQLite holds the database's one write lock.
+            row, run_id = self._checkpoint_row(config, checkpoint, metadata)
             self._write_started()
             try:
-                future = self._post(partial(self._on_reused_connection, self._put, config, checkpoint, metadata))
+                future = self._post(partial(self._on_reused_connection, self._store_checkpoint, row, run_id))
             except BaseException:
                 # Refused (the run's writes already failed): nothing is under way, and a read
                 # waiting for the saves must not wait for this one.
@@ -292,6 +295,11 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
         task_id: str,
         task_path: str = "",
     ) -> None:
+        if self._submit is not None:
+            # A sole writer's writes share the run's transactions: serialized before, not inside.
+            rows = self._write_rows(writes, task_id, task_path)
+            await self._in_sync_thread(self._store_writes, config, rows)
+            return
         await self._in_sync_thread(self._put_writes, config, writes, task_id, task_path)
 
     async def adelete_thread(self, thread_id: str) -> None:
@@ -491,6 +499,12 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
     def _put(
         self, config: RunnableConfig, checkpoint: CheckpointData, metadata: CheckpointMetadata
     ) -> RunnableConfig:
+        return self._store_checkpoint(*self._checkpoint_row(config, checkpoint, metadata))
+
+    def _checkpoint_row(
+        self, config: RunnableConfig, checkpoint: CheckpointData, metadata: CheckpointMetadata
+    ) -> tuple[CheckpointRow, str | None]:
+        """The row ``put`` stores (the checkpoint serialized), and its run id."""
         thread_id, checkpoint_ns = _thread_and_ns(config)
         type_, blob = self.serde.dumps_typed(checkpoint)
         stored_metadata = _jsonable(get_serializable_checkpoint_metadata(config, metadata))
@@ -505,12 +519,15 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
             checkpoint=blob,
             metadata=stored_metadata,
         )
+        return row, None if run_id is None else str(run_id)
+
+    def _store_checkpoint(self, row: CheckpointRow, run_id: str | None) -> RunnableConfig:
         # LangGraph saves the same checkpoint id again at exit (durability="exit"): last one wins.
-        sql.checkpoint_upsert(self.using, row, None if run_id is None else str(run_id), timezone.now())
+        sql.checkpoint_upsert(self.using, row, run_id, timezone.now())
         if self._memo is not None:
             # Once committed: a submitted write may share a transaction that rolls back.
             transaction.on_commit(partial(self._memo.put, row), using=self.using)
-        return _config(thread_id, checkpoint_ns, checkpoint["id"])
+        return _config(row.thread_id, row.checkpoint_ns, row.checkpoint_id)
 
     def _put_writes(
         self,
@@ -519,17 +536,24 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
         task_id: str,
         task_path: str,
     ) -> None:
-        thread_id, checkpoint_ns = _thread_and_ns(config)
-        checkpoint_id = config["configurable"]["checkpoint_id"]
-        # Keyed by idx: two writes to one special channel in a call keep the last, and one
-        # upsert statement must not touch a row twice (PostgreSQL refuses).
+        self._store_writes(config, self._write_rows(writes, task_id, task_path))
+
+    def _write_rows(self, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str) -> list[WriteRow]:
+        """The rows ``put_writes`` stores (values serialized), keyed by idx: two writes to one
+        special channel in a call keep the last, and one upsert statement must not touch a row
+        twice (PostgreSQL refuses)."""
         by_idx: dict[int, WriteRow] = {}
         for position, (channel, value) in enumerate(writes):
             idx = WRITES_IDX_MAP.get(channel, position)
             type_, blob = self.serde.dumps_typed(value)
             by_idx[idx] = WriteRow(task_id, idx, channel, task_path, type_, blob)
-        ordinary = [w for idx, w in by_idx.items() if idx >= 0]
-        special = [w for idx, w in by_idx.items() if idx < 0]
+        return list(by_idx.values())
+
+    def _store_writes(self, config: RunnableConfig, rows: list[WriteRow]) -> None:
+        thread_id, checkpoint_ns = _thread_and_ns(config)
+        checkpoint_id = config["configurable"]["checkpoint_id"]
+        ordinary = [w for w in rows if w.idx >= 0]
+        special = [w for w in rows if w.idx < 0]
         key = (thread_id, checkpoint_ns, checkpoint_id)
         now = timezone.now()
         # One statement is atomic on its own. Two share a transaction; in one of submitted

@@ -67,7 +67,29 @@ def _queue_is_in_the_runs_database() -> bool:
     return bool(Conf.ORM) and not Conf.SYNC and Conf.ORM == router.db_for_write(Run)
 
 
-def run_enqueue_on_commit(run_id: UUID | str) -> None:
+class _PackageTaker:
+    """Stands in for the broker in ``async_task``: keeps the signed package it would enqueue."""
+
+    list_key = "prepared"
+    package: str | None = None
+
+    def enqueue(self, package: str) -> int:
+        self.package = package
+        return 0
+
+
+def run_task_package(run_id: UUID | str) -> str | None:
+    """The queue message of ``run_id``, built (pickled and signed by django-q2's ``async_task``)
+    ahead of the transaction that will insert it; None where the message is not inserted in a
+    transaction (Redis: sent after the commit, built then)."""
+    if not _queue_is_in_the_runs_database():
+        return None
+    taker = _PackageTaker()
+    _async_task(run_id, taker)  # type: ignore[arg-type]
+    return taker.package
+
+
+def run_enqueue_on_commit(run_id: UUID | str, *, package: str | None = None) -> None:
     """Queue ``run_id`` so that it reaches workers when, and only when, the current transaction
     commits.
 
@@ -77,11 +99,14 @@ def run_enqueue_on_commit(run_id: UUID | str) -> None:
     saves the queue INSERT a commit of its own (``project.orm_broker`` wakes the pushers once the
     transaction commits). A broker failure then fails the create instead of leaving a pending run: the
     database that could not take the queue row would not have taken the run either. Redis keeps
-    ``on_commit``."""
+    ``on_commit``. ``package``: the message from ``run_task_package``, built ahead."""
     if transaction.get_autocommit(router.db_for_write(Run)):
         run_enqueue(run_id)
     elif _queue_is_in_the_runs_database():
-        _async_task(run_id, _broker())
+        if package is None:
+            _async_task(run_id, _broker())
+        else:
+            _broker().enqueue(package)
     else:
         transaction.on_commit(lambda: run_enqueue(run_id))
 

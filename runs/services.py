@@ -839,14 +839,21 @@ def _insert_sql(model: type[Model], vendor: str, ignore_conflicts: bool) -> str:
     ).rstrip()
 
 
-def _insert(cursor: Any, obj: Model, *, ignore_conflicts: bool = False) -> None:
+def _insert_params(obj: Model, db: Any) -> list[Any]:
+    """``obj``'s column values for ``_insert``, ready for the database. Worth computing before
+    the transaction: encoding a run's JSON fields inside it held SQLite's one write lock longer."""
+    return [field.get_db_prep_save(field.pre_save(obj, True), db) for field in type(obj)._meta.concrete_fields]
+
+
+def _insert(cursor: Any, obj: Model, *, ignore_conflicts: bool = False, params: list[Any] | None = None) -> None:
     """INSERT ``obj`` with all its columns, as ``save()`` would (the runs models have no signal
-    receivers to miss). ``cursor.db`` rather than the ``connection`` proxy: each attribute read
-    through that is a lookup of the thread's connection."""
-    db, fields = cursor.db, type(obj)._meta.concrete_fields
+    receivers to miss); ``params`` from ``_insert_params`` if already computed. ``cursor.db``
+    rather than the ``connection`` proxy: each attribute read through that is a lookup of the
+    thread's connection."""
+    db = cursor.db
     cursor.execute(
         _insert_sql(type(obj), db.vendor, ignore_conflicts),
-        [field.get_db_prep_save(field.pre_save(obj, True), db) for field in fields],
+        _insert_params(obj, db) if params is None else params,
     )
     obj._state.adding = False
     obj._state.db = db.alias
@@ -1014,6 +1021,27 @@ def run_create(
     create_thread = stateless or body.get("if_not_exists") == "create"
     run_id = uuid7()
     now = timezone.now()
+    # Everything that does not depend on what the transaction reads is made before it: on SQLite
+    # the transaction holds the database's one write lock, wanted by every worker too.
+    run = Run(
+        run_id=run_id,
+        thread_id=thread_pk,
+        assistant_id=assistant.pk,
+        owner=owner,
+        status=RunStatus.PENDING,
+        metadata=body.get("metadata") or {},
+        kwargs=_run_kwargs(
+            body=body, run_id=run_id, thread_id=thread_pk, assistant=assistant, owner=owner,
+            temporary=stateless, after_seconds=after_seconds,
+        ),
+        multitask_strategy=strategy,
+        created_at=now + timedelta(seconds=after_seconds) if after_seconds > 0 else now,
+        updated_at=now,
+        on_completion=on_completion,
+        **(idempotency.stored() if idempotency else {}),
+    )
+    run_params = _insert_params(run, connection)
+    queued = dispatch.run_task_package(run_id)
 
     with transaction.atomic():
         with connection.cursor() as cursor:
@@ -1027,29 +1055,12 @@ def run_create(
         )
         if inflight and strategy == MultitaskStrategy.REJECT:
             raise Conflict(MULTITASK_REJECTED)
-        run = Run(
-            run_id=run_id,
-            thread_id=thread_pk,
-            assistant_id=assistant.pk,
-            owner=owner,
-            status=RunStatus.PENDING,
-            metadata=body.get("metadata") or {},
-            kwargs=_run_kwargs(
-                body=body, run_id=run_id, thread_id=thread_pk, assistant=assistant, owner=owner,
-                temporary=stateless, after_seconds=after_seconds,
-            ),
-            multitask_strategy=strategy,
-            created_at=now + timedelta(seconds=after_seconds) if after_seconds > 0 else now,
-            updated_at=now,
-            on_completion=on_completion,
-            **(idempotency.stored() if idempotency else {}),
-        )
         with connection.cursor() as cursor:
-            _insert(cursor, run)
+            _insert(cursor, run, params=run_params)
         if inflight and strategy in (MultitaskStrategy.INTERRUPT, MultitaskStrategy.ROLLBACK):
             for other in inflight:
                 _cancel_locked(run=other, action=strategy)
-        dispatch.run_enqueue_on_commit(run.pk)
+        dispatch.run_enqueue_on_commit(run.pk, package=queued)
     return run
 
 

@@ -43,7 +43,7 @@ from project.sse import encode_data
 from runs import dispatch, services, worker_sql
 from runs.graphs import GraphLoadError, GraphNotFound, checkpointer, graph_get
 from runs.jsonable import to_json, to_json_encoded
-from runs.models import CancelAction, Run, RunEvent, RunStatus
+from runs.models import CancelAction, Run, RunEvent, RunStatus, Thread
 from runs.stream_modes import GRAPH_MODE, MessagesV1, event_name
 from runs.wakeups import run_changed, run_progressed
 
@@ -591,13 +591,16 @@ def finish(
     now = timezone.now()
     thread_id = run.thread_id
     on_completion = run.on_completion
+    # The large values are encoded before the transaction, which holds SQLite's write lock.
+    result = worker_sql.Prepared(worker_sql.prep(Run, "result", outcome.result))
+    thread_fields = _thread_fields(outcome, now)
     with transaction.atomic(), connection.cursor() as cursor:
         thread_exists, following = worker_sql.thread_lock(cursor, thread_id, run.pk)
         if outcome.kind in (CancelAction.ROLLBACK, "deleted"):
             Run.objects.filter(pk=run.pk).delete()
         else:
             ended, stored_on_completion = worker_sql.run_end(
-                cursor, run.pk, status=outcome.kind, result=outcome.result, error=outcome.error,
+                cursor, run.pk, status=outcome.kind, result=result, error=outcome.error,
                 now=now,
             )
             if ended:
@@ -610,8 +613,7 @@ def finish(
             on_completion = stored_on_completion or on_completion
         run_changed(run.pk, thread_id)
         if thread_exists:
-            error = outcome.error if outcome.kind == RunStatus.ERROR else None
-            _thread_store(cursor, thread_id, outcome.state, error, busy=following is not None, now=now)
+            worker_sql.thread_update(cursor, thread_id, thread_fields, busy=following is not None)
             if following is not None and following[1] <= now:
                 next_run_id = following[0]
                 transaction.on_commit(lambda: dispatch.run_enqueue(next_run_id))
@@ -622,17 +624,16 @@ def finish(
         services.temporary_thread_discard(thread_id=thread_id)
 
 
-def _thread_store(
-    cursor: Any, thread_id: UUID, state: dict | None, error: dict | None, *, busy: bool, now
-) -> None:
-    """The thread's row after a run, inside ``finish``'s transaction and lock: what
-    ``services.thread_store_state`` records (``thread_refresh_status`` without a state), in one
-    UPDATE since the caller already holds the lock and knows whether the thread stays busy."""
-    if state is None:
-        worker_sql.thread_update(cursor, thread_id, {"updated_at": now}, busy=busy)
-        return
-    fields = services.thread_state_fields(state=state, error=error, now=now)
-    worker_sql.thread_update(cursor, thread_id, fields, busy=busy)
+def _thread_fields(outcome: Outcome, now) -> dict[str, Any]:
+    """The thread's fields after a run (for ``worker_sql.thread_update``), what
+    ``services.thread_store_state`` records; its values already encoded."""
+    if outcome.state is None:
+        return {"updated_at": now}
+    error = outcome.error if outcome.kind == RunStatus.ERROR else None
+    fields = services.thread_state_fields(state=outcome.state, error=error, now=now)
+    if "values" in fields:
+        fields["values"] = worker_sql.Prepared(worker_sql.prep(Thread, "values", fields["values"]))
+    return fields
 
 
 def _wait_until_due(run: Run) -> bool:

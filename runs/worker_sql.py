@@ -12,6 +12,8 @@ read back in a second statement.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -47,8 +49,18 @@ def column(model: type[Model], field: str) -> str:
     return quote(model._meta.get_field(field).column)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A value already through ``prep``: made before a transaction, so that encoding a large JSON
+    value (a thread's whole conversation) does not hold SQLite's one write lock."""
+
+    param: Any
+
+
 def prep(model: type[Model], field: str, value: Any) -> Any:
     """``value`` as the ORM would send it for ``model.field``; JSON encoded by orjson."""
+    if isinstance(value, Prepared):
+        return value.param
     model_field = model._meta.get_field(field)
     if isinstance(model_field, JSONField) and model_field.encoder is None and value is not None:
         return json_param(value) or model_field.get_db_prep_save(value, connection)
