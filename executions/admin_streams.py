@@ -22,7 +22,7 @@ from asgiref.sync import sync_to_async
 
 from executions.models import ExecutionStatus
 from executions.streams import execution_channel
-from project.event_hub import Watcher, hub
+from project.event_hub import Watcher, hub, wait_event
 from project.sse import HEARTBEAT, HEARTBEAT_INTERVAL, sse_event
 
 SnapshotReader = Callable[[list[str]], list[dict[str, Any]]]
@@ -50,11 +50,7 @@ class _Wakeups:
         return rung
 
     async def wait(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+        return await wait_event(self._event, timeout)
 
 
 class _ChannelWatcher(Watcher):

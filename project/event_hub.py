@@ -87,6 +87,22 @@ def publish_on_commit(channel: str) -> None:
 # --- readers --------------------------------------------------------------------------------------
 
 
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Whether ``event`` was set within ``timeout`` seconds.
+
+    Not ``asyncio.wait_for``: on Python 3.11, a task cancelled just as the event is set gets True
+    and the cancel is lost. A stream's client that hung up as the run's next event arrived (right
+    after the metadata the client waited for) then went unnoticed, and ``on_disconnect:
+    "cancel"`` never cancelled its run. ``asyncio.timeout`` keeps the cancel.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+        return True
+    except TimeoutError:
+        return False
+
+
 class Watcher:
     """One reader's view of one channel: ``wait`` returns once something new may be there."""
 
@@ -102,11 +118,7 @@ class Watcher:
         self._event.set()
 
     async def wait(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+        return await wait_event(self._event, timeout)
 
 
 class Hub:

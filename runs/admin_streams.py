@@ -17,7 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from project.async_db import in_executor
-from project.event_hub import Watcher, hub
+from project.event_hub import Watcher, hub, wait_event
 from project.sse import HEARTBEAT, HEARTBEAT_INTERVAL, sse_event
 from runs.models import Run, RunStatus
 from runs.wakeups import run_channel
@@ -103,9 +103,7 @@ async def run_status_events(ids: list[UUID]) -> AsyncIterator[bytes]:
                 yield sse_event("done", {})
                 return
             # Woken by a change, or after a heartbeat's time to refresh running durations.
-            try:
-                await asyncio.wait_for(rung.wait(), HEARTBEAT_INTERVAL)
-            except TimeoutError:
+            if not await wait_event(rung, HEARTBEAT_INTERVAL):
                 if time.monotonic() - last_write >= HEARTBEAT_INTERVAL:
                     yield HEARTBEAT
                     last_write = time.monotonic()

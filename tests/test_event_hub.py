@@ -198,3 +198,23 @@ def test_wake_ups_do_not_wait_behind_slow_stream_reads(problems, settings):
 
     run_in_own_loop(scenario, problems)
     assert problems == []
+
+
+def test_a_watcher_cancelled_as_it_is_woken_stays_cancelled():
+    # Python 3.11's wait_for returned True here and lost the cancel: a stream whose client hung up
+    # as the run's next event arrived went on, and on_disconnect "cancel" never cancelled the run.
+    from project.event_hub import Watcher
+
+    async def go() -> str:
+        watcher = Watcher("run:x")
+        waiting = asyncio.create_task(watcher.wait(5))
+        await asyncio.sleep(0.01)
+        watcher.wake()
+        waiting.cancel()
+        try:
+            await waiting
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "cancel lost"
+
+    assert asyncio.run(go()) == "cancelled"
