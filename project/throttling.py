@@ -1,18 +1,18 @@
-"""The "create" throttle: DRF's scoped throttle, counting per window instead of remembering every
-request.
+"""The "create" throttle: DRF's scoped throttle, counting per time slice instead of remembering
+every request.
 
 DRF's ``SimpleRateThrottle`` keeps the time of every request of the last window in one cache
 entry and reads and writes it whole at each request: at the default 6,000/min that entry holds
 up to 6,000 floats, decoded and encoded on every create (0.5-2 ms at a hundred runs a second,
-growing with the rate). Here each user has one integer per window of the rate's duration,
-incremented atomically (Redis ``INCR``, or the local-memory cache's lock): constant cost, and
-concurrent creates cannot slip past the limit together as they could between DRF's read and
+growing with the rate). Here the rate's duration is cut into ``SLICES`` slices with one counter
+each, incremented atomically (Redis ``INCR``, or the local-memory cache's lock): a constant cost,
+and concurrent creates cannot slip past the limit together as they could between DRF's read and
 write.
 
-The limit is a sliding window estimated from two counters: this window's count plus the last
-window's, weighted by the share of it that still lies within one duration of now (the
-"sliding window counter" of Cloudflare and others). So the budget does not all come back at a
-window's start, and a burst across two windows gets no more than the rate.
+A create is allowed while the requests counted in the slices that overlap the last duration,
+the oldest slice in full, stay within the rate. So, like DRF's, it never lets more than the rate
+through in any window of the duration; it may refuse a little early, by at most one slice's
+worth of time (5 s of a minute).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import math
 from typing import Any
 
 from rest_framework.throttling import ScopedRateThrottle
+
+SLICES = 12
 
 
 class CreateRateThrottle(ScopedRateThrottle):
@@ -38,29 +40,31 @@ class CreateRateThrottle(ScopedRateThrottle):
         if key is None:
             return True
         self.now = self.timer()
-        window, self.elapsed = divmod(self.now / self.duration, 1)
-        counter = f"{key}:{int(window)}"
-        # Counted first, atomically, then judged: two creates cannot both take the last slot.
+        self.slice_seconds = self.duration / SLICES
+        current = math.floor(self.now / self.slice_seconds)
+        # The SLICES + 1 slices that overlap (now - duration, now], oldest first.
+        self.slices = list(range(current - SLICES, current + 1))
+        counter = f"{key}:{current}"
+        # Counted first, atomically, then judged: two creates cannot both take the last place.
         try:
             count = self.cache.incr(counter)
-        except ValueError:  # the window's first request
-            # Kept until the next window has used it as its "last window".
-            self.cache.add(counter, 0, timeout=2 * self.duration + 5)
+        except ValueError:  # the slice's first request
+            self.cache.add(counter, 0, timeout=self.duration + 2 * self.slice_seconds + 5)
             count = self.cache.incr(counter)
-        self.previous = self.cache.get(f"{key}:{int(window) - 1}", 0)
-        if self.previous * (1 - self.elapsed) + count <= self.num_requests:
+        earlier = self.cache.get_many([f"{key}:{index}" for index in self.slices[:-1]])
+        self.counts = [earlier.get(f"{key}:{index}", 0) for index in self.slices[:-1]] + [count]
+        if sum(self.counts) <= self.num_requests:
             return True
         # Refused requests do not use up the budget (as with DRF's throttle).
-        self.current = self.cache.decr(counter)
+        self.counts[-1] = self.cache.decr(counter)
         return False
 
     def wait(self) -> float:
-        """Seconds until one more request fits the estimate."""
-        limit, previous, current = self.num_requests, self.previous, self.current
-        if current + 1 <= limit and previous:
-            # Within this window, once enough of the last one has slid out.
-            fits_at = 1 - (limit - current - 1) / previous
-        else:
-            # In the next window, once enough of this one has slid out.
-            fits_at = 1 + (1 - (limit - 1) / current if current else 0)
-        return max((fits_at - self.elapsed) * self.duration, 0.001)
+        """Seconds until the oldest slices holding enough requests have left the window."""
+        excess = sum(self.counts) + 1 - self.num_requests
+        for index, count in zip(self.slices, self.counts):
+            excess -= count
+            if excess <= 0:
+                leaves_at = (index + SLICES + 1) * self.slice_seconds
+                return max(leaves_at - self.now, 0.001)
+        return self.duration  # more requests than the rate in this slice alone (a lower rate now)

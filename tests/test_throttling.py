@@ -1,4 +1,4 @@
-"""The "create" throttle: counters per user and window on the shared cache (Redis in the
+"""The "create" throttle: counters per user and time slice on the shared cache (Redis in the
 PostgreSQL + Redis pass, the local-memory cache otherwise)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from rest_framework.throttling import ScopedRateThrottle
 from project.throttling import CreateRateThrottle
 
 VIEW = SimpleNamespace(throttle_scope="create")
-MINUTE = 6000 * 60.0  # the start of a window
+MINUTE = 6000 * 60.0  # the start of a minute, and of a 5 s slice
 
 
 @pytest.fixture(autouse=True)
@@ -53,17 +53,19 @@ def test_concurrent_creates_never_pass_the_limit_together():
     assert results.count(True) == 50 and len(results) == 200
 
 
-def test_the_budget_slides_back_as_retry_after_says():
-    assert [create(2, at=MINUTE + 30) for _ in range(50)] == [None] * 50
-    refused = create(2, at=MINUTE + 40)
+def test_never_more_than_the_rate_in_a_minute_and_retry_after_says_when():
+    assert [create(2, at=MINUTE + 31) for _ in range(30)] == [None] * 30  # slice 30-35 s
+    assert [create(2, at=MINUTE + 52) for _ in range(20)] == [None] * 20  # slice 50-55 s
+    refused = create(2, at=MINUTE + 58)
     assert refused is not None
-    # The next window starts with the last one's 50 counted in full, sliding out over a minute:
-    # one more fits once 1/50 of it has gone, 21.2 s from now.
-    assert refused.wait() == pytest.approx(21.2)
-    assert create(2, at=MINUTE + 60.5) is not None  # no new budget at the window's start
-    assert create(2, at=MINUTE + 40 + 21.3) is None
-    assert create(2, at=MINUTE + 40 + 21.4) is not None  # that one slot, and no more yet
-    assert create(3, at=MINUTE + 40) is None  # every user has a budget of their own
+    # The 30 of 31 s leave with their slice, a minute after its end: 35 + 60 - 58 = 37 s.
+    assert refused.wait() == pytest.approx(37)
+    assert create(2, at=MINUTE + 80) is not None  # no budget back at the minute's turn
+    assert create(2, at=MINUTE + 94.9) is not None
+    # At 95 s the first 30 have left the window; the 20 of 52 s have not.
+    outcomes = [create(2, at=MINUTE + 95) for _ in range(31)]
+    assert outcomes[:30] == [None] * 30 and outcomes[30] is not None
+    assert create(3, at=MINUTE + 58) is None  # every user has a budget of their own
 
 
 def test_refused_creates_do_not_use_up_the_budget():
@@ -71,5 +73,5 @@ def test_refused_creates_do_not_use_up_the_budget():
         assert create(4, at=MINUTE + 1) is None
     for _ in range(20):
         assert create(4, at=MINUTE + 2) is not None
-    # Two minutes on, nothing of that minute is left, refused creates included.
-    assert [create(4, at=MINUTE + 120) for _ in range(50)] == [None] * 50
+    # Once the slice of the 50 has left the window, the budget is whole again.
+    assert [create(4, at=MINUTE + 65) for _ in range(50)] == [None] * 50
