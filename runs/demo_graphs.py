@@ -34,9 +34,9 @@ def _last_content(state: EchoState) -> str:
     return _content(messages[-1]) if messages else ""
 
 
-# Sync, though under astream a sync function is sent to a thread of the loop's executor: a
-# thread state update (POST /threads/{id}/state) runs the graph's branches synchronously.
-def _route(state: EchoState) -> str:
+# Async like the nodes: under astream a sync function is sent to a thread of the loop's executor,
+# a visible share of a run as short as echo's. (Thread state updates use aupdate_state.)
+async def _route(state: EchoState) -> str:
     return "fail" if _last_content(state) == "fail" else "echo"
 
 

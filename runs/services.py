@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, TypeVar
 
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Max, Model, QuerySet
@@ -683,7 +684,11 @@ def thread_state_update(
     if Run.objects.filter(thread=thread, status=RunStatus.RUNNING).exists():
         raise Conflict("Thread is busy: a run is running. Wait for it or cancel it first.")
     try:
-        new_config = graph.update_state(thread_config(thread, checkpoint), values, as_node=as_node)
+        # The async twin, so that a graph whose branches or writers are async (echo's route, a
+        # user's) can be updated too; sync ones run in an executor there.
+        new_config = async_to_sync(graph.aupdate_state)(
+            thread_config(thread, checkpoint), values, as_node=as_node
+        )
     except (InvalidUpdateError, ValueError, KeyError, TypeError) as exc:
         # An unknown as_node, values the state's channels reject, an ambiguous update...
         raise BadRequest(str(exc) or type(exc).__name__) from None
