@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 
 from django.db import router, transaction
 from django_q.brokers import Broker, get_broker
@@ -19,19 +20,31 @@ logger = logging.getLogger(__name__)
 # one. One per process, not per thread: under ASGI every request runs in a thread of its own, so a
 # thread-local broker was a new connection per request. Keyed by pid so a forked worker builds
 # its own. Both brokers are thread-safe (Redis: a connection pool; ORM: Django's connections).
+# Shared by executions and runs (``runs.dispatch``).
 _brokers: dict[int, Broker] = {}
+_brokers_lock = threading.Lock()
 
 
 def shared_broker() -> Broker:
     """This process's broker, for ``async_task(..., broker=shared_broker())``."""
     broker = _brokers.get(os.getpid())
     if broker is None:
-        broker = _brokers[os.getpid()] = get_broker()
+        with _brokers_lock:
+            broker = _brokers.get(os.getpid())
+            if broker is None:
+                broker = _brokers[os.getpid()] = get_broker()
     return broker
 
 
-def _forget_broker() -> None:
+def forget_broker() -> None:
+    """After a broker failure: the next ``shared_broker()`` builds a new one."""
     _brokers.pop(os.getpid(), None)
+
+
+def queue_shares_database(model: type) -> bool:
+    """Whether queue messages are rows of the database ``model`` is written to (the ORM broker),
+    so that they can be inserted in the transaction that writes the object they carry."""
+    return bool(Conf.ORM) and not Conf.SYNC and Conf.ORM == router.db_for_write(model)
 
 
 def _task_options(execution: Execution) -> dict:
@@ -62,12 +75,8 @@ def enqueue_execution(execution: Execution) -> None:
     try:
         _async_task(execution)
     except Exception:
-        _forget_broker()
+        forget_broker()
         logger.exception("could not enqueue execution %s; it stays pending", execution.pk)
-
-
-def _queue_is_in_the_same_database(execution: Execution) -> bool:
-    return bool(Conf.ORM) and not Conf.SYNC and Conf.ORM == router.db_for_write(type(execution))
 
 
 def enqueue_execution_on_commit(execution: Execution) -> None:
@@ -87,7 +96,7 @@ def enqueue_execution_on_commit(execution: Execution) -> None:
     """
     if transaction.get_autocommit(router.db_for_write(type(execution))):
         enqueue_execution(execution)
-    elif _queue_is_in_the_same_database(execution):
+    elif queue_shares_database(type(execution)):
         _async_task(execution)
     else:
         transaction.on_commit(lambda: enqueue_execution(execution))
@@ -98,5 +107,5 @@ def broker_queue_size() -> int:
     try:
         return shared_broker().queue_size() or 0
     except Exception:
-        _forget_broker()
+        forget_broker()
         raise

@@ -10,41 +10,17 @@ too early only makes its worker give up until the next dispatch.
 from __future__ import annotations
 
 import logging
-import threading
 from uuid import UUID
 
 from django.db import router, transaction
 from django.utils import timezone
-from django_q.brokers import Broker, get_broker
-from django_q.conf import Conf
+from django_q.brokers import Broker
 from django_q.tasks import async_task
 
+from executions.queueing import forget_broker, queue_shares_database, shared_broker
 from runs.models import Run, RunStatus
 
 logger = logging.getLogger(__name__)
-
-_broker_lock = threading.Lock()
-_shared_broker: Broker | None = None
-
-
-def _broker() -> Broker:
-    # async_task opens a new broker (a new Redis connection) per call unless handed one. One per
-    # process, not per thread: under ASGI every request runs its sync code in a thread of its
-    # own, so a broker per thread was a new Redis connection (and client setup) per run created.
-    # The Redis client pools its connections across threads; the ORM broker holds none.
-    global _shared_broker
-    with _broker_lock:
-        if _shared_broker is None:
-            _shared_broker = get_broker()
-        return _shared_broker
-
-
-def _broker_failed(broker: Broker) -> None:
-    global _shared_broker
-    with _broker_lock:
-        if _shared_broker is broker:
-            _shared_broker = None
-
 
 def _async_task(run_id: UUID | str, broker: Broker) -> None:
     async_task("runs.tasks.run_execute", str(run_id), broker=broker, task_name=f"run-{run_id}", group="runs")
@@ -53,18 +29,11 @@ def _async_task(run_id: UUID | str, broker: Broker) -> None:
 def run_enqueue(run_id: UUID | str) -> None:
     """Queue ``run_id`` for a worker now. A broker failure leaves the run pending, to be found by
     the next dispatch of its thread (or a recovery sweep), so it is logged rather than raised."""
-    broker = None
     try:
-        broker = _broker()
-        _async_task(run_id, broker)
+        _async_task(run_id, shared_broker())
     except Exception:
-        if broker is not None:
-            _broker_failed(broker)
+        forget_broker()
         logger.exception("could not enqueue run %s; it stays pending", run_id)
-
-
-def _queue_is_in_the_runs_database() -> bool:
-    return bool(Conf.ORM) and not Conf.SYNC and Conf.ORM == router.db_for_write(Run)
 
 
 class _PackageTaker:
@@ -82,7 +51,7 @@ def run_task_package(run_id: UUID | str) -> str | None:
     """The queue message of ``run_id``, built (pickled and signed by django-q2's ``async_task``)
     ahead of the transaction that will insert it; None where the message is not inserted in a
     transaction (Redis: sent after the commit, built then)."""
-    if not _queue_is_in_the_runs_database():
+    if not queue_shares_database(Run):
         return None
     taker = _PackageTaker()
     _async_task(run_id, taker)  # type: ignore[arg-type]
@@ -102,11 +71,11 @@ def run_enqueue_on_commit(run_id: UUID | str, *, package: str | None = None) -> 
     ``on_commit``. ``package``: the message from ``run_task_package``, built ahead."""
     if transaction.get_autocommit(router.db_for_write(Run)):
         run_enqueue(run_id)
-    elif _queue_is_in_the_runs_database():
+    elif queue_shares_database(Run):
         if package is None:
-            _async_task(run_id, _broker())
+            _async_task(run_id, shared_broker())
         else:
-            _broker().enqueue(package)
+            shared_broker().enqueue(package)
     else:
         transaction.on_commit(lambda: run_enqueue(run_id))
 

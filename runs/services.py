@@ -64,6 +64,7 @@ from runs.models import (
 )
 from runs.serializers import run_json
 from runs.wakeups import run_changed, thread_changed
+from runs.worker_sql import can_return, column, prep, table
 
 logger = logging.getLogger(__name__)
 
@@ -819,17 +820,8 @@ def _run_kwargs(
 #
 # Creating a run is the API's hottest write. Composing its statements with the ORM (filters, the
 # insert compiler, Model.save) cost the server more CPU than the database spent running them, so
-# they are written out once from the models' tables and columns, as the worker's claim is
-# (``runs.tasks``); values still go through each field's own ``get_db_prep_save``.
-
-
-def _quoted(model: type[Model], field: str | None = None) -> str:
-    name = model._meta.db_table if field is None else model._meta.get_field(field).column
-    return connection.ops.quote_name(name)
-
-
-def _prep(model: type[Model], field: str, value: Any, db: Any) -> Any:
-    return model._meta.get_field(field).get_db_prep_value(value, db)
+# they are written out once from the models' tables and columns with ``runs.worker_sql``'s helpers,
+# as the worker's statements are; values still go through each field's own ``get_db_prep_save``.
 
 
 @cache
@@ -839,7 +831,7 @@ def _insert_sql(model: type[Model], vendor: str, ignore_conflicts: bool) -> str:
     columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
     suffix = connection.ops.on_conflict_suffix_sql(fields, on_conflict, None, None)
     return (
-        f"{connection.ops.insert_statement(on_conflict=on_conflict)} {_quoted(model)} ({columns}) "
+        f"{connection.ops.insert_statement(on_conflict=on_conflict)} {table(model)} ({columns}) "
         f"VALUES ({', '.join(['%s'] * len(fields))}) {suffix}"
     ).rstrip()
 
@@ -868,19 +860,19 @@ def _run_probes_sql(count_active: bool) -> str:
     """The owner's pending and running runs (0 when uncapped), and whether the run's assistant is
     still there."""
     active = (
-        f"(SELECT COUNT(*) FROM {_quoted(Run)} WHERE {_quoted(Run, 'owner')} = %s "
-        f"AND {_quoted(Run, 'status')} IN (%s, %s))"
+        f"(SELECT COUNT(*) FROM {table(Run)} WHERE {column(Run, 'owner')} = %s "
+        f"AND {column(Run, 'status')} IN ({', '.join(['%s'] * len(RunStatus.active()))}))"
         if count_active else "0"
     )
     assistant = (
-        f"EXISTS (SELECT 1 FROM {_quoted(Assistant)} WHERE {_quoted(Assistant, 'assistant_id')} = %s)"
+        f"EXISTS (SELECT 1 FROM {table(Assistant)} WHERE {column(Assistant, 'assistant_id')} = %s)"
     )
     return f"{active}, {assistant}"
 
 
-def _run_probes_params(owner: Any, assistant: Assistant, count_active: bool, db: Any) -> list[Any]:
+def _run_probes_params(owner: Any, assistant: Assistant, count_active: bool) -> list[Any]:
     active = [owner.pk, *RunStatus.active()] if count_active else []
-    return [*active, _prep(Assistant, "assistant_id", assistant.pk, db)]
+    return [*active, prep(Assistant, "assistant_id", assistant.pk)]
 
 
 @cache
@@ -893,29 +885,29 @@ def _thread_busy_sql(vendor: str, count_active: bool, returning: bool) -> str:
     """Marks an owner's thread busy; with ``returning``, also answers its metadata and the run's
     probes. The UPDATE locks the row, as ``select_for_update`` did, until the run is in."""
     update = (
-        f"UPDATE {_quoted(Thread)} SET {_quoted(Thread, 'status')} = %s, "
-        f"{_quoted(Thread, 'updated_at')} = %s "
-        f"WHERE {_quoted(Thread, 'thread_id')} = %s AND {_quoted(Thread, 'owner')} = %s"
+        f"UPDATE {table(Thread)} SET {column(Thread, 'status')} = %s, "
+        f"{column(Thread, 'updated_at')} = %s "
+        f"WHERE {column(Thread, 'thread_id')} = %s AND {column(Thread, 'owner')} = %s"
     )
     if not returning:
         return update
-    return f"{update} RETURNING {_quoted(Thread, 'metadata')}, {_run_probes_sql(count_active)}"
+    return f"{update} RETURNING {column(Thread, 'metadata')}, {_run_probes_sql(count_active)}"
 
 
 @cache
 def _thread_read_sql(vendor: str, count_active: bool) -> str:
     """``_thread_busy_sql``'s answer without RETURNING (SQLite before 3.35), read first."""
     return (
-        f"SELECT {_quoted(Thread, 'metadata')}, {_run_probes_sql(count_active)} FROM {_quoted(Thread)} "
-        f"WHERE {_quoted(Thread, 'thread_id')} = %s AND {_quoted(Thread, 'owner')} = %s"
+        f"SELECT {column(Thread, 'metadata')}, {_run_probes_sql(count_active)} FROM {table(Thread)} "
+        f"WHERE {column(Thread, 'thread_id')} = %s AND {column(Thread, 'owner')} = %s"
     )
 
 
 @cache
 def _thread_metadata_sql(vendor: str) -> str:
     return (
-        f"UPDATE {_quoted(Thread)} SET {_quoted(Thread, 'metadata')} = %s "
-        f"WHERE {_quoted(Thread, 'thread_id')} = %s"
+        f"UPDATE {table(Thread)} SET {column(Thread, 'metadata')} = %s "
+        f"WHERE {column(Thread, 'thread_id')} = %s"
     )
 
 
@@ -952,7 +944,7 @@ def _thread_for_run(
     creating it first when asked (a stateless run's is new and temporary): 429 over the
     active-runs cap, then 404 when the thread is not the owner's."""
     db, count_active = cursor.db, bool(settings.RUNS_MAX_ACTIVE_PER_USER)
-    probes = _run_probes_params(owner, assistant, count_active, db)
+    probes = _run_probes_params(owner, assistant, count_active)
     assigned = {"graph_id": assistant.graph_id, "assistant_id": str(assistant.pk)}
     if stateless:
         cursor.execute(_run_probes_only_sql(db.vendor, count_active), probes)
@@ -968,9 +960,9 @@ def _thread_for_run(
     if create:
         # INSERT .. ON CONFLICT DO NOTHING: concurrent creates of one thread id never fail.
         _insert(cursor, Thread(thread_id=thread_pk, owner=owner), ignore_conflicts=True)
-    where = [_prep(Thread, "thread_id", thread_pk, db), owner.pk]
-    busy = [ThreadStatus.BUSY, _prep(Thread, "updated_at", now, db), *where]
-    returning = db.features.can_return_columns_from_insert
+    where = [prep(Thread, "thread_id", thread_pk), owner.pk]
+    busy = [ThreadStatus.BUSY, prep(Thread, "updated_at", now), *where]
+    returning = can_return()
     if returning:
         cursor.execute(_thread_busy_sql(db.vendor, count_active, True), busy + probes)
         row = cursor.fetchone()

@@ -12,10 +12,9 @@ read back in a second statement.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cache, lru_cache
 from typing import Any

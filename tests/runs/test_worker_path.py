@@ -148,8 +148,8 @@ def test_a_run_wakes_its_waiters_once_and_its_stream_readers_as_it_goes(alice, t
 
 
 def test_the_run_status_version_moves_with_the_status_not_with_events(alice, thread):
-    from runs.wakeups import RUN_STATUS_KIND
     from project.event_hub import _version_probes
+    from runs.wakeups import RUN_STATUS_KIND
 
     probe = _version_probes[RUN_STATUS_KIND]
     run = create(alice, thread, **echo_input("hi"))
@@ -162,18 +162,19 @@ def test_the_run_status_version_moves_with_the_status_not_with_events(alice, thr
     assert probe(["01a20786-0000-7000-8000-000000000000"]) == {}  # gone
 
 
-def test_runs_are_queued_through_one_broker_whatever_the_thread():
+def test_runs_are_queued_through_one_broker_whatever_the_thread(monkeypatch):
     # Under ASGI each request runs in a thread of its own: a broker per thread was a new Redis
-    # connection per run created.
-    import threading
+    # connection per run created. Runs and executions share the process's one broker.
+    from executions import queueing
 
-    brokers = []
-    threads = [threading.Thread(target=lambda: brokers.append(dispatch._broker())) for _ in range(3)]
+    used = []
+    monkeypatch.setattr(dispatch, "async_task", lambda *args, broker, **kwargs: used.append(broker))
+    threads = [threading.Thread(target=dispatch.run_enqueue, args=(f"run-{n}",)) for n in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len({id(b) for b in brokers}) == 1 and brokers[0] is dispatch._broker()
+    assert len(used) == 3 and all(broker is queueing.shared_broker() for broker in used)
 
 
 def test_a_run_with_durability_sync_stores_each_checkpoint_and_ends_as_any(alice, thread):
