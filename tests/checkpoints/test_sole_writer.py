@@ -25,6 +25,20 @@ async def sole_writer_saver() -> AsyncIterator[DjangoCheckpointSaver]:
     yield DjangoCheckpointSaver().sole_writer()
 
 
+def newer_checkpoint() -> dict:
+    """An empty checkpoint whose id sorts after those of every checkpoint made before it."""
+    checkpoint = empty_checkpoint()
+    checkpoint["id"] = str(uuid6(clock_seq=-1))
+    return checkpoint
+
+
+async def submit_in_sync_thread(work, *, write: bool):
+    """A sole writer's ``submit`` that just runs the work, in asgiref's sync thread."""
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(work, thread_sensitive=True)()
+
+
 class InOrder:
     """Runs submitted and posted work in the sync thread one after the other, in order: what a
     worker's ``RunWrites`` guarantees, without its batching."""
@@ -120,8 +134,7 @@ def test_writes_that_arrive_before_their_checkpoint_are_kept_for_it(saver):
     # With durability="async" LangGraph does not wait for a put before putting writes on it.
     writer = saver.sole_writer()
     first = put(writer, "t")
-    checkpoint = empty_checkpoint()
-    checkpoint["id"] = str(uuid6(clock_seq=-1))
+    checkpoint = newer_checkpoint()
     ahead = {"configurable": {"thread_id": "t", "checkpoint_ns": "", "checkpoint_id": checkpoint["id"]}}
     writer.put_writes(ahead, [("ch", 1)], "task")
     writer.put(first, checkpoint, {"source": "loop", "step": 1}, {})
@@ -232,8 +245,7 @@ def test_a_submitter_runs_the_work_of_async_calls_and_only_committed_writes_are_
     async def calls() -> None:
         stored = await writer.aget_tuple(kept)
         roll_back[0] = True
-        checkpoint = empty_checkpoint()
-        checkpoint["id"] = str(uuid6(clock_seq=-1))
+        checkpoint = newer_checkpoint()
         await writer.aput(kept, checkpoint, {"source": "loop", "step": 1}, {})
         roll_back[0] = False
         # Neither in the database nor remembered: the latest is still the kept one.
@@ -279,8 +291,7 @@ def test_async_reads_wait_for_the_writes_under_way_and_need_no_trip(saver):
     writer = saver.sole_writer(submit=submit)
     kept = put(saver, "t")
     latest = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
-    checkpoint = empty_checkpoint()
-    checkpoint["id"] = str(uuid6(clock_seq=-1))
+    checkpoint = newer_checkpoint()
 
     writer.prime("t")  # as a worker does, from its own thread
 
@@ -301,19 +312,15 @@ def test_posted_saves_return_at_once_and_are_answered_once_stored(saver):
 
     queue: list = []
 
-    async def submit(work, *, write):
-        return await sync_to_async(work, thread_sensitive=True)()
-
     def post(work):
         future = asyncio.get_running_loop().create_future()
         queue.append((work, future))
         return future
 
-    writer = saver.sole_writer(submit=submit, post=post)
+    writer = saver.sole_writer(submit=submit_in_sync_thread, post=post)
     kept = put(saver, "t")
     latest = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
-    checkpoint = empty_checkpoint()
-    checkpoint["id"] = str(uuid6(clock_seq=-1))
+    checkpoint = newer_checkpoint()
 
     async def calls() -> None:
         returned = await writer.aput(kept, checkpoint, {"source": "loop", "step": 1}, {})
@@ -334,19 +341,14 @@ def test_posted_saves_return_at_once_and_are_answered_once_stored(saver):
 def test_a_refused_posted_save_leaves_no_save_under_way(saver):
     # The run's writer refuses posts once its writes failed; a read waiting for the saves under
     # way must not wait for the refused one (it hung a worker forever).
-    from asgiref.sync import sync_to_async
-
-    async def submit(work, *, write):
-        return await sync_to_async(work, thread_sensitive=True)()
 
     def post(work):
         raise ValueError("the run's writes failed")
 
-    writer = saver.sole_writer(submit=submit, post=post)
+    writer = saver.sole_writer(submit=submit_in_sync_thread, post=post)
     kept = put(saver, "t")
     latest = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
-    checkpoint = empty_checkpoint()
-    checkpoint["id"] = str(uuid6(clock_seq=-1))
+    checkpoint = newer_checkpoint()
 
     async def calls() -> None:
         with pytest.raises(ValueError, match="writes failed"):
