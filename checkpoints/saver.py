@@ -162,7 +162,11 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
         self, submit: Submit | None = None, post: Post | None = None
     ) -> DjangoCheckpointSaver:
         assert post is None or submit is not None, "post comes with submit"
-        saver = DjangoCheckpointSaver(serde=self.serde, using=self.using)
+        # A copy rather than a new saver: BaseCheckpointSaver.__init__ checks its serde against
+        # a runtime Protocol, a visible cost for a worker that makes one sole writer per run.
+        saver = copy.copy(self)
+        saver._writes_in_flight = 0
+        saver._writes_idle = None
         saver._memo = _LatestMemo()
         saver._submit = submit
         saver._post = post

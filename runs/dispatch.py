@@ -23,7 +23,12 @@ from runs.models import Run, RunStatus
 logger = logging.getLogger(__name__)
 
 def _async_task(run_id: UUID | str, broker: Broker) -> None:
-    async_task("runs.tasks.run_execute", str(run_id), broker=broker, task_name=f"run-{run_id}", group="runs")
+    # The function itself, not its dotted path: a worker then unpickles a reference instead of
+    # locating the path module by module (pydoc.locate) for every run. Imported here because
+    # runs.tasks imports this module.
+    from runs.tasks import run_execute
+
+    async_task(run_execute, str(run_id), broker=broker, task_name=f"run-{run_id}", group="runs")
 
 
 def run_enqueue(run_id: UUID | str) -> None:

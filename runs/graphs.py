@@ -149,24 +149,20 @@ def graph_get(graph_id: str, *, checkpointer: BaseCheckpointSaver | None = None)
     return graph
 
 
-_memory_saver: BaseCheckpointSaver | None = None
-
-
+@cache
 def checkpointer() -> BaseCheckpointSaver:
-    """The saver every thread's checkpoints go through: ours on Django models.
+    """The saver every thread's checkpoints go through: ours on Django models, one per process
+    (it keeps no state between calls; a worker's run takes a ``sole_writer()`` copy).
 
     Falls back to a process-local in-memory saver while the ``checkpoints`` app is absent, which
     only works when the API and the graph run in one process (unit tests).
     """
-    global _memory_saver
     try:
         from checkpoints.saver import DjangoCheckpointSaver
     except ImportError:
-        if _memory_saver is None:
-            from langgraph.checkpoint.memory import InMemorySaver
+        from langgraph.checkpoint.memory import InMemorySaver
 
-            _memory_saver = InMemorySaver()
-        return _memory_saver
+        return InMemorySaver()
     return DjangoCheckpointSaver()
 
 
