@@ -1,6 +1,6 @@
 """Wake stream readers up when a job appends events.
 
-Writers call ``publish_on_commit(channel)`` after appending events; readers (async SSE views)
+Writers call ``publish_on_commit(*channels)`` after appending events; readers (async SSE views)
 ``watch(channel)`` and await new events. Event rows in the database are the only data; a wake-up
 carries nothing but "look again", so a lost one costs latency, never an event.
 
@@ -32,7 +32,10 @@ from project.async_db import in_executor
 
 logger = logging.getLogger(__name__)
 
-CHANNEL_PREFIX = "agentjobs:events:"
+# The one Redis channel every wake-up goes by; its message names the hub channels woken.
+WAKEUP_CHANNEL = "agentjobs:wakeups"
+# Between channel names in a wake-up (they are "kind:id", never with a newline).
+CHANNEL_SEPARATOR = "\n"
 
 # kind -> function(ids) -> {id: version}; a version grows whenever the job gets a new event.
 VersionProbe = Callable[[list[str]], dict[str, int]]
@@ -65,23 +68,37 @@ def _local_role() -> str:
     return local_wakeups.role("hub", *local_wakeups.database_scope())
 
 
-def publish(channel: str) -> None:
+def publish(*channels: str) -> None:
+    """Wake the readers of ``channels``: one message for all of them (a run's end wakes its
+    status, its stream and its thread's: one Redis PUBLISH, or one datagram, and one message for
+    every hub to read, not three)."""
+    if not channels:
+        return
+    payload = CHANNEL_SEPARATOR.join(channels).encode()
     if not settings.REDIS_URL:
         # Readers also poll the database: without local wake-ups that is all they have.
-        local_wakeups.send(_local_role(), channel.encode())
+        if len(payload) <= local_wakeups.MAX_PAYLOAD_BYTES:
+            local_wakeups.send(_local_role(), payload)
+        else:  # a datagram that long would arrive cut short
+            for channel in channels:
+                local_wakeups.send(_local_role(), channel.encode())
         return
     from project.redis_pool import redis_client
 
     try:
         # The process's pool, not a client per thread: under ASGI that was a connection per request.
         # A failed command drops its connection; the pool opens a fresh one next time.
-        redis_client(settings.REDIS_URL).publish(CHANNEL_PREFIX + channel, b"")
+        redis_client(settings.REDIS_URL).publish(WAKEUP_CHANNEL, payload)
     except Exception:  # readers fall back to their database poll
-        logger.warning("could not publish a wake-up on %s", channel, exc_info=True)
+        logger.warning("could not publish a wake-up on %s", ", ".join(channels), exc_info=True)
 
 
-def publish_on_commit(channel: str) -> None:
-    transaction.on_commit(lambda: publish(channel))
+def publish_on_commit(*channels: str) -> None:
+    transaction.on_commit(lambda: publish(*channels))
+
+
+def _channels(payload: bytes) -> list[str]:
+    return payload.decode(errors="replace").split(CHANNEL_SEPARATOR)
 
 
 # --- readers --------------------------------------------------------------------------------------
@@ -189,7 +206,7 @@ class Hub:
             # may have lost its wake-up, so every reader looks again.
             self._wake(list(self._watchers))
             return
-        self._wake({message.decode(errors="replace") for message in messages})
+        self._wake({channel for message in messages for channel in _channels(message)})
 
     async def _run(self, listener: local_wakeups.Listener | None = None) -> None:
         if listener is None:
@@ -263,14 +280,13 @@ class Hub:
             client = aioredis.Redis.from_url(settings.REDIS_URL)
             pubsub = client.pubsub()
             try:
-                await pubsub.psubscribe(CHANNEL_PREFIX + "*")
+                await pubsub.subscribe(WAKEUP_CHANNEL)
                 # Something may have happened while we were not subscribed.
                 self._wake(list(self._watchers))
                 while self._watchers:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None:
-                        channel = message["channel"].decode()[len(CHANNEL_PREFIX):]
-                        self._wake([channel])
+                        self._wake(_channels(message["data"]))
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -54,6 +54,8 @@ def _queue_limit() -> int:
 
 
 QUEUE_LIMIT = _queue_limit()
+# What a listener reads of a datagram: a longer payload arrives cut short.
+MAX_PAYLOAD_BYTES = 4096
 
 
 def _machine() -> str:
@@ -318,7 +320,7 @@ class Listener:
         received = []
         while len(received) < limit:
             try:
-                received.append(self._sock.recv(4096))
+                received.append(self._sock.recv(MAX_PAYLOAD_BYTES))
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:

@@ -40,17 +40,21 @@ def thread_channel(thread_id: UUID | str) -> str:
 def run_changed(run_id: UUID | str, thread_id: UUID | str | None = None) -> None:
     """Wake the readers of a run (and of its thread) once the current transaction commits: it
     may have ended, been cancelled or be gone."""
-    publish_on_commit(run_status_channel(run_id))
-    run_progressed(run_id, thread_id)
+    publish_on_commit(run_status_channel(run_id), *_progress_channels(run_id, thread_id))
 
 
 def run_progressed(run_id: UUID | str, thread_id: UUID | str | None = None) -> None:
     """Wake the stream readers of a run (and of its thread) once the current transaction commits:
     it started or stored events, nothing a /wait waits for. Those read the run's row at every
     wake-up, and a run's progress would wake them several times for nothing."""
-    publish_on_commit(run_channel(run_id))
+    publish_on_commit(*_progress_channels(run_id, thread_id))
+
+
+def _progress_channels(run_id: UUID | str, thread_id: UUID | str | None) -> list[str]:
+    channels = [run_channel(run_id)]
     if thread_id is not None:
-        publish_on_commit(thread_channel(thread_id))
+        channels.append(thread_channel(thread_id))
+    return channels
 
 
 def thread_changed(thread_id: UUID | str) -> None:

@@ -39,6 +39,23 @@ def test_a_reader_that_comes_after_the_last_one_left_is_still_woken_through_redi
     assert async_to_sync(scenario)() < 1.0
 
 
+@pytest.mark.skipif(not settings.REDIS_URL, reason="needs REDIS_URL (runs in CI's PostgreSQL + Redis pass)")
+def test_one_publish_through_redis_wakes_the_readers_of_each_channel_it_names():
+    async def scenario() -> None:
+        async with (
+            event_hub.watch("hubtest:run") as run, event_hub.watch("hubtest:thread") as thread,
+            event_hub.watch("hubtest:other") as other,
+        ):
+            await asyncio.sleep(0.3)  # let the listener subscribe (which wakes every reader)
+            for watcher in (run, thread, other):
+                watcher.arm()
+            await sync_to_async(event_hub.publish)("hubtest:run", "hubtest:thread")
+            assert await run.wait(1.5) and await thread.wait(1.5)
+            assert not await other.wait(0.3)
+
+    async_to_sync(scenario)()
+
+
 # --- the hub's lifecycle ----------------------------------------------------------------------------
 
 

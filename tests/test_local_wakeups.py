@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings as django_settings
 from django.db import connections
 from django.utils import timezone
@@ -217,6 +217,27 @@ def test_a_stream_reader_is_woken_by_a_publish_from_another_process(wakeups_dir,
 
     assert async_to_sync(scenario)() < 0.5
     assert sockets(wakeups_dir) == []  # the hub's socket went with its loop
+
+
+@needs_no_redis
+def test_one_publish_wakes_the_readers_of_each_channel_it_names(wakeups_dir, settings, db):
+    settings.EVENT_HUB_POLL_INTERVAL = 60
+    many = [f"hubtest:many-{i:04}" for i in range(300)]  # longer than one datagram carries
+
+    async def scenario() -> None:
+        async with (
+            event_hub.watch("hubtest:run") as run, event_hub.watch("hubtest:thread") as thread,
+            event_hub.watch("hubtest:other") as other, event_hub.watch(many[-1]) as last,
+        ):
+            for watcher in (run, thread, other, last):
+                watcher.arm()
+            await sync_to_async(event_hub.publish)("hubtest:run", "hubtest:thread")
+            assert await run.wait(5) and await thread.wait(5)
+            assert not await other.wait(0.3)
+            await sync_to_async(event_hub.publish)(*many)
+            assert await last.wait(5)
+
+    async_to_sync(scenario)()
 
 
 @needs_no_redis
