@@ -2,6 +2,7 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
-from project.asgi_handler import get_application  # noqa: E402  (settings module first)
+# Imported once the settings module is set: the handler's module sets Django up.
+from project.asgi_handler import get_application
 
 application = get_application()
