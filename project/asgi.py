@@ -2,7 +2,7 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
-# Imported once the settings module is set: the handler's module sets Django up.
+# After the settings module is chosen: get_application() sets Django up with it.
 from project.asgi_handler import get_application
 
 application = get_application()
