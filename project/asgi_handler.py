@@ -15,7 +15,6 @@ still runs on one thread per request, as Django requires: the view, the response
 
 from __future__ import annotations
 
-import inspect
 import threading
 import time
 from collections.abc import Callable
@@ -31,10 +30,6 @@ from django.core.handlers.base import BaseHandler
 # stream) holds its thread, as each held one of its own before.
 IDLE_THREADS_MAX = 32
 IDLE_THREAD_SECONDS = 2.0
-
-# asgiref 3.13 lets a context be given its executor; before that, each request starts its thread.
-_CONTEXT_TAKES_EXECUTOR = "executor" in inspect.signature(ThreadSensitiveContext).parameters
-
 
 class RequestExecutor(ThreadPoolExecutor):
     """One thread, which knows when nothing submitted to it is left to run."""
@@ -131,10 +126,6 @@ class PooledThreadASGIHandler(ASGIHandler):
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
-        if not _CONTEXT_TAKES_EXECUTOR:
-            async with ThreadSensitiveContext():
-                await self.handle(scope, receive, send)
-            return
         executor = self.executors.take()
         try:
             async with ThreadSensitiveContext(executor=executor):
