@@ -18,8 +18,9 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from executions.queueing import broker_queue_size
-from runs import dispatch, services
+from runs import dispatch
 from runs.models import Run, RunStatus
+from runs.services.threads import thread_refresh_status
 from runs.tasks import Outcome, final_events
 from runs.wakeups import run_changed
 from runs.worker_sql import events_insert
@@ -54,7 +55,7 @@ def runs_reap_stale(*, heartbeat_timeout: float | None = None) -> int:
                     final_events(run.pk, Outcome(RunStatus.ERROR, result={"__error__": error}, error=error)),
                 )
             run_changed(run.pk, run.thread_id)
-            services.thread_refresh_status(thread_id=run.thread_id)
+            thread_refresh_status(thread_id=run.thread_id)
             transaction.on_commit(lambda thread_id=run.thread_id: dispatch.thread_dispatch_next(thread_id))
         reaped += 1
     return reaped

@@ -40,10 +40,14 @@ from django_q.exceptions import TimeoutException
 from langgraph.types import Command
 
 from project.sse import encode_data
-from runs import dispatch, services, worker_sql
+from runs import dispatch, worker_sql
 from runs.graphs import GraphLoadError, GraphNotFound, checkpointer, graph_get
 from runs.jsonable import to_json, to_json_encoded
 from runs.models import CancelAction, Run, RunEvent, RunStatus, Thread
+from runs.selectors import state_json
+from runs.services.runs import run_delete_checkpoints
+from runs.services.state import thread_state_fields
+from runs.services.threads import temporary_thread_discard
 from runs.stream_modes import GRAPH_MODE, MessagesV1, event_name
 from runs.wakeups import run_changed, run_progressed
 
@@ -475,7 +479,7 @@ class RunDriver:
     async def _state(self, graph: Any) -> dict:
         thread_config = {"configurable": {"thread_id": str(self.run.thread_id), "checkpoint_ns": ""}}
         snapshot = await graph.aget_state(thread_config)
-        return services.state_json(snapshot)
+        return state_json(snapshot)
 
     async def drive(self) -> Outcome:
         """The graph's run; what it wrote is stored, but for its last events (``unwritten()``),
@@ -524,7 +528,7 @@ class RunDriver:
         if self.stop_reason in (CancelAction.ROLLBACK, "deleted"):
             await asyncio.gather(task, return_exceptions=True)
             await self.writes.drain()  # no checkpoint of the run may land after the deletion
-            await sync_to_async(services.run_delete_checkpoints)(run_ids=[self.run.pk])
+            await sync_to_async(run_delete_checkpoints)(run_ids=[self.run.pk])
             if hasattr(saver, "forget"):
                 saver.forget()  # what it remembers was just deleted
             return Outcome(self.stop_reason, state=await self._state(graph))
@@ -619,18 +623,18 @@ def finish(
                 transaction.on_commit(lambda: dispatch.run_enqueue(next_run_id))
     if not thread_exists:
         # The thread was deleted while the graph ran; drop what the graph wrote since.
-        services.temporary_thread_discard(thread_id=thread_id)
+        temporary_thread_discard(thread_id=thread_id)
     elif on_completion == "delete":
-        services.temporary_thread_discard(thread_id=thread_id)
+        temporary_thread_discard(thread_id=thread_id)
 
 
 def _thread_fields(outcome: Outcome, now) -> dict[str, Any]:
     """The thread's fields after a run (for ``worker_sql.thread_update``), what
-    ``services.thread_store_state`` records; its values already encoded."""
+    ``runs.services.state.thread_store_state`` records; its values already encoded."""
     if outcome.state is None:
         return {"updated_at": now}
     error = outcome.error if outcome.kind == RunStatus.ERROR else None
-    fields = services.thread_state_fields(state=outcome.state, error=error, now=now)
+    fields = thread_state_fields(state=outcome.state, error=error, now=now)
     if "values" in fields:
         fields["values"] = worker_sql.Prepared(worker_sql.prep(Thread, "values", fields["values"]))
     return fields

@@ -1,0 +1,424 @@
+"""Writes of runs: create (idempotent, by assistant id or graph id, on a thread or stateless),
+take over a stateless run's temporary thread, delete.
+
+A run create decides against its thread with the thread row locked (``select_for_update``; on
+SQLite the IMMEDIATE transaction holds the database write lock), so concurrent run creates on
+one thread are serialized by the database: with ``reject`` exactly one of them wins whatever the
+number of processes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import uuid
+from datetime import datetime, timedelta
+from functools import cache
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Model
+from django.db.models.constants import OnConflict
+from django.utils import timezone
+
+from project.errors import TooManyActive
+from runs import dispatch
+from runs.errors import (
+    MULTITASK_REJECTED,
+    THREAD_OR_ASSISTANT_NOT_FOUND,
+    BadRequest,
+    Conflict,
+    NotFound,
+)
+from runs.graphs import checkpointer, graph_ids, system_assistants_ensure
+from runs.models import (
+    Assistant,
+    DiscardedRun,
+    MultitaskStrategy,
+    Run,
+    RunStatus,
+    Thread,
+    ThreadStatus,
+    uuid7,
+)
+from runs.services.assistants import assistant_for_run
+from runs.services.cancel import run_cancel_locked
+from runs.services.idempotency import Idempotency, create_once
+from runs.services.inputs import check_json_size, parse_uuid, uuid_or_none
+from runs.services.threads import lock_runs_before_delete, thread_status_now
+from runs.wakeups import run_changed
+from runs.worker_sql import can_return, column, prep, table
+
+logger = logging.getLogger(__name__)
+
+
+def _too_many_active(active: int) -> None:
+    """429 when ``active`` pending or running runs of the user reach ``RUNS_MAX_ACTIVE_PER_USER``.
+
+    A soft cap: two racing creates may both pass at the edge, which is harmless."""
+    limit = settings.RUNS_MAX_ACTIVE_PER_USER
+    if limit and active >= limit:
+        raise TooManyActive(
+            detail=f"You already have {limit} pending or running runs (RUNS_MAX_ACTIVE_PER_USER); "
+            "wait for some to finish or cancel them."
+        )
+
+
+def _stream_modes(value: Any) -> list[str]:
+    if value is None:
+        return ["values"]
+    if isinstance(value, str):
+        return [value]
+    return list(dict.fromkeys(value)) or ["values"]
+
+
+def _run_kwargs(
+    *, body: dict, run_id: uuid.UUID, thread_id: uuid.UUID, assistant: Assistant, owner,
+    temporary: bool, after_seconds: float,
+) -> dict[str, Any]:
+    request_config = copy.deepcopy(body.get("config") or {})
+    configurable = {
+        **(assistant.config.get("configurable") or {}),
+        **(request_config.get("configurable") or {}),
+    }
+    checkpoint = body.get("checkpoint") or {}
+    for key in ("checkpoint_id", "checkpoint_ns", "checkpoint_map"):
+        if checkpoint.get(key) is not None:
+            configurable[key] = checkpoint[key]
+    if body.get("checkpoint_id"):
+        configurable["checkpoint_id"] = body["checkpoint_id"]
+    configurable.update(
+        {
+            "run_id": str(run_id),
+            "thread_id": str(thread_id),
+            "graph_id": assistant.graph_id,
+            "assistant_id": str(assistant.pk),
+            "user_id": getattr(owner, "username", "") or "",
+            "__after_seconds__": after_seconds,
+        }
+    )
+    config = {**copy.deepcopy(assistant.config), **request_config, "configurable": configurable}
+    config["metadata"] = {
+        **(request_config.get("metadata") or {}),
+        **(body.get("metadata") or {}),
+        "graph_id": assistant.graph_id,
+        "assistant_id": str(assistant.pk),
+        "run_id": str(run_id),
+        "thread_id": str(thread_id),
+        "user_id": configurable["user_id"],
+    }
+    context = {**(assistant.context or {}), **(body.get("context") or {})}
+    return {
+        "input": body.get("input"),
+        "command": body.get("command"),
+        "config": config,
+        "context": context,
+        "stream_mode": _stream_modes(body.get("stream_mode")),
+        "interrupt_before": body.get("interrupt_before"),
+        "interrupt_after": body.get("interrupt_after"),
+        "webhook": body.get("webhook"),
+        "feedback_keys": body.get("feedback_keys"),
+        "temporary": temporary,
+        "subgraphs": bool(body.get("stream_subgraphs", False)),
+        "resumable": bool(body.get("stream_resumable", False)),
+        "checkpoint_during": bool(body.get("checkpoint_during", True)),
+        "durability": body.get("durability") or "async",
+    }
+
+
+# --- a run create's statements, written out ------------------------------------------------------
+#
+# Creating a run is the API's hottest write. Composing its statements with the ORM (filters, the
+# insert compiler, Model.save) cost the server more CPU than the database spent running them, so
+# they are written out once from the models' tables and columns with ``runs.worker_sql``'s helpers,
+# as the worker's statements are; values still go through each field's own ``get_db_prep_save``.
+
+
+@cache
+def _insert_sql(model: type[Model], vendor: str, ignore_conflicts: bool) -> str:
+    on_conflict = OnConflict.IGNORE if ignore_conflicts else None
+    fields = model._meta.concrete_fields
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    suffix = connection.ops.on_conflict_suffix_sql(fields, on_conflict, None, None)
+    return (
+        f"{connection.ops.insert_statement(on_conflict=on_conflict)} {table(model)} ({columns}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))}) {suffix}"
+    ).rstrip()
+
+
+def _insert_params(obj: Model, db: Any) -> list[Any]:
+    """``obj``'s column values for ``_insert``, ready for the database. Worth computing before
+    the transaction: encoding a run's JSON fields inside it held SQLite's one write lock longer."""
+    return [field.get_db_prep_save(field.pre_save(obj, True), db) for field in type(obj)._meta.concrete_fields]
+
+
+def _insert(cursor: Any, obj: Model, *, ignore_conflicts: bool = False, params: list[Any] | None = None) -> None:
+    """INSERT ``obj`` with all its columns, as ``save()`` would (the runs models have no signal
+    receivers to miss); ``params`` from ``_insert_params`` if already computed. ``cursor.db``
+    rather than the ``connection`` proxy: each attribute read through that is a lookup of the
+    thread's connection."""
+    db = cursor.db
+    cursor.execute(
+        _insert_sql(type(obj), db.vendor, ignore_conflicts),
+        _insert_params(obj, db) if params is None else params,
+    )
+    obj._state.adding = False
+    obj._state.db = db.alias
+
+
+def _run_probes_sql(count_active: bool) -> str:
+    """The owner's pending and running runs (0 when uncapped), and whether the run's assistant is
+    still there."""
+    active = (
+        f"(SELECT COUNT(*) FROM {table(Run)} WHERE {column(Run, 'owner')} = %s "
+        f"AND {column(Run, 'status')} IN ({', '.join(['%s'] * len(RunStatus.active()))}))"
+        if count_active else "0"
+    )
+    assistant = (
+        f"EXISTS (SELECT 1 FROM {table(Assistant)} WHERE {column(Assistant, 'assistant_id')} = %s)"
+    )
+    return f"{active}, {assistant}"
+
+
+def _run_probes_params(owner: Any, assistant: Assistant, count_active: bool) -> list[Any]:
+    active = [owner.pk, *RunStatus.active()] if count_active else []
+    return [*active, prep(Assistant, "assistant_id", assistant.pk)]
+
+
+@cache
+def _run_probes_only_sql(vendor: str, count_active: bool) -> str:
+    return f"SELECT {_run_probes_sql(count_active)}"
+
+
+@cache
+def _thread_busy_sql(vendor: str, count_active: bool, returning: bool) -> str:
+    """Marks an owner's thread busy; with ``returning``, also answers its metadata and the run's
+    probes. The UPDATE locks the row, as ``select_for_update`` did, until the run is in."""
+    update = (
+        f"UPDATE {table(Thread)} SET {column(Thread, 'status')} = %s, "
+        f"{column(Thread, 'updated_at')} = %s "
+        f"WHERE {column(Thread, 'thread_id')} = %s AND {column(Thread, 'owner')} = %s"
+    )
+    if not returning:
+        return update
+    return f"{update} RETURNING {column(Thread, 'metadata')}, {_run_probes_sql(count_active)}"
+
+
+@cache
+def _thread_read_sql(vendor: str, count_active: bool) -> str:
+    """``_thread_busy_sql``'s answer without RETURNING (SQLite before 3.35), read first."""
+    return (
+        f"SELECT {column(Thread, 'metadata')}, {_run_probes_sql(count_active)} FROM {table(Thread)} "
+        f"WHERE {column(Thread, 'thread_id')} = %s AND {column(Thread, 'owner')} = %s"
+    )
+
+
+@cache
+def _thread_metadata_sql(vendor: str) -> str:
+    return (
+        f"UPDATE {table(Thread)} SET {column(Thread, 'metadata')} = %s "
+        f"WHERE {column(Thread, 'thread_id')} = %s"
+    )
+
+
+# graph id -> its system assistant as read once. The API never changes a system assistant (the
+# admin shows them read-only), and one deleted is made again the same by system_assistants_ensure,
+# so the copy stays right; each run create checks that the row is still there in the statement
+# that locks its thread. It spares a run create by graph id (the SDK's usual way) a read.
+_system_assistants: dict[str, Assistant] = {}
+
+
+def _run_assistant(*, user, assistant_id: str) -> Assistant:
+    """``assistant_for_run``, with the system assistants of graph ids kept per process."""
+    if uuid_or_none(assistant_id) is not None or assistant_id not in graph_ids():
+        return assistant_for_run(user=user, assistant_id=assistant_id)
+    assistant = _system_assistants.get(assistant_id)
+    if assistant is None:
+        assistant = _system_assistants[assistant_id] = assistant_for_run(user=user, assistant_id=assistant_id)
+    return assistant
+
+
+def _assistant_still_there(assistant: Assistant, exists: Any) -> None:
+    if exists:
+        return
+    if assistant.owner_id is not None:  # deleted since it was read
+        raise NotFound(THREAD_OR_ASSISTANT_NOT_FOUND)
+    system_assistants_ensure()  # a system one is made again, the same
+
+
+def _thread_for_run(
+    cursor: Any, *, owner, thread_pk: uuid.UUID, assistant: Assistant, create: bool,
+    stateless: bool, now: datetime,
+) -> None:
+    """Lock the run's thread and mark it busy with the run's graph and assistant in its metadata,
+    creating it first when asked (a stateless run's is new and temporary): 429 over the
+    active-runs cap, then 404 when the thread is not the owner's."""
+    db, count_active = cursor.db, bool(settings.RUNS_MAX_ACTIVE_PER_USER)
+    probes = _run_probes_params(owner, assistant, count_active)
+    assigned = {"graph_id": assistant.graph_id, "assistant_id": str(assistant.pk)}
+    if stateless:
+        cursor.execute(_run_probes_only_sql(db.vendor, count_active), probes)
+        active, assistant_exists = cursor.fetchone()
+        _too_many_active(active)
+        _assistant_still_there(assistant, assistant_exists)
+        thread = Thread(
+            thread_id=thread_pk, owner=owner, temporary=True, status=ThreadStatus.BUSY,
+            metadata=assigned, created_at=now, updated_at=now,
+        )
+        _insert(cursor, thread)
+        return
+    if create:
+        # INSERT .. ON CONFLICT DO NOTHING: concurrent creates of one thread id never fail.
+        _insert(cursor, Thread(thread_id=thread_pk, owner=owner), ignore_conflicts=True)
+    where = [prep(Thread, "thread_id", thread_pk), owner.pk]
+    busy = [ThreadStatus.BUSY, prep(Thread, "updated_at", now), *where]
+    returning = can_return()
+    if returning:
+        cursor.execute(_thread_busy_sql(db.vendor, count_active, True), busy + probes)
+        row = cursor.fetchone()
+    else:
+        cursor.execute(_thread_read_sql(db.vendor, count_active), probes + where)
+        row = cursor.fetchone()
+        if row is not None:
+            cursor.execute(_thread_busy_sql(db.vendor, count_active, False), busy)
+    if row is None:
+        cursor.execute(_run_probes_only_sql(db.vendor, count_active), probes)
+        _too_many_active(cursor.fetchone()[0])
+        raise NotFound(THREAD_OR_ASSISTANT_NOT_FOUND)
+    raw_metadata, active, assistant_exists = row
+    _too_many_active(active)
+    _assistant_still_there(assistant, assistant_exists)
+    metadata_field = Thread._meta.get_field("metadata")
+    metadata = metadata_field.from_db_value(raw_metadata, None, db) or {}
+    merged = {**metadata, **assigned}
+    if merged != metadata:  # the same assistant as last time leaves it as it is
+        cursor.execute(
+            _thread_metadata_sql(db.vendor),
+            [metadata_field.get_db_prep_save(merged, db), where[0]],
+        )
+
+
+def run_create(
+    *,
+    owner,
+    body: dict,
+    thread_id: Any = None,
+    on_completion: str = "",
+    idempotency: Idempotency | None = None,
+) -> Run:
+    """Create a run from a validated RunCreate body; ``thread_id=None`` makes a stateless run on a
+    new temporary thread. Applies the multitask strategy against the thread's active runs."""
+    check_json_size("metadata", body.get("metadata"))
+    check_json_size("config", body.get("config"))
+    assistant = _run_assistant(user=owner, assistant_id=body["assistant_id"])
+    configurable = (body.get("config") or {}).get("configurable")
+    if configurable and body.get("context"):
+        raise BadRequest(
+            "Cannot specify both configurable and context. Prefer setting context alone. "
+            "Context was introduced in LangGraph 0.6.0 and is the long term planned replacement "
+            "for configurable."
+        )
+    stateless = thread_id is None
+    command = body.get("command") or None
+    if stateless and command and command.get("resume") is not None:
+        raise BadRequest("You must provide a thread_id when resuming.")
+    strategy = body.get("multitask_strategy") or MultitaskStrategy.ENQUEUE
+    after_seconds = float(body.get("after_seconds") or 0)
+    thread_pk = uuid7() if stateless else parse_uuid(thread_id, "thread")
+    create_thread = stateless or body.get("if_not_exists") == "create"
+    run_id = uuid7()
+    now = timezone.now()
+    # Everything that does not depend on what the transaction reads is made before it: on SQLite
+    # the transaction holds the database's one write lock, wanted by every worker too.
+    run = Run(
+        run_id=run_id,
+        thread_id=thread_pk,
+        assistant_id=assistant.pk,
+        owner=owner,
+        status=RunStatus.PENDING,
+        metadata=body.get("metadata") or {},
+        kwargs=_run_kwargs(
+            body=body, run_id=run_id, thread_id=thread_pk, assistant=assistant, owner=owner,
+            temporary=stateless, after_seconds=after_seconds,
+        ),
+        multitask_strategy=strategy,
+        created_at=now + timedelta(seconds=after_seconds) if after_seconds > 0 else now,
+        updated_at=now,
+        on_completion=on_completion,
+        **(idempotency.stored() if idempotency else {}),
+    )
+    run_params = _insert_params(run, connection)
+    queued = dispatch.run_task_package(run_id)
+
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            _thread_for_run(
+                cursor, owner=owner, thread_pk=thread_pk, assistant=assistant,
+                create=create_thread, stateless=stateless, now=now,
+            )
+        # enqueue queues behind whatever is active: only the other strategies look at it.
+        inflight = [] if strategy == MultitaskStrategy.ENQUEUE else list(
+            Run.objects.filter(thread_id=thread_pk, status__in=RunStatus.active()).order_by("created_at")
+        )
+        if inflight and strategy == MultitaskStrategy.REJECT:
+            raise Conflict(MULTITASK_REJECTED)
+        with connection.cursor() as cursor:
+            _insert(cursor, run, params=run_params)
+        if inflight and strategy in (MultitaskStrategy.INTERRUPT, MultitaskStrategy.ROLLBACK):
+            for other in inflight:
+                run_cancel_locked(run=other, action=strategy)
+        dispatch.run_enqueue_on_commit(run.pk, package=queued)
+    return run
+
+
+def run_create_idempotent(
+    *, owner, body: dict, idempotency: Idempotency | None, thread_id: Any = None, on_completion: str = ""
+) -> tuple[Run, bool]:
+    """``run_create``, or the run an earlier request with the same key created (whatever its
+    status now): a ``Run``, or a ``DiscardedRun`` once a stateless run went with its thread."""
+    if idempotency is None:
+        return run_create(owner=owner, body=body, thread_id=thread_id, on_completion=on_completion), True
+    return create_once(
+        Run, owner=owner, idempotency=idempotency, what="run",
+        create=lambda: run_create(
+            owner=owner, body=body, thread_id=thread_id, on_completion=on_completion,
+            idempotency=idempotency,
+        ),
+        gone=lambda: DiscardedRun.objects.filter(owner=owner, idempotency_key=idempotency.key).first(),
+    )
+
+
+def run_take_temporary_thread(*, run: Run) -> bool:
+    """A replayed stateless /wait or /stream whose first response is gone (it left the temporary
+    thread to be deleted when the run ends): keep the thread for this response, which then
+    deletes it after reading. True when this response took it over."""
+    return bool(
+        Run.objects.filter(pk=run.pk, status__in=RunStatus.active(), on_completion="delete").update(
+            on_completion=""
+        )
+    )
+
+
+def run_delete(*, run: Run) -> None:
+    """Delete a run and its checkpoints. A running run's worker sees the row vanish and stops."""
+    thread_id, run_id = run.thread_id, run.pk
+    with transaction.atomic():
+        Thread.objects.select_for_update().filter(pk=thread_id).exists()
+        lock_runs_before_delete(Run.objects.filter(pk=run_id))
+        if not Run.objects.filter(pk=run_id).delete()[0]:
+            raise NotFound("Run not found")
+        run_changed(run_id, thread_id)
+        thread = Thread.objects.filter(pk=thread_id).first()
+        if thread is not None:
+            Thread.objects.filter(pk=thread_id).update(status=thread_status_now(thread))
+        transaction.on_commit(lambda: dispatch.thread_dispatch_next(thread_id))
+    run_delete_checkpoints(run_ids=[run_id])
+
+
+def run_delete_checkpoints(*, run_ids: list) -> None:
+    try:
+        checkpointer().delete_for_runs([str(run_id) for run_id in run_ids])
+    except NotImplementedError:
+        logger.warning("the checkpointer cannot delete checkpoints by run; kept for %s", run_ids)
+
