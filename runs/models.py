@@ -368,6 +368,35 @@ class DiscardedRun(models.Model):
     def __str__(self) -> str:
         return f"{self.run_id} (discarded)"
 
+    # A run's fields a DiscardedRun does not keep in ``run``: its result is ``result``.
+    _NOT_KEPT = frozenset({"result"})
+
+    @classmethod
+    def kept_values(cls, run: Run) -> dict[str, Any]:
+        """What ``run`` keeps of a run: its fields' values by attname, as JSON (``as_run`` reads
+        them back), so that the API shows the run as its serializer shows any run."""
+        values: dict[str, Any] = {}
+        for field in Run._meta.concrete_fields:
+            if field.name in cls._NOT_KEPT:
+                continue
+            value = field.value_from_object(run)
+            if isinstance(value, uuid.UUID):
+                value = str(value)
+            elif isinstance(value, datetime):
+                value = value.isoformat()
+            values[field.attname] = value
+        return values
+
+    def as_run(self) -> Run:
+        """The run as it was when its thread went (unsaved: its rows are gone). Rows stored before
+        ``kept_values`` held the API's body of the run, whose keys are fields too."""
+        values = {}
+        for field in Run._meta.concrete_fields:
+            if field.attname in self.run:
+                value = self.run[field.attname]
+                values[field.attname] = None if value is None else field.to_python(value)
+        return Run(**values)
+
 
 class RunEvent(models.Model):
     """One event of a run's stream, in the order produced: what an SSE client receives.

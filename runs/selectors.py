@@ -1,7 +1,9 @@
 """Every read of the runs API: assistants, threads, runs, a thread's state and a run's result.
 
-Reads never write. Each takes the asking user where ownership matters and answers the real
-server's 404 (or 422 for an id that is not a UUID) for what that user may not see.
+Reads never write: the system assistants, for one, are made at start-up (``runs.apps``), not by
+the first read that looks for them. Each read takes the asking user where ownership matters and
+answers the real server's 404 (or 422 for an id that is not a UUID) for what that user may not
+see.
 """
 
 from __future__ import annotations
@@ -13,14 +15,7 @@ from django.db.models import QuerySet
 from django.db.models.fields.json import KeyTransform
 
 from runs.errors import NotFound
-from runs.graphs import (
-    GraphNotFound,
-    checkpointer,
-    graph_get,
-    graph_ids,
-    system_assistant_id,
-    system_assistants_ensure,
-)
+from runs.graphs import GraphNotFound, checkpointer, graph_get
 from runs.jsonable import interrupt_json, to_json
 from runs.models import Assistant, Run, Thread
 from runs.services.inputs import parse_uuid
@@ -44,9 +39,6 @@ def assistant_get(*, user, assistant_id: Any) -> Assistant:
     """An assistant ``user`` may see (its own or a system one); 404 otherwise."""
     pk = parse_uuid(assistant_id, "assistant")
     assistant = Assistant.objects.visible_to(user).filter(pk=pk).first()
-    if assistant is None and pk in {system_assistant_id(g) for g in graph_ids()}:
-        system_assistants_ensure()
-        assistant = Assistant.objects.filter(pk=pk).first()
     if assistant is None:
         raise NotFound()
     return assistant
@@ -61,7 +53,7 @@ def assistants_search(
     sort_by: str | None = None,
     sort_order: str | None = None,
 ) -> QuerySet:
-    system_assistants_ensure()
+    """The assistants ``user`` sees (its own and the system ones), filtered and sorted."""
     queryset = Assistant.objects.visible_to(user)
     if graph_id:
         queryset = queryset.filter(graph_id=graph_id)

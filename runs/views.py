@@ -110,7 +110,7 @@ def _replayed(response: HttpResponse, idempotency: Any, created: bool) -> HttpRe
 
 def _run_body(run: Run | DiscardedRun) -> dict[str, Any]:
     # A replayed stateless run may be gone with its thread: the API's last view of it remains.
-    return run.run if isinstance(run, DiscardedRun) else run_json(run)
+    return run_json(run.as_run() if isinstance(run, DiscardedRun) else run)
 
 
 def _paginated(items: list, total: int, offset: int, limit: int) -> Response:

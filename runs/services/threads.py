@@ -21,7 +21,6 @@ from runs.errors import Conflict
 from runs.graphs import checkpointer
 from runs.models import DiscardedRun, Run, RunStatus, Thread, ThreadStatus, uuid7
 from runs.selectors import run_result
-from runs.serializers import run_json
 from runs.services.idempotency import Idempotency, create_once
 from runs.services.inputs import check_json_size, parse_uuid
 from runs.wakeups import run_changed, thread_changed
@@ -191,7 +190,7 @@ def temporary_thread_discard(*, thread_id: Any) -> None:
                 DiscardedRun(
                     run_id=run.pk, owner_id=run.owner_id, thread_id=run.thread_id,
                     idempotency_key=run.idempotency_key, request_hash=run.request_hash,
-                    run=run_json(run), result=run_result(run=run, thread=thread),
+                    run=DiscardedRun.kept_values(run), result=run_result(run=run, thread=thread),
                 )
                 for run in keyed
             ],

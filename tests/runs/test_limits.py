@@ -25,7 +25,7 @@ from rest_framework.throttling import ScopedRateThrottle
 from accounts.models import api_key_create
 from executions.services import execution_create
 from runs import services, tasks
-from runs.models import Assistant, Run, RunEvent, RunStatus, Thread
+from runs.models import Assistant, DiscardedRun, Run, RunEvent, RunStatus, Thread
 from runs.streams import format_event_id
 from tests.runs.conftest import Server
 
@@ -261,11 +261,24 @@ def test_a_stateless_run_gone_with_its_thread_still_answers_its_key(api, alice) 
     again = post(api, "/runs", RUN, key="plain")
     assert again["Idempotent-Replayed"] == "true"
     assert again.json()["run_id"] == created["run_id"] and again.json()["status"] == "success"
+    changed = ("status", "updated_at")
+    assert {k: v for k, v in again.json().items() if k not in changed} == {
+        k: v for k, v in created.items() if k not in changed
+    }
     assert not Run.objects.exists()
 
     # Operators' prune forgets them with the old threads.
     services.threads_prune_inactive(older_than=timezone.now() + timedelta(seconds=1))
     assert post(api, "/runs", RUN, key="plain").json()["run_id"] != created["run_id"]
+
+
+def test_a_discarded_run_kept_as_an_earlier_release_did_is_shown_the_same(api, alice) -> None:
+    # Earlier releases kept the API's body of the run itself; such rows still answer their key.
+    created = post(api, "/runs", RUN, key="old-row").json()
+    execute(created["run_id"])
+    shown = post(api, "/runs", RUN, key="old-row").json()
+    DiscardedRun.objects.filter(pk=created["run_id"]).update(run=shown)
+    assert post(api, "/runs", RUN, key="old-row").json() == shown
 
 
 def test_a_stream_replayed_after_its_stateless_run_was_discarded_says_run_not_found(api, alice) -> None:
