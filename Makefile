@@ -38,8 +38,10 @@ test-slow: install
 bench: install
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+## lint: ruff (the rules in pyproject.toml) and mypy (the app packages); .pre-commit-config.yaml runs the same
 lint: install
-	$(BIN)/python -m ruff check . || true
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m mypy
 
 clean:
 	rm -rf $(VENV) var staticfiles
