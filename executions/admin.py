@@ -28,7 +28,6 @@ from django.db.models.functions import Cast, Replace
 from django.db.models.lookups import Contains
 from django.forms import Media
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
-from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html, format_html_join
@@ -38,6 +37,7 @@ from django.views.decorators.http import require_POST
 from executions.admin_streams import progress_events
 from executions.models import Execution, ExecutionStatus
 from executions.services import execution_cancel, executions_cancel_many, executions_retry_many
+from project.durations import format_duration
 from project.errors import Conflict
 from project.sse import EventStreamResponse
 
@@ -50,21 +50,6 @@ _HEX_FRAGMENT = re.compile(r"^[0-9a-fA-F-]{4,36}$")
 
 
 # --- rendering shared by the changelist, the change page and the JSON endpoint ------------------
-
-
-def _format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    whole = int(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m {secs:02d}s"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{secs}s"
 
 
 def _step_label(execution: Execution) -> str:
@@ -89,7 +74,7 @@ def _progress_snapshot(execution: Execution) -> dict[str, Any]:
         "percentage": execution.percentage,
         "percentage_label": f"{execution.percentage:.0f}%",
         "step_label": _step_label(execution),
-        "duration": _format_duration(execution.duration_seconds),
+        "duration": format_duration(execution.duration_seconds),
         # The execution's last event number: a snapshot is new when this moved.
         "seq": execution.event_seq,
     }
@@ -164,7 +149,7 @@ def _duration(execution: Execution) -> SafeString:
     return format_html(
         '<span data-execution-id="{}" data-execution-field="duration">{}</span>',
         str(execution.pk),
-        _format_duration(execution.duration_seconds),
+        format_duration(execution.duration_seconds),
     )
 
 
@@ -509,7 +494,7 @@ class ExecutionAdmin(admin.ModelAdmin):
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict | None = None
-    ) -> TemplateResponse:
+    ) -> HttpResponse:
         extra_context = {**(extra_context or {}), **self._progress_context()}
         return super().changelist_view(request, extra_context)
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import dj_database_url
 
+from project.booleans import parse_bool
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("DATA_DIR", BASE_DIR / "var"))
 DATA_DIR.mkdir(parents=True, exist_ok=True)
@@ -21,7 +23,7 @@ def env_bool(name: str, default: bool) -> bool:
     value = os.environ.get(name)
     if value is None:
         return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    return parse_bool(value)
 
 
 def env_int(name: str, default: int) -> int:
@@ -133,7 +135,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": DATA_DIR / "db.sqlite3",
+            "NAME": str(DATA_DIR / "db.sqlite3"),
             # A file, not memory, so worker subprocesses in tests share it; one per test process
             # so parallel test runs on one machine do not trample each other.
             "TEST": {"NAME": str(DATA_DIR / f"test_db_{os.getpid()}.sqlite3")},

@@ -17,22 +17,13 @@ from typing import Any
 from uuid import UUID
 
 from project.async_db import in_executor
+from project.durations import format_duration
 from project.event_hub import Watcher, hub, wait_event
 from project.sse import HEARTBEAT, HEARTBEAT_INTERVAL, sse_event
 from runs.models import Run, RunStatus
 from runs.wakeups import run_channel
 
 MAX_IDS = 200
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
 
 
 def run_status_snapshot(run: Run) -> dict[str, Any]:

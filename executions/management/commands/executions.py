@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,6 +14,8 @@ from executions.models import Execution, ExecutionStatus, ExecutionType
 from executions.recovery import executions_reap_stale, executions_requeue_stranded
 from executions.services import execution_cancel, execution_retry, executions_prune
 from executions.terminal import validation_messages
+from project.command_arguments import positive_days, positive_int
+from project.durations import format_duration
 from project.errors import Conflict, InvalidInput
 
 _LIST_FIELDS = (
@@ -31,42 +32,6 @@ def execution_id(text: str) -> uuid.UUID:
             f"{text!r} is not an execution id (expected a UUID such as "
             "3f2b8c1e-0d4a-4c4e-9a57-1b2c3d4e5f60)"
         ) from None
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def positive_days(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of days, got {text!r}")
-    try:
-        timezone.now() - timedelta(days=value)
-    except OverflowError:
-        raise argparse.ArgumentTypeError(f"{text!r} days reaches before the year 1") from None
-    return value
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def format_created(moment: datetime) -> str:
@@ -177,13 +142,13 @@ class Command(BaseCommand):
                 row.target_id,
                 f"{row.percentage:.0f}%",
                 format_created(row.created_at),
-                format_duration(row.duration_seconds),
+                format_duration(row.duration_seconds, separator=""),
             )
             for row in rows
         ]
         widths = [max(len(line[column]) for line in table) for column in range(len(header))]
         for line in table:
-            self.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+            self.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
         if len(rows) == limit:
             total = queryset.count()
             if total > limit:

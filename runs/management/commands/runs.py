@@ -9,6 +9,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+from project.command_arguments import positive_int
+from project.durations import format_duration
 from runs.models import CancelAction, Run, RunStatus
 from runs.services import runs_cancel
 
@@ -18,21 +20,6 @@ def run_uuid(text: str) -> uuid.UUID:
         return uuid.UUID(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a run or thread id (expected a UUID)") from None
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _duration(run: Run) -> str:
-    seconds = run.duration_seconds
-    return "-" if seconds is None else f"{seconds:.1f}s"
 
 
 class Command(BaseCommand):
@@ -69,8 +56,8 @@ class Command(BaseCommand):
                 self.stdout.write(f"{run_id} cancelled ({action})")
             elif run_id in runs:
                 self.stderr.write(f"{run_id} is {runs[run_id].status}; only pending or running runs can be cancelled")
-        for run_id in missing:
-            self.stderr.write(f"{run_id} not found")
+        for missing_id in missing:
+            self.stderr.write(f"{missing_id} not found")
         if len(cancelled) != len(run_ids):
             raise CommandError(f"{len(run_ids) - len(cancelled)} of {len(run_ids)} run(s) not cancelled")
 
@@ -84,9 +71,10 @@ class Command(BaseCommand):
         self.stdout.write(f"{'RUN':36}  {'STATUS':11}  {'THREAD':36}  {'GRAPH':12}  {'DURATION':>8}  CREATED")
         for run in rows:
             created = timezone.localtime(run.created_at).strftime("%Y-%m-%d %H:%M:%S")
+            duration = format_duration(run.duration_seconds, separator="")
             self.stdout.write(
                 f"{run.run_id!s:36}  {run.status:11}  {run.thread_id!s:36}  "
-                f"{run.assistant.graph_id[:12]:12}  {_duration(run):>8}  {created}"
+                f"{run.assistant.graph_id[:12]:12}  {duration:>8}  {created}"
             )
         if not rows:
             self.stdout.write("(no runs)")

@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
-import math
 from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
+from project.command_arguments import positive_days
 from runs.services import threads_prune_inactive
-
-
-def positive_days(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of days, got {text!r}")
-    try:
-        timezone.now() - timedelta(days=value)
-    except OverflowError:
-        raise argparse.ArgumentTypeError(f"{text!r} days reaches before the year 1") from None
-    return value
 
 
 class Command(BaseCommand):

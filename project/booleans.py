@@ -1,0 +1,9 @@
+"""The words that turn a yes/no setting or query parameter on; anything else is off."""
+
+from __future__ import annotations
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+
+
+def parse_bool(text: str) -> bool:
+    return text.strip().lower() in TRUE_WORDS
