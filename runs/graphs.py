@@ -18,13 +18,16 @@ import threading
 import uuid
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.graph import StateGraph
-from langgraph.pregel import Pregel
+
+if TYPE_CHECKING:
+    # langgraph takes a second to import: a process imports it when it loads a graph (_load),
+    # not because it imported this module (every command and the admin do, for graph_ids).
+    from langgraph.checkpoint.base import BaseCheckpointSaver
+    from langgraph.pregel import Pregel
 
 # The real server derives system assistant ids from this namespace; clients may hard-code them.
 SYSTEM_ASSISTANT_NAMESPACE = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
@@ -123,6 +126,9 @@ _load_lock = threading.Lock()
 
 @cache
 def _load(graph_id: str, spec: str) -> Pregel:
+    from langgraph.graph import StateGraph
+    from langgraph.pregel import Pregel
+
     with _load_lock:
         value = _import_attr(spec)
     if isinstance(value, StateGraph):

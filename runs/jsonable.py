@@ -6,14 +6,17 @@ import dataclasses
 import datetime
 import enum
 import math
+import sys
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from langgraph.types import Interrupt
 
 from project.sse import encode_data
+
+if TYPE_CHECKING:
+    from langgraph.types import Interrupt
 
 # Datetimes and dataclasses (interrupts among them) go to _step, which shapes them as the Python
 # walk does; orjson's own shapes differ.
@@ -80,7 +83,10 @@ def _step(value: Any) -> Any:
         return {str(key): item for key, item in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         return list(value)
-    if isinstance(value, Interrupt):
+    # Not imported at the top: langgraph takes a second to import, and a value can only be an
+    # Interrupt in a process that has imported it (one that loads a graph or its checkpoints).
+    langgraph_types = sys.modules.get("langgraph.types")
+    if langgraph_types is not None and isinstance(value, langgraph_types.Interrupt):
         # The shape of an `__interrupt__` entry in a values chunk (and /wait body).
         return {
             "value": value.value,

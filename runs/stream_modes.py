@@ -24,11 +24,12 @@ With ``stream_subgraphs`` the events of a subgraph are named ``<event>|<ns1>|<ns
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
-
-from langchain_core.messages import BaseMessage, BaseMessageChunk, message_chunk_to_message
+from typing import TYPE_CHECKING, Any
 
 from runs.jsonable import to_json
+
+if TYPE_CHECKING:
+    from langchain_core.messages import BaseMessage
 
 # API mode -> the LangGraph astream mode that feeds it (``events`` comes from astream_events).
 GRAPH_MODE = {
@@ -78,6 +79,10 @@ class MessagesV1:
         self._messages: dict[str, BaseMessage] = {}
 
     def events(self, chunk: Any) -> list[tuple[str, Any]]:
+        # Here, not at the top: only a worker running a graph gets here, and langchain takes a
+        # second to import in every other process (the API's, the commands').
+        from langchain_core.messages import BaseMessage, BaseMessageChunk, message_chunk_to_message
+
         message, metadata = chunk
         if not isinstance(message, BaseMessage):
             return []

@@ -37,7 +37,6 @@ from django.db import IntegrityError, close_old_connections, connection, transac
 from django.db.models import Max
 from django.utils import timezone
 from django_q.exceptions import TimeoutException
-from langgraph.types import Command
 
 from project.sse import encode_data
 from runs import dispatch, worker_sql
@@ -124,6 +123,10 @@ def claim(run_id: UUID | str) -> bool:
 def _graph_input(kwargs: dict) -> Any:
     command = kwargs.get("command")
     if command:
+        # Here, not at the top: every process imports this module at start-up (recovery does),
+        # and langgraph takes a second to import; only a process that runs a graph needs it.
+        from langgraph.types import Command
+
         goto = command.get("goto")
         return Command(
             update=command.get("update"),
