@@ -8,7 +8,6 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from django.db import transaction
 from django.utils import timezone
-from langgraph.errors import InvalidUpdateError
 
 from runs.errors import BadRequest, Conflict
 from runs.models import Run, RunStatus, Thread, ThreadStatus
@@ -30,6 +29,9 @@ def thread_state_update(
     graph = thread_graph(thread)
     if graph is None:
         raise BadRequest("Thread has no graph ID.")
+    # Here, with the graph loaded: at the top it made every process import langgraph at start-up.
+    from langgraph.errors import InvalidUpdateError
+
     if Run.objects.filter(thread=thread, status=RunStatus.RUNNING).exists():
         raise Conflict("Thread is busy: a run is running. Wait for it or cancel it first.")
     try:
