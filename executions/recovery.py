@@ -60,12 +60,19 @@ def executions_reap_stale(*, heartbeat_timeout: float | None = None) -> dict[str
     for execution in Execution.objects.stale(before=cutoff).only(
         "id", "config", "attempts", "worker", "heartbeat_at", "type", "target_id"
     ):
-        # Conditional on the heartbeat still being old: a worker that beats meanwhile keeps its job.
-        still_stale = Q(heartbeat_at__lt=cutoff)
+        # Conditional on the heartbeat still being old (a worker that beats meanwhile keeps its
+        # job) and on the claim being the one read here: recovery reaps that attempt, never a
+        # newer claim of the row. Its worker, if it wakes up, finds its own writes refused.
+        still_stale = Q(
+            heartbeat_at__lt=cutoff, worker=execution.worker, attempts=execution.attempts
+        )
         if execution.attempts < max_attempts(execution):
             won = _transition_if(
                 execution, still_stale,
-                event_data={"status": ExecutionStatus.PENDING, "reason": "worker_lost", "worker": execution.worker},
+                event_data={
+                    "status": ExecutionStatus.PENDING, "reason": "worker_lost",
+                    "worker": execution.worker, "attempt": execution.attempts,
+                },
                 status=ExecutionStatus.PENDING, heartbeat_at=None, worker="",
             )
             if won:
@@ -80,7 +87,9 @@ def executions_reap_stale(*, heartbeat_timeout: float | None = None) -> dict[str
             error = {"type": "worker_lost", "message": message, "details": {"worker": execution.worker}}
             won = _transition_if(
                 execution, still_stale,
-                event_data={"status": ExecutionStatus.FAILED, "error": error},
+                event_data={
+                    "status": ExecutionStatus.FAILED, "error": error, "attempt": execution.attempts
+                },
                 status=ExecutionStatus.FAILED, error=error, completed_at=timezone.now(), heartbeat_at=None,
             )
             failed += won

@@ -2,8 +2,12 @@
 
 The claim is a conditional UPDATE pending -> running, so a job that was cancelled, or that
 another worker already took (a redelivered broker message), never starts. Every later write is
-conditional on the row still being ``running``: when a user cancels, the row turns ``cancelled``
-at once and the worker finds out at its next progress point or cancellation check and stops.
+conditional on the row still being ``running`` under this claim (``ExecutionClaim``: this worker,
+this attempt): when a user cancels, the row turns ``cancelled`` at once and the worker finds out
+at its next progress point or cancellation check and stops. A worker that froze (SIGSTOP, a VM
+pause) past the heartbeat timeout finds the same way that recovery gave its job to another
+worker, or failed it: its writes change nothing, and it stops its target with the reason
+``superseded`` and writes nothing more.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from django_q.exceptions import TimeoutException
 from executions.models import Execution, ExecutionEventType, ExecutionStatus, ExecutionType
 from executions.registry import TargetNotFound, registry
 from executions.transitions import (
-    execution_event_append,
+    ExecutionClaim,
+    execution_event_append_if,
     execution_transition,
     execution_transition_fetch,
 )
@@ -56,8 +61,19 @@ def _reconnecting(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return function(*args, **kwargs)
 
 
+# Why a worker stopped its target before the end (the ``reason`` of a ``worker_stopped`` event).
+CANCELLED = "cancelled"
+SUPERSEDED = "superseded"
+
+
 class ExecutionCancelled(Exception):
     """Raised inside a target when its execution is no longer running (cancelled)."""
+
+
+class ExecutionSuperseded(ExecutionCancelled):
+    """Raised inside a target whose worker no longer holds the execution: it froze past the
+    heartbeat timeout and recovery requeued the job (another worker may run it now) or failed it.
+    A cancel to the target's code, which need not tell the two apart; nothing it writes lands."""
 
 
 class TargetFailed(Exception):
@@ -77,7 +93,10 @@ class ExecutionContext:
     """What a running target sees as ``ctx``: progress, logs and cancellation."""
 
     def __init__(self, execution: Execution) -> None:
+        """``execution``: the row as the claim left it (its worker and attempts name the claim)."""
         self.execution_id: UUID = execution.id
+        self.claim = ExecutionClaim(execution.id, execution.worker, execution.attempts)
+        self._holds = self.claim.holds()
         self.inputs: dict = execution.inputs
         self.config: dict = execution.config
         self._current_step = execution.current_step
@@ -87,6 +106,7 @@ class ExecutionContext:
         self._last_write = 0.0
         self._last_cancel_check = time.monotonic()
         self._cancelled = threading.Event()
+        self._stop_reason: str | None = None
         self._progress_interval = settings.EXECUTIONS_PROGRESS_INTERVAL
         self._cancel_check_interval = settings.EXECUTIONS_CANCEL_CHECK_INTERVAL
 
@@ -101,7 +121,8 @@ class ExecutionContext:
     ) -> None:
         """Report progress. Step changes are written at once, the rest at most every interval.
 
-        Raises ``ExecutionCancelled`` when the execution was cancelled meanwhile.
+        Raises ``ExecutionCancelled`` when the execution was cancelled meanwhile
+        (``ExecutionSuperseded`` when this worker lost it).
         """
         step_changed = False
         if current_step is not None and current_step != self._current_step:
@@ -126,6 +147,7 @@ class ExecutionContext:
             execution_transition,
             execution_id=self.execution_id,
             allowed=[ExecutionStatus.RUNNING],
+            where=self._holds,
             event_type=ExecutionEventType.PROGRESS,
             event_data=progress,
             current_step=self._current_step,
@@ -136,8 +158,8 @@ class ExecutionContext:
         )
         self._last_write = self._last_cancel_check = now
         if not still_running:
-            self._cancelled.set()
-            raise ExecutionCancelled()
+            self.mark_cancelled()
+            self.check_cancelled()
 
     def progress_snapshot(self) -> dict[str, Any]:
         return {
@@ -148,36 +170,83 @@ class ExecutionContext:
         }
 
     def log(self, message: str, **data: Any) -> None:
-        """Append a log line to the execution's event timeline."""
-        execution_event_append(
+        """Append a log line to the execution's event timeline.
+
+        A target may still log after a cancel (while it cleans up), not once its worker lost the
+        execution: that raises ``ExecutionSuperseded``."""
+        seq = _reconnecting(
+            execution_event_append_if,
             execution_id=self.execution_id,
             event_type=ExecutionEventType.LOG,
             data={"message": str(message), **data},
+            allowed=[ExecutionStatus.RUNNING, ExecutionStatus.CANCELLED],
+            where=self._holds,
         )
+        if seq is None:
+            self.mark_cancelled()
+            self.check_cancelled()
 
     # --- cancellation ---------------------------------------------------------------------------
 
     @property
     def cancelled(self) -> bool:
-        """True once the execution is no longer running; checks the row at most every interval."""
+        """True once the execution is no longer running under this worker's claim; checks the row
+        at most every interval."""
         if self._cancelled.is_set():
             return True
         now = time.monotonic()
         if now - self._last_cancel_check >= self._cancel_check_interval:
             self._last_cancel_check = now
-            status = _reconnecting(
-                Execution.objects.filter(pk=self.execution_id).values_list("status", flat=True).first
-            )
-            if status != ExecutionStatus.RUNNING:
-                self._cancelled.set()
+            row = self._read_claim()
+            if row is None or row[0] != ExecutionStatus.RUNNING or not self._is_ours(row):
+                self._stop(self._reason_from(row))
         return self._cancelled.is_set()
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the target must stop: ``cancelled`` (by a user, or the row is gone) or
+        ``superseded`` (this worker no longer holds the execution); None while it may go on."""
+        if not self._cancelled.is_set():
+            return None
+        if self._stop_reason is None:
+            # Stopped by a write that changed nothing (here or in the heartbeat thread): one read,
+            # on this rare path only, says which.
+            self._stop_reason = self._reason_from(self._read_claim())
+        return self._stop_reason
 
     def check_cancelled(self) -> None:
         if self.cancelled:
+            if self.stop_reason == SUPERSEDED:
+                raise ExecutionSuperseded()
             raise ExecutionCancelled()
 
     def mark_cancelled(self) -> None:
+        """A write of this claim changed nothing: stop at the next check (``stop_reason`` says
+        why)."""
         self._cancelled.set()
+
+    def _stop(self, reason: str) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._cancelled.set()
+
+    def _read_claim(self) -> tuple[str, str, int] | None:
+        return _reconnecting(
+            Execution.objects.filter(pk=self.execution_id)
+            .values_list("status", "worker", "attempts")
+            .first
+        )
+
+    def _is_ours(self, row: tuple[str, str, int]) -> bool:
+        return (row[1], row[2]) == (self.claim.worker, self.claim.attempt)
+
+    def _reason_from(self, row: tuple[str, str, int] | None) -> str:
+        # A cancel keeps the claim's worker and attempt; recovery's requeue clears the worker and
+        # a new claim counts another attempt. A row recovery failed (worker lost) keeps both, but
+        # nobody cancelled it: that worker was superseded too.
+        if row is None or (row[0] == ExecutionStatus.CANCELLED and self._is_ours(row)):
+            return CANCELLED
+        return SUPERSEDED
 
     def sleep(self, seconds: float) -> None:
         """Sleep, waking to check for cancellation; raises ``ExecutionCancelled``."""
@@ -200,8 +269,9 @@ class Heartbeat:
     """
 
     _lock: ClassVar[threading.Lock] = threading.Lock()
-    # execution id -> (its context, when its next beat is due on the monotonic clock)
-    _beating: ClassVar[dict[UUID, tuple[ExecutionContext, float]]] = {}
+    # context -> when its next beat is due on the monotonic clock. Keyed by context, not by
+    # execution: a process may hold a stale claim and a new claim of one execution at once.
+    _beating: ClassVar[dict[ExecutionContext, float]] = {}
     _thread: ClassVar[threading.Thread | None] = None
     _pid: ClassVar[int | None] = None
 
@@ -212,7 +282,7 @@ class Heartbeat:
     def start(self) -> None:
         cls = Heartbeat
         with cls._lock:
-            cls._beating[self._ctx.execution_id] = (self._ctx, time.monotonic() + self._interval)
+            cls._beating[self._ctx] = time.monotonic() + self._interval
             # A forked worker inherits the class state but not the thread.
             if cls._thread is None or cls._pid != os.getpid() or not cls._thread.is_alive():
                 cls._pid = os.getpid()
@@ -223,7 +293,7 @@ class Heartbeat:
 
     def stop(self) -> None:
         with Heartbeat._lock:
-            Heartbeat._beating.pop(self._ctx.execution_id, None)
+            Heartbeat._beating.pop(self._ctx, None)
 
     @classmethod
     def _run(cls, interval: float) -> None:
@@ -231,9 +301,9 @@ class Heartbeat:
             time.sleep(interval / 4)
             now = time.monotonic()
             with cls._lock:
-                due = [ctx for ctx, next_beat in cls._beating.values() if next_beat <= now]
+                due = [ctx for ctx, next_beat in cls._beating.items() if next_beat <= now]
                 for ctx in due:
-                    cls._beating[ctx.execution_id] = (ctx, now + interval)
+                    cls._beating[ctx] = now + interval
             if not due:
                 continue
             for ctx in due:
@@ -247,7 +317,7 @@ class Heartbeat:
     def _beat(cls, ctx: ExecutionContext) -> None:
         try:
             alive = Execution.objects.filter(
-                pk=ctx.execution_id, status=ExecutionStatus.RUNNING
+                ctx.claim.holds(), pk=ctx.execution_id, status=ExecutionStatus.RUNNING
             ).update(heartbeat_at=timezone.now())
         except DatabaseFailure:  # OperationalError, and InterfaceError once the link is closed
             # The database restarted or dropped us: a failed beat must not end the beating,
@@ -260,7 +330,7 @@ class Heartbeat:
             return
         if not alive:
             with cls._lock:
-                cls._beating.pop(ctx.execution_id, None)
+                cls._beating.pop(ctx, None)
             ctx.mark_cancelled()
 
 
@@ -307,17 +377,20 @@ def _run_target(execution: Execution, ctx: ExecutionContext) -> Any:
     return data
 
 
-def _finish(execution_id: UUID, **fields: Any) -> bool:
-    status = fields["status"]
+def execution_finish(*, claim: ExecutionClaim, status: str, **fields: Any) -> bool:
+    """running -> ``status`` (completed or failed) under ``claim``; False if the row is no longer
+    running under it (cancelled, or this worker was superseded)."""
     data: dict[str, Any] = {"status": status}
     if fields.get("error"):
         data["error"] = fields["error"]
     return _reconnecting(
         execution_transition,
-        execution_id=execution_id,
+        execution_id=claim.execution_id,
         allowed=[ExecutionStatus.RUNNING],
+        where=claim.holds(),
         event_type=ExecutionEventType.STATUS,
         event_data=data,
+        status=status,
         completed_at=timezone.now(),
         heartbeat_at=None,
         **fields,
@@ -329,20 +402,23 @@ def retry_delay(*, attempt: int, base: float) -> float:
     return min(300.0, base * 2 ** max(0, attempt - 1))
 
 
-def _fail_or_retry(execution: Execution, error: dict[str, Any]) -> str:
-    """Executions that opted in with ``config.max_attempts`` go back to the queue after a backoff;
-    the others, and the last attempt, fail."""
-    config = execution.config if isinstance(execution.config, dict) else {}
+def execution_fail_or_retry(*, ctx: ExecutionContext, error: dict[str, Any]) -> str:
+    """After the target failed: executions that opted in with ``config.max_attempts`` go back to
+    the queue after a backoff (running -> pending), the others and the last attempt fail. What
+    happened: ``retrying``, ``failed``, or why the row refused (``cancelled``, ``superseded``)."""
+    config = ctx.config if isinstance(ctx.config, dict) else {}
     max_attempts = config.get("max_attempts") or 1
-    if execution.attempts < max_attempts:
-        delay = retry_delay(attempt=execution.attempts, base=float(config.get("retry_backoff", 1.0)))
+    attempt = ctx.claim.attempt
+    if attempt < max_attempts:
+        delay = retry_delay(attempt=attempt, base=float(config.get("retry_backoff", 1.0)))
         requeued = _reconnecting(
             execution_transition,
-            execution_id=execution.id,
+            execution_id=ctx.execution_id,
             allowed=[ExecutionStatus.RUNNING],
+            where=ctx.claim.holds(),
             event_type=ExecutionEventType.STATUS,
             event_data={
-                "status": ExecutionStatus.PENDING, "reason": "retry", "attempt": execution.attempts,
+                "status": ExecutionStatus.PENDING, "reason": "retry", "attempt": attempt,
                 "retry_in": delay, "error": error,
             },
             status=ExecutionStatus.PENDING,
@@ -351,22 +427,40 @@ def _fail_or_retry(execution: Execution, error: dict[str, Any]) -> str:
             heartbeat_at=None,
             worker="",
         )
-        return "retrying" if requeued else "cancelled"
-    finished = _finish(execution.id, status=ExecutionStatus.FAILED, error=error)
-    return "failed" if finished else "cancelled"
+        return "retrying" if requeued else _stopped(ctx)
+    finished = execution_finish(claim=ctx.claim, status=ExecutionStatus.FAILED, error=error)
+    return "failed" if finished else _stopped(ctx)
 
 
-def _record_stop(execution_id: UUID, reason: str) -> None:
+def _stopped(ctx: ExecutionContext) -> str:
+    """The target was stopped, or its end was refused: record why, if this worker may still write.
+
+    A cancel is recorded in a ``worker_stopped`` event. A superseded worker records nothing: the
+    execution's timeline now belongs to the claim that superseded it (or to recovery)."""
+    ctx.mark_cancelled()
+    reason = ctx.stop_reason or CANCELLED
+    if reason == SUPERSEDED:
+        logger.warning(
+            "execution %s: this worker's claim (attempt %d) was superseded while it was frozen or "
+            "cut off; its target stopped and nothing it wrote since was kept",
+            ctx.execution_id, ctx.claim.attempt,
+        )
+        return SUPERSEDED
     _reconnecting(
-        execution_event_append,
-        execution_id=execution_id,
+        execution_event_append_if,
+        execution_id=ctx.execution_id,
         event_type=ExecutionEventType.WORKER_STOPPED,
-        data={"reason": reason, "worker": _worker_name()},
+        data={"reason": reason, "worker": ctx.claim.worker},
+        allowed=[ExecutionStatus.CANCELLED],
+        where=ctx.claim.holds(),
     )
+    return CANCELLED
 
 
 def execute(execution_id: UUID | str) -> str:
-    """Run one execution to a terminal state. Returns what happened, for logs and tests."""
+    """Run one execution to a terminal state. Returns what happened, for logs and tests:
+    ``completed``, ``failed``, ``retrying``, ``cancelled``, ``superseded`` (this worker lost its
+    claim meanwhile and stopped), or ``skipped`` (nothing to claim)."""
     execution = claim(execution_id)
     if execution is None:
         return "skipped"
@@ -377,24 +471,24 @@ def execute(execution_id: UUID | str) -> str:
         try:
             outputs = _jsonable(_run_target(execution, ctx))
         except ExecutionCancelled:
-            _record_stop(execution.id, "cancelled")
-            return "cancelled"
+            return _stopped(ctx)
         except TimeoutException as exc:
-            _finish(
-                execution.id,
+            execution_finish(
+                claim=ctx.claim,
                 status=ExecutionStatus.FAILED,
                 error=_error("timeout", str(exc) or "The execution timed out."),
             )
             raise
         except TargetNotFound as exc:
-            _finish(execution.id, status=ExecutionStatus.FAILED, error=_error("target_not_found", str(exc)))
-            return "failed"
+            error = _error("target_not_found", str(exc))
+            finished = execution_finish(claim=ctx.claim, status=ExecutionStatus.FAILED, error=error)
+            return "failed" if finished else _stopped(ctx)
         except TargetFailed as exc:
-            return _fail_or_retry(execution, _error("TargetFailed", str(exc)))
+            return execution_fail_or_retry(ctx=ctx, error=_error("TargetFailed", str(exc)))
         except Exception as exc:
-            return _fail_or_retry(
-                execution,
-                _error(
+            return execution_fail_or_retry(
+                ctx=ctx,
+                error=_error(
                     type(exc).__name__,
                     str(exc) or type(exc).__name__,
                     {"traceback": traceback.format_exc(limit=20)},
@@ -402,16 +496,15 @@ def execute(execution_id: UUID | str) -> str:
             )
         if outputs is not None and not isinstance(outputs, dict):
             outputs = {"result": outputs}
-        finished = _finish(
-            execution.id,
+        finished = execution_finish(
+            claim=ctx.claim,
             status=ExecutionStatus.COMPLETED,
             outputs=outputs if outputs is not None else {},
             error=None,
             percentage=100.0,
         )
         if not finished:
-            _record_stop(execution.id, "cancelled")
-            return "cancelled"
+            return _stopped(ctx)
         return "completed"
     finally:
         heartbeat.stop()

@@ -5,6 +5,11 @@ won; the event that records it is appended in the same transaction, numbered fro
 ``event_seq`` counter, which the UPDATE bumps, so concurrent writers (API and worker) never
 collide on a sequence number and a reader never sees a status without its event.
 
+A worker's writes are fenced by its claim (``ExecutionClaim``): the claim's worker and attempt go
+into the same WHERE clause, so a worker that froze past the heartbeat timeout, and whose job
+recovery gave to another worker or failed meanwhile, changes nothing when it wakes up, at no cost
+of an extra statement.
+
 These run several times per execution, so they cost as few statements as the database allows.
 The UPDATE returns the bumped counter (and, for a claim, the whole row) with ``RETURNING``
 instead of a SELECT after it. On PostgreSQL the UPDATE and the event INSERT are one statement
@@ -14,6 +19,7 @@ one transaction. A database without ``UPDATE … RETURNING`` takes the plain ORM
 
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -26,6 +32,24 @@ from executions.models import Execution, ExecutionEvent
 from project.event_hub import channel_name, publish_on_commit
 
 _EXECUTION_FIELDS = Execution._meta.concrete_fields
+
+
+@dataclass(frozen=True)
+class ExecutionClaim:
+    """One claim of an execution: the worker that took it and the attempt its claim counted.
+
+    ``attempts`` grows by one at every claim, so (worker, attempt) names one claim for good: once
+    recovery requeued the row (and another worker claimed it) or failed it, ``holds()`` matches
+    no more, and the old worker's writes change nothing.
+    """
+
+    execution_id: UUID
+    worker: str
+    attempt: int
+
+    def holds(self) -> Q:
+        """The WHERE clause of a write this claim's worker makes."""
+        return Q(worker=self.worker, attempts=self.attempt)
 
 
 def _supports_update_returning(connection) -> bool:
@@ -216,3 +240,20 @@ def execution_event_append(
     if applied is None:
         raise Execution.DoesNotExist(f"Execution {execution_id} does not exist.")
     return applied[0]
+
+
+def execution_event_append_if(
+    *,
+    execution_id: UUID | str,
+    event_type: str,
+    data: dict[str, Any],
+    allowed: Iterable[str],
+    where: Q,
+) -> int | None:
+    """Append an event without a status change if the execution's status is in ``allowed`` and it
+    matches ``where`` (a worker's claim); its sequence number, or None if the row did not match."""
+    applied = _apply(
+        execution_id=execution_id, allowed=allowed, event_type=event_type, event_data=data,
+        where=where, fields={}, fetch_row=False,
+    )
+    return applied[0] if applied is not None else None

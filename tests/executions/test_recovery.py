@@ -32,7 +32,9 @@ def test_a_running_execution_whose_worker_stopped_beating_is_requeued_then_runs(
     execution.refresh_from_db()
     assert execution.status == ExecutionStatus.PENDING and execution.worker == ""
     last = execution.events.order_by("-seq").first()
-    assert last.data == {"status": "pending", "reason": "worker_lost", "worker": "deadhost:4242"}
+    assert last.data == {
+        "status": "pending", "reason": "worker_lost", "worker": "deadhost:4242", "attempt": 1
+    }
     assert runtime.execute(execution.pk) == "completed"
     execution.refresh_from_db()
     assert execution.attempts == 2
@@ -48,6 +50,7 @@ def test_a_job_that_keeps_losing_its_worker_fails_after_its_attempts_naming_the_
     assert execution.error["type"] == "worker_lost"
     assert "deadhost:4242" in execution.error["message"]
     assert "after 1 attempt" in execution.error["message"]
+    assert execution.events.order_by("-seq").first().data["attempt"] == 1
 
 
 def test_a_live_heartbeat_is_left_alone():

@@ -1,6 +1,8 @@
 """Autodiscovered (``autodiscover_modules("agents")``) when ``tests.faults`` is an installed app."""
 
 from executions.registry import agent
+from tests.faults.frozen import PID_STEPS, pid_steps
 from tests.faults.silent import SILENT_SLEEP, silent_sleep
 
 agent(SILENT_SLEEP)(silent_sleep)
+agent(PID_STEPS)(pid_steps)
