@@ -15,13 +15,18 @@ class ExecutionType(models.TextChoices):
 class ExecutionStatus(models.TextChoices):
     """Where an execution is in its life.
 
-    Transitions (each one a conditional UPDATE in ``executions.services`` / ``runtime``)::
+    Transitions (``EXECUTION_TRANSITIONS``; ``executions.transitions`` makes each one a conditional
+    UPDATE and refuses every other move)::
 
-        pending  -> running     a worker claimed it
+        pending  -> running     a worker claimed it (the claim: that worker, the attempt it counted)
         pending  -> cancelled   cancelled before any worker took it
         running  -> completed   the target returned
-        running  -> failed      the target raised, timed out, or its worker was lost
+        running  -> failed      the target raised or timed out, or its worker was lost with no
+                                attempts left
         running  -> cancelled   cancelled while running; the worker stops at its next check
+        running  -> pending     the target failed and ``config.max_attempts`` allows another try
+                                (claimed again after a backoff), or its worker was lost and
+                                attempts remain (recovery requeues it)
 
     completed, failed and cancelled are terminal: nothing changes them again.
     """
@@ -33,7 +38,7 @@ class ExecutionStatus(models.TextChoices):
     COMPLETED = "completed", "Completed"
     """The target returned; ``outputs`` holds what it returned."""
     FAILED = "failed", "Failed"
-    """The target raised or timed out; ``error`` says why."""
+    """The target raised or timed out, or its worker was lost; ``error`` says why."""
     CANCELLED = "cancelled", "Cancelled"
     """Cancelled by a user before it finished."""
 
@@ -44,6 +49,28 @@ class ExecutionStatus(models.TextChoices):
     @classmethod
     def terminal(cls) -> tuple[str, ...]:
         return (cls.COMPLETED, cls.FAILED, cls.CANCELLED)
+
+    @classmethod
+    def sources(cls, target: str) -> tuple[str, ...]:
+        """The statuses an execution may move to ``target`` from."""
+        return _SOURCES.get(target, ())
+
+
+# (from, to) of every move ExecutionStatus's docstring lists; any other move is refused.
+EXECUTION_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
+    {
+        (ExecutionStatus.PENDING, ExecutionStatus.RUNNING),
+        (ExecutionStatus.PENDING, ExecutionStatus.CANCELLED),
+        (ExecutionStatus.RUNNING, ExecutionStatus.COMPLETED),
+        (ExecutionStatus.RUNNING, ExecutionStatus.FAILED),
+        (ExecutionStatus.RUNNING, ExecutionStatus.CANCELLED),
+        (ExecutionStatus.RUNNING, ExecutionStatus.PENDING),
+    }
+)
+_SOURCES: dict[str, tuple[str, ...]] = {
+    target: tuple(sorted(source for source, to in EXECUTION_TRANSITIONS if to == target))
+    for _, target in EXECUTION_TRANSITIONS
+}
 
 
 class ExecutionQuerySet(models.QuerySet):

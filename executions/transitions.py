@@ -5,6 +5,9 @@ won; the event that records it is appended in the same transaction, numbered fro
 ``event_seq`` counter, which the UPDATE bumps, so concurrent writers (API and worker) never
 collide on a sequence number and a reader never sees a status without its event.
 
+A status change may only make a move of ``EXECUTION_TRANSITIONS`` (the table in
+``ExecutionStatus``'s docstring): its allowed statuses are derived from that table.
+
 A worker's writes are fenced by its claim (``ExecutionClaim``): the claim's worker and attempt go
 into the same WHERE clause, so a worker that froze past the heartbeat timeout, and whose job
 recovery gave to another worker or failed meanwhile, changes nothing when it wakes up, at no cost
@@ -28,7 +31,7 @@ from django.db.models import F, FloatField, Q
 from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
-from executions.models import Execution, ExecutionEvent
+from executions.models import Execution, ExecutionEvent, ExecutionStatus
 from project.event_hub import channel_name, publish_on_commit
 
 _EXECUTION_FIELDS = Execution._meta.concrete_fields
@@ -50,6 +53,22 @@ class ExecutionClaim:
     def holds(self) -> Q:
         """The WHERE clause of a write this claim's worker makes."""
         return Q(worker=self.worker, attempts=self.attempt)
+
+
+def _allowed_statuses(allowed: Iterable[str] | None, fields: dict[str, Any]) -> list[str] | None:
+    """The statuses a write may apply to: for a status change, the sources the transition table
+    gives its target status (``allowed``, if given, must be among them)."""
+    target = fields.get("status")
+    if target is None:
+        return None if allowed is None else list(allowed)
+    sources = ExecutionStatus.sources(target)
+    if allowed is None:
+        return list(sources)
+    allowed = list(allowed)
+    illegal = [status for status in allowed if status not in sources]
+    if illegal:
+        raise ValueError(f"no transition {illegal} -> {target}: see ExecutionStatus")
+    return allowed
 
 
 def _supports_update_returning(connection) -> bool:
@@ -137,6 +156,7 @@ def _apply(
     fetch_row: bool,
 ) -> tuple[int, Execution | None] | None:
     """Update and append the event; (event seq, row if ``fetch_row``), or None if no row matched."""
+    allowed = _allowed_statuses(allowed, fields)
     alias = router.db_for_write(Execution)
     connection = connections[alias]
     if not _supports_update_returning(connection):
@@ -197,14 +217,15 @@ def _apply_with_orm(
 def execution_transition(
     *,
     execution_id: UUID | str,
-    allowed: Iterable[str],
+    allowed: Iterable[str] | None = None,
     event_type: str,
     event_data: dict[str, Any],
     where: Q | None = None,
     **fields: Any,
 ) -> bool:
     """Apply ``fields`` if the execution's status is in ``allowed`` (and it matches the extra
-    ``where`` lookups); True if this call won."""
+    ``where`` lookups); True if this call won. With a ``status`` in ``fields``, ``allowed``
+    defaults to the statuses the transition table lets move there, and may only narrow them."""
     return _apply(
         execution_id=execution_id, allowed=allowed, event_type=event_type, event_data=event_data,
         where=where, fields=fields, fetch_row=False,
@@ -214,7 +235,7 @@ def execution_transition(
 def execution_transition_fetch(
     *,
     execution_id: UUID | str,
-    allowed: Iterable[str],
+    allowed: Iterable[str] | None = None,
     event_type: str,
     event_data: dict[str, Any],
     where: Q | None = None,
