@@ -27,17 +27,23 @@ def uuid7() -> uuid.UUID:
 class RunStatus(models.TextChoices):
     """Where a run is in its life (the ``Run.status`` enum of langgraph-openapi.json).
 
-    Transitions, each a conditional UPDATE in ``runs.services`` / ``runs.tasks``::
+    Every move, each one conditional statement in ``runs.transitions`` (the only place a run's
+    status changes; ``tests/runs/test_transitions.py`` checks this table against it)::
 
         pending -> running       a worker claimed it (at most one running run per thread)
         pending -> interrupted   cancelled (action=interrupt) before a worker took it
+        pending -> (deleted)     cancelled with action=rollback before a worker took it
         running -> success       the graph returned or paused on interrupt()/interrupt_before
-        running -> error         the graph raised
+        running -> error         the graph raised, or its worker was lost (the reaper)
         running -> timeout       the worker's time limit was hit
         running -> interrupted   cancelled (action=interrupt) or displaced by multitask interrupt
+        running -> (deleted)     cancelled with action=rollback: its worker deletes it
 
     A rollback (cancel action or multitask strategy) deletes the run and its checkpoints instead
-    of giving it a status. success, error, timeout and interrupted are terminal.
+    of giving it a status. A running run is never requeued (running -> pending): its graph would
+    apply its input to the thread a second time; a pending run whose queue message was lost is
+    enqueued again without a status change. success, error, timeout and interrupted are
+    terminal. Deleting a run or its thread (the API, operators) removes it in any status.
     """
 
     PENDING = "pending", "Pending"

@@ -22,7 +22,7 @@ from runs import dispatch
 from runs.models import Run, RunStatus
 from runs.services.threads import thread_refresh_status
 from runs.tasks import Outcome, final_events
-from runs.wakeups import run_changed
+from runs.transitions import run_reap
 from runs.worker_sql import events_insert
 
 
@@ -40,13 +40,9 @@ def runs_reap_stale(*, heartbeat_timeout: float | None = None) -> int:
         }
         now = timezone.now()
         with transaction.atomic():
-            won = Run.objects.filter(
-                pk=run.pk, status=RunStatus.RUNNING, heartbeat_at__lt=cutoff
-            ).update(
-                status=RunStatus.ERROR, error=error, result={"__error__": error},
-                ended_at=now, updated_at=now, heartbeat_at=None,
-            )
-            if not won:
+            if not run_reap(
+                run_id=run.pk, thread_id=run.thread_id, stale_before=cutoff, error=error, now=now
+            ):
                 continue
             # Its streams end like any failed run's: an error event, then the thread's run_done.
             with connection.cursor() as cursor:
@@ -54,7 +50,6 @@ def runs_reap_stale(*, heartbeat_timeout: float | None = None) -> int:
                     cursor,
                     final_events(run.pk, Outcome(RunStatus.ERROR, result={"__error__": error}, error=error)),
                 )
-            run_changed(run.pk, run.thread_id)
             thread_refresh_status(thread_id=run.thread_id)
             transaction.on_commit(lambda thread_id=run.thread_id: dispatch.thread_dispatch_next(thread_id))
         reaped += 1

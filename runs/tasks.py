@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing, nullcontext
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -33,13 +33,13 @@ import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import Error as DatabaseFailure
-from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.db import close_old_connections, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 from django_q.exceptions import TimeoutException
 
 from project.sse import encode_data
-from runs import dispatch, worker_sql
+from runs import dispatch, transitions, worker_sql
 from runs.graphs import GraphLoadError, GraphNotFound, checkpointer, graph_get
 from runs.jsonable import to_json, to_json_encoded
 from runs.models import CancelAction, Run, RunEvent, RunStatus, Thread
@@ -88,31 +88,7 @@ class Outcome:
 def claim_run(run_id: UUID | str) -> Run | None:
     """pending -> running, in FIFO order per thread and never beside another running run: the
     claimed run (with its assistant's graph id), or None."""
-    at = Run._meta.get_field("created_at").get_db_prep_value(timezone.now(), connection)
-    pk = Run._meta.pk.get_db_prep_value(run_id, connection)
-    params = [
-        RunStatus.RUNNING.value, at, at, at, _worker_name(),
-        pk, RunStatus.PENDING.value, at, RunStatus.PENDING.value, at,
-    ]
-    # The claimed run comes back from the UPDATE where the database can say RETURNING.
-    returning = worker_sql.can_return()
-    # One statement needs no transaction of its own (on PostgreSQL a BEGIN and a COMMIT are two
-    # more round trips); inside the caller's, a savepoint keeps a refusal from spoiling it.
-    savepoint = transaction.atomic() if connection.in_atomic_block else nullcontext()
-    try:
-        with savepoint, connection.cursor() as cursor:
-            cursor.execute(worker_sql.claim_sql(connection.vendor, returning), params)
-            # All rows fetched: SQLite ends an autocommit statement (and its write lock) then.
-            rows = cursor.fetchall() if returning else None
-            claimed = bool(rows) if returning else cursor.rowcount == 1
-    except IntegrityError:  # the thread already has a running run; its end dispatches this one
-        return None
-    if not claimed:
-        return None
-    run_progressed(run_id)
-    if rows:
-        return worker_sql.claimed_run(rows[0])
-    return Run.objects.select_related("assistant").get(pk=run_id)
+    return transitions.run_claim(run_id=run_id, worker=_worker_name(), now=timezone.now())
 
 
 def claim(run_id: UUID | str) -> bool:
@@ -604,10 +580,10 @@ def finish(
     with transaction.atomic(), connection.cursor() as cursor:
         thread_exists, following = worker_sql.thread_lock(cursor, thread_id, run.pk)
         if outcome.kind in (CancelAction.ROLLBACK, "deleted"):
-            Run.objects.filter(pk=run.pk).delete()
+            transitions.run_rollback_running(run_id=run.pk)
         else:
-            ended, stored_on_completion = worker_sql.run_end(
-                cursor, run.pk, status=outcome.kind, result=result, error=outcome.error,
+            ended, stored_on_completion = transitions.run_end(
+                cursor, run_id=run.pk, status=outcome.kind, result=result, error=outcome.error,
                 now=now,
             )
             if ended:

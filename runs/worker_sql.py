@@ -224,33 +224,6 @@ def run_on_completion_sql(vendor: str) -> str:
     return f"SELECT {column(Run, 'on_completion')} FROM {table(Run)} WHERE {column(Run, 'run_id')} = %s"
 
 
-def run_end(
-    cursor: Any, run_id: Any, *, status: str, result: Any, error: Any, now: datetime
-) -> tuple[bool, str | None]:
-    """running -> ``status``. (Whether it ended, its ``on_completion`` as stored now or None if
-    the run is gone): read after the row is locked, since a stream client that hung up may
-    have asked for its stateless thread to go when the run ends."""
-    returning = can_return()
-    at = prep(Run, "ended_at", now)
-    cursor.execute(
-        run_end_sql(connection.vendor, returning),
-        [
-            status, prep(Run, "result", result), prep(Run, "error", error), at, at, None,
-            prep(Run, "run_id", run_id), RunStatus.RUNNING.value,
-        ],
-    )
-    if returning:
-        rows = cursor.fetchall()
-        if rows:
-            return True, rows[0][0]
-        ended = False
-    else:
-        ended = cursor.rowcount == 1
-    cursor.execute(run_on_completion_sql(connection.vendor), [prep(Run, "run_id", run_id)])
-    rows = cursor.fetchall()
-    return ended, rows[0][0] if rows else None
-
-
 @cache
 def thread_update_sql(vendor: str, fields: tuple[str, ...], status_at_rest: bool) -> str:
     """UPDATE of a thread's ``fields`` and status: the given one, or with ``status_at_rest`` the

@@ -14,12 +14,11 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from runs import dispatch
+from runs import dispatch, transitions
 from runs.errors import NO_MATCHING_RUNS_TO_CANCEL, NO_RUNS_TO_CANCEL, NotFound, Unprocessable
 from runs.models import CancelAction, Run, RunStatus, Thread
 from runs.services.inputs import parse_uuid
 from runs.services.threads import thread_status_now
-from runs.wakeups import run_changed
 
 
 def run_cancel_locked(*, run: Run, action: str) -> bool:
@@ -29,19 +28,12 @@ def run_cancel_locked(*, run: Run, action: str) -> bool:
     ``cancel_action`` and its worker stops the graph within its cancel-check interval.
     """
     now = timezone.now()
-    pending = Run.objects.filter(pk=run.pk, status=RunStatus.PENDING)
     if action == CancelAction.ROLLBACK:
-        if pending.delete()[0]:
-            run_changed(run.pk)  # its stream readers close
+        if transitions.run_rollback_pending(run_id=run.pk):
             return True
-    elif pending.update(status=RunStatus.INTERRUPTED, ended_at=now, updated_at=now):
-        run_changed(run.pk)
+    elif transitions.run_interrupt_pending(run_id=run.pk, now=now):
         return True
-    return bool(
-        Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
-            cancel_action=action, cancel_requested_at=now, updated_at=now
-        )
-    )
+    return transitions.run_cancel_request(run_id=run.pk, action=action, now=now)
 
 
 def runs_cancel(*, runs: Iterable[Run], action: str = CancelAction.INTERRUPT) -> list[Run]:

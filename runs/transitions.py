@@ -1,0 +1,144 @@
+"""THE place a run's status moves (the table is in ``RunStatus``'s docstring).
+
+Each move is one conditional statement: an UPDATE (or, for a rollback, a DELETE) whose WHERE
+names the statuses the move starts from, and whose row count (or RETURNING row) says whether this
+call won. Nothing reads the row first, so concurrent movers (the API cancelling, the worker
+ending, the reaper) never both win. A move that loses changes nothing and returns False/None.
+
+The worker's two moves (claim and end) run for every run: their statements are written out once
+(``runs.worker_sql``) rather than composed by the ORM, and answer with RETURNING what the worker
+would otherwise read back. The others are rare and use the ORM.
+
+Wake-ups: each move wakes the readers its status change concerns (``runs.wakeups``), except the
+end, whose caller wakes them once the run's last events and its thread are stored too.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from django.db import IntegrityError, connection, transaction
+
+from runs import worker_sql
+from runs.models import CancelAction, Run, RunStatus
+from runs.wakeups import run_changed, run_progressed
+
+
+def run_claim(*, run_id: UUID | str, worker: str, now: datetime) -> Run | None:
+    """pending -> running, in FIFO order per thread and never beside another running run: the
+    run if it is pending, due (``created_at`` passed) and its thread's oldest due pending run, and
+    no other run of its thread is running (the partial unique index refuses a second one). The
+    claimed run comes back with its assistant's graph id; None if this call did not claim it."""
+    at = Run._meta.get_field("created_at").get_db_prep_value(now, connection)
+    pk = Run._meta.pk.get_db_prep_value(run_id, connection)
+    params = [
+        RunStatus.RUNNING.value, at, at, at, worker,
+        pk, RunStatus.PENDING.value, at, RunStatus.PENDING.value, at,
+    ]
+    returning = worker_sql.can_return()
+    # One statement needs no transaction of its own (on PostgreSQL a BEGIN and a COMMIT are two
+    # more round trips); inside the caller's, a savepoint keeps a refusal from spoiling it.
+    savepoint = transaction.atomic() if connection.in_atomic_block else nullcontext()
+    try:
+        with savepoint, connection.cursor() as cursor:
+            cursor.execute(worker_sql.claim_sql(connection.vendor, returning), params)
+            # All rows fetched: SQLite ends an autocommit statement (and its write lock) then.
+            rows = cursor.fetchall() if returning else None
+            claimed = bool(rows) if returning else cursor.rowcount == 1
+    except IntegrityError:  # the thread already has a running run; its end dispatches this one
+        return None
+    if not claimed:
+        return None
+    run_progressed(run_id)
+    if rows:
+        return worker_sql.claimed_run(rows[0])
+    return Run.objects.select_related("assistant").get(pk=run_id)
+
+
+def run_end(
+    cursor: Any, *, run_id: UUID | str, status: str, result: Any, error: Any, now: datetime
+) -> tuple[bool, str | None]:
+    """running -> ``status`` (success, error, timeout or interrupted), on the caller's cursor
+    inside its transaction. Returns whether this call ended it, and the run's ``on_completion``
+    as stored now (None if the run is gone): read once the row is locked, since a stream client
+    that hung up may have asked for its stateless thread to go when the run ends."""
+    if status not in RunStatus.terminal():
+        raise ValueError(f"a run ends in one of {RunStatus.terminal()}, not {status!r}")
+    returning = worker_sql.can_return()
+    at = worker_sql.prep(Run, "ended_at", now)
+    pk = worker_sql.prep(Run, "run_id", run_id)
+    cursor.execute(
+        worker_sql.run_end_sql(connection.vendor, returning),
+        [
+            status, worker_sql.prep(Run, "result", result), worker_sql.prep(Run, "error", error),
+            at, at, None, pk, RunStatus.RUNNING.value,
+        ],
+    )
+    if returning:
+        rows = cursor.fetchall()
+        if rows:
+            return True, rows[0][0]
+        ended = False
+    else:
+        ended = cursor.rowcount == 1
+    cursor.execute(worker_sql.run_on_completion_sql(connection.vendor), [pk])
+    rows = cursor.fetchall()
+    return ended, rows[0][0] if rows else None
+
+
+def run_reap(
+    *, run_id: UUID | str, thread_id: UUID | str, stale_before: datetime, error: dict, now: datetime
+) -> bool:
+    """running -> error, for a run whose worker stopped beating its heartbeat before
+    ``stale_before`` (a beat since then means the worker lives: the move loses)."""
+    won = Run.objects.filter(
+        pk=run_id, status=RunStatus.RUNNING, heartbeat_at__lt=stale_before
+    ).update(
+        status=RunStatus.ERROR, error=error, result={"__error__": error},
+        ended_at=now, updated_at=now, heartbeat_at=None,
+    )
+    if won:
+        run_changed(run_id, thread_id)
+    return bool(won)
+
+
+def run_interrupt_pending(*, run_id: UUID | str, now: datetime) -> bool:
+    """pending -> interrupted: a cancel (action interrupt) before a worker took the run."""
+    won = Run.objects.filter(pk=run_id, status=RunStatus.PENDING).update(
+        status=RunStatus.INTERRUPTED, ended_at=now, updated_at=now
+    )
+    if won:
+        run_changed(run_id)  # a pending run has no event: its readers learn of it this way
+    return bool(won)
+
+
+def run_rollback_pending(*, run_id: UUID | str) -> bool:
+    """pending -> (deleted): a cancel with action rollback before a worker took the run."""
+    deleted, _ = Run.objects.filter(pk=run_id, status=RunStatus.PENDING).delete()
+    if deleted:
+        run_changed(run_id)  # its stream readers close
+    return bool(deleted)
+
+
+def run_rollback_running(*, run_id: UUID | str) -> bool:
+    """running -> (deleted): the worker's end of a run cancelled with action rollback (its
+    checkpoints are deleted by the caller). A run already ended by someone else (the reaper)
+    keeps its end."""
+    deleted, _ = Run.objects.filter(pk=run_id, status=RunStatus.RUNNING).delete()
+    return bool(deleted)
+
+
+def run_cancel_request(*, run_id: UUID | str, action: str, now: datetime) -> bool:
+    """Ask a running run's worker to stop (``cancel_action``): the first half of cancelling a
+    running run, which stays running until its worker ends it (``run_end`` interrupted, or
+    ``run_rollback_running``) within its cancel-check interval. No status moves here."""
+    if action not in CancelAction.values:
+        raise ValueError(f"a cancel action is one of {CancelAction.values}, not {action!r}")
+    return bool(
+        Run.objects.filter(pk=run_id, status=RunStatus.RUNNING).update(
+            cancel_action=action, cancel_requested_at=now, updated_at=now
+        )
+    )
