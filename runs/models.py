@@ -27,8 +27,8 @@ def uuid7() -> uuid.UUID:
 class RunStatus(models.TextChoices):
     """Where a run is in its life (the ``Run.status`` enum of langgraph-openapi.json).
 
-    Every move, each one conditional statement in ``runs.transitions`` (the only place a run's
-    status changes; ``tests/runs/test_transitions.py`` checks this table against it)::
+    Every move (``RUN_TRANSITIONS``), each one conditional statement in ``runs.transitions``, the
+    only place a run's status changes; every other move is refused::
 
         pending -> running       a worker claimed it (at most one running run per thread)
         pending -> interrupted   cancelled (action=interrupt) before a worker took it
@@ -66,6 +66,24 @@ class RunStatus(models.TextChoices):
     @classmethod
     def terminal(cls) -> tuple[str, ...]:
         return (cls.ERROR, cls.SUCCESS, cls.TIMEOUT, cls.INTERRUPTED)
+
+
+# What a rollback makes of a run, in RUN_TRANSITIONS: it is deleted with its checkpoints.
+RUN_DELETED = "(deleted)"
+
+# (from, to) of every move RunStatus's docstring lists; any other move is refused.
+RUN_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
+    {
+        (RunStatus.PENDING, RunStatus.RUNNING),
+        (RunStatus.PENDING, RunStatus.INTERRUPTED),
+        (RunStatus.PENDING, RUN_DELETED),
+        (RunStatus.RUNNING, RunStatus.SUCCESS),
+        (RunStatus.RUNNING, RunStatus.ERROR),
+        (RunStatus.RUNNING, RunStatus.TIMEOUT),
+        (RunStatus.RUNNING, RunStatus.INTERRUPTED),
+        (RunStatus.RUNNING, RUN_DELETED),
+    }
+)
 
 
 class ThreadStatus(models.TextChoices):

@@ -1,4 +1,4 @@
-"""THE place a run's status moves (the table is in ``RunStatus``'s docstring).
+"""THE place a run's status moves, and only as ``RUN_TRANSITIONS`` (``RunStatus``'s table) allows.
 
 Each move is one conditional statement: an UPDATE (or, for a rollback, a DELETE) whose WHERE
 names the statuses the move starts from, and whose row count (or RETURNING row) says whether this
@@ -23,8 +23,25 @@ from uuid import UUID
 from django.db import IntegrityError, connection, transaction
 
 from runs import worker_sql
-from runs.models import CancelAction, Run, RunStatus
+from runs.models import RUN_DELETED, RUN_TRANSITIONS, CancelAction, Run, RunStatus
 from runs.wakeups import run_changed, run_progressed
+
+
+def _from(source: str, *targets: str) -> str:
+    """``source``, the status a move to each of ``targets`` starts from, if the table has that
+    move (checked once, on import: a move this module makes is one the table lists)."""
+    missing = [target for target in targets if (source, target) not in RUN_TRANSITIONS]
+    if missing:
+        raise AssertionError(f"RUN_TRANSITIONS has no move from {source} to {missing}")
+    return str(source)  # the plain value, as the written-out statements pass it
+
+
+_CLAIM_FROM = _from(RunStatus.PENDING, RunStatus.RUNNING)
+_END_FROM = _from(RunStatus.RUNNING, *RunStatus.terminal())
+_REAP_FROM = _from(RunStatus.RUNNING, RunStatus.ERROR)
+_INTERRUPT_PENDING_FROM = _from(RunStatus.PENDING, RunStatus.INTERRUPTED)
+_ROLLBACK_PENDING_FROM = _from(RunStatus.PENDING, RUN_DELETED)
+_ROLLBACK_RUNNING_FROM = _from(RunStatus.RUNNING, RUN_DELETED)
 
 
 def run_claim(*, run_id: UUID | str, worker: str, now: datetime) -> Run | None:
@@ -36,7 +53,7 @@ def run_claim(*, run_id: UUID | str, worker: str, now: datetime) -> Run | None:
     pk = Run._meta.pk.get_db_prep_value(run_id, connection)
     params = [
         RunStatus.RUNNING.value, at, at, at, worker,
-        pk, RunStatus.PENDING.value, at, RunStatus.PENDING.value, at,
+        pk, _CLAIM_FROM, at, RunStatus.PENDING.value, at,
     ]
     returning = worker_sql.can_return()
     # One statement needs no transaction of its own (on PostgreSQL a BEGIN and a COMMIT are two
@@ -74,7 +91,7 @@ def run_end(
         worker_sql.run_end_sql(connection.vendor, returning),
         [
             status, worker_sql.prep(Run, "result", result), worker_sql.prep(Run, "error", error),
-            at, at, None, pk, RunStatus.RUNNING.value,
+            at, at, None, pk, _END_FROM,
         ],
     )
     if returning:
@@ -95,7 +112,7 @@ def run_reap(
     """running -> error, for a run whose worker stopped beating its heartbeat before
     ``stale_before`` (a beat since then means the worker lives: the move loses)."""
     won = Run.objects.filter(
-        pk=run_id, status=RunStatus.RUNNING, heartbeat_at__lt=stale_before
+        pk=run_id, status=_REAP_FROM, heartbeat_at__lt=stale_before
     ).update(
         status=RunStatus.ERROR, error=error, result={"__error__": error},
         ended_at=now, updated_at=now, heartbeat_at=None,
@@ -107,7 +124,7 @@ def run_reap(
 
 def run_interrupt_pending(*, run_id: UUID | str, now: datetime) -> bool:
     """pending -> interrupted: a cancel (action interrupt) before a worker took the run."""
-    won = Run.objects.filter(pk=run_id, status=RunStatus.PENDING).update(
+    won = Run.objects.filter(pk=run_id, status=_INTERRUPT_PENDING_FROM).update(
         status=RunStatus.INTERRUPTED, ended_at=now, updated_at=now
     )
     if won:
@@ -117,7 +134,7 @@ def run_interrupt_pending(*, run_id: UUID | str, now: datetime) -> bool:
 
 def run_rollback_pending(*, run_id: UUID | str) -> bool:
     """pending -> (deleted): a cancel with action rollback before a worker took the run."""
-    deleted, _ = Run.objects.filter(pk=run_id, status=RunStatus.PENDING).delete()
+    deleted, _ = Run.objects.filter(pk=run_id, status=_ROLLBACK_PENDING_FROM).delete()
     if deleted:
         run_changed(run_id)  # its stream readers close
     return bool(deleted)
@@ -127,7 +144,7 @@ def run_rollback_running(*, run_id: UUID | str) -> bool:
     """running -> (deleted): the worker's end of a run cancelled with action rollback (its
     checkpoints are deleted by the caller). A run already ended by someone else (the reaper)
     keeps its end."""
-    deleted, _ = Run.objects.filter(pk=run_id, status=RunStatus.RUNNING).delete()
+    deleted, _ = Run.objects.filter(pk=run_id, status=_ROLLBACK_RUNNING_FROM).delete()
     return bool(deleted)
 
 

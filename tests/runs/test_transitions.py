@@ -15,9 +15,9 @@ from django.utils import timezone
 
 from runs import transitions
 from runs.graphs import system_assistant_id
-from runs.models import CancelAction, Run, RunStatus, Thread
+from runs.models import RUN_DELETED as DELETED
+from runs.models import RUN_TRANSITIONS, CancelAction, Run, RunStatus, Thread
 
-DELETED = "(deleted)"
 LONG_AGO = timedelta(minutes=10)
 
 
@@ -111,6 +111,7 @@ def test_each_move_from_each_status(move: Move, start: str, owner) -> None:
 def test_the_docstring_table_is_the_moves_there_are() -> None:
     documented = set(re.findall(r"^\s+(\w+) -> (\S+)\s", RunStatus.__doc__, re.MULTILINE))
     implemented = {(source, move.target) for move in MOVES for source in move.sources}
+    assert documented == {(str(source), str(target)) for source, target in RUN_TRANSITIONS}
     assert documented == implemented
     # Terminal statuses never move again; nothing goes back to pending.
     assert not {source for source, _ in documented} & set(RunStatus.terminal())
