@@ -29,7 +29,6 @@ connections), and however many streams wake at once, the executor bounds the con
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import time
@@ -56,9 +55,10 @@ from project.stream_limits import hold_slot, stream_slot, too_many_streams
 from project.throttling import CreateRateThrottle
 from runs import services
 from runs.errors import Unprocessable
-from runs.models import CancelAction, DiscardedRun, Run, RunEvent, RunStatus, Thread
+from runs.models import DiscardedRun, Run, RunEvent, RunStatus, Thread
 from runs.stream_modes import API_MODES, event_wanted
 from runs.validation import parse_json_body
+from runs.waiting import run_create_awaited, run_disconnect_handled
 from runs.wakeups import run_channel, thread_channel
 
 EVENT_ID_WIDTH = 19
@@ -168,19 +168,6 @@ def _last_thread_event_id(thread_id: UUID) -> int:
     return RunEvent.objects.filter(run__thread_id=thread_id).aggregate(m=Max("id"))["m"] or 0
 
 
-def after_disconnect(*, run_id: UUID, cancel: bool, temporary_thread_id: UUID | None) -> None:
-    """What a client hanging up means for its run: a cancel (``on_disconnect: "cancel"``), and for
-    a stateless run, that nobody will read its temporary thread: it goes when the run ends."""
-    if cancel:
-        services.runs_cancel(runs=list(Run.objects.filter(pk=run_id)), action=CancelAction.INTERRUPT)
-    if temporary_thread_id is not None:
-        still_running = Run.objects.filter(pk=run_id, status__in=RunStatus.active()).update(
-            on_completion="delete"
-        )
-        if not still_running:
-            services.temporary_thread_discard(thread_id=temporary_thread_id)
-
-
 # --- followers -----------------------------------------------------------------------------------
 
 
@@ -261,23 +248,16 @@ async def run_stream_body(
     cancel_on_disconnect: bool = False,
     temporary_thread_id: UUID | None = None,
 ) -> AsyncIterator[bytes]:
-    """``follow_run`` plus what the end of the response means for the run.
-
-    A client that hangs up makes the ASGI handler cancel this generator (CancelledError) or close
-    it (GeneratorExit); the consequences run shielded, then the exception goes on.
-    """
-    try:
-        async with aclosing(follow_run(run_id, after_id, modes=modes, with_ids=with_ids)) as frames:
-            async for frame in frames:
-                yield frame
-    except (asyncio.CancelledError, GeneratorExit):
-        if cancel_on_disconnect or temporary_thread_id is not None:
-            await asyncio.shield(
-                in_executor(after_disconnect)(
-                    run_id=run_id, cancel=cancel_on_disconnect, temporary_thread_id=temporary_thread_id
-                )
-            )
-        raise
+    """``follow_run`` plus what the end of the response, or a client hanging up, means for the
+    run (``runs.waiting.run_disconnect_handled``)."""
+    async with (
+        run_disconnect_handled(
+            run_id=run_id, cancel=cancel_on_disconnect, temporary_thread_id=temporary_thread_id
+        ),
+        aclosing(follow_run(run_id, after_id, modes=modes, with_ids=with_ids)) as frames,
+    ):
+        async for frame in frames:
+            yield frame
     if temporary_thread_id is not None:
         await in_executor(services.temporary_thread_discard)(thread_id=temporary_thread_id)
 
@@ -404,23 +384,17 @@ async def _create_and_stream(request: HttpRequest, thread_id: str | None) -> Htt
 
     async def start() -> HttpResponse:
         try:
-            # A stateless run's thread stays until this response has sent the run's last event.
-            run, created = await in_executor(services.run_create_idempotent)(
-                owner=user, body=body, thread_id=thread_id, on_completion="", idempotency=idempotency
+            # A replay joins the first request's run: from its first event (or after Last-Event-ID).
+            run, created, discard = await in_executor(run_create_awaited)(
+                owner=user, body=body, thread_id=thread_id, idempotency=idempotency
             )
-            if isinstance(run, DiscardedRun):
-                # Its events went with its thread; the stream says so, as a join of it would.
-                response = EventStreamResponse(single_event_body("error", RUN_NOT_FOUND))
-                response["Idempotent-Replayed"] = "true"
-                return response
-            if created:
-                discard = stateless and body.get("on_completion", "delete") == "delete"
-            else:
-                # A replay joins the first request's run: from its first event (or after
-                # Last-Event-ID); the temporary thread is this response's only if the first is gone.
-                discard = stateless and await in_executor(services.run_take_temporary_thread)(run=run)
         except APIException as exc:
             return _api_error(exc)
+        if isinstance(run, DiscardedRun):
+            # Its events went with its thread; the stream says so, as a join of it would.
+            response = EventStreamResponse(single_event_body("error", RUN_NOT_FOUND))
+            response["Idempotent-Replayed"] = "true"
+            return response
         stream = run_stream_body(
             run.pk,
             0 if created or resume_after is None else resume_after,

@@ -6,16 +6,12 @@ call one service, render with ``runs.serializers``. Every error is ``{"detail": 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
-from functools import cache
 from importlib import metadata as package_metadata
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from rest_framework import exceptions, status
 from rest_framework.permissions import AllowAny
@@ -23,9 +19,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from project import event_hub
-from project.async_db import in_executor
-from project.event_hub import watch
 from project.throttling import CreateRateThrottle
 from runs import services
 from runs.errors import NotFound, Unprocessable
@@ -42,9 +35,8 @@ from runs.serializers import (
     run_json,
     thread_json,
 )
-from runs.streams import after_disconnect
 from runs.validation import INVALID_JSON, parse_json_body, validate_body
-from runs.wakeups import run_status_channel
+from runs.waiting import run_create_awaited, run_result_chunks
 
 
 def _detail_response(detail: str, status_code: int, headers: dict | None = None) -> Response:
@@ -468,66 +460,11 @@ class ThreadHistoryView(LangGraphView):
 
 # --- runs ----------------------------------------------------------------------------------------
 
-WAIT_POLL_SECONDS = 0.025
-# With Redis, the run's writers publish every change: a read of the row this often is only the
-# safety net for a lost wake-up (the event hub's own poll is another).
-WAIT_PUSHED_POLL_SECONDS = 1.0
-KEEPALIVE_SECONDS = 5.0
-
-
 def _run_location_headers(thread_id: Any, run_id: Any) -> dict[str, str]:
     return {
         "Location": f"/threads/{thread_id}/runs/{run_id}/join",
         "Content-Location": f"/threads/{thread_id}/runs/{run_id}",
     }
-
-
-def _wait_poll_interval() -> float:
-    if event_hub.wakeups_pushed():
-        # Redis, or datagrams between the processes of this machine: the run's end wakes the
-        # /wait at once, and the hub's own poll still finds what a lost wake-up did not say.
-        return WAIT_PUSHED_POLL_SECONDS
-    # Otherwise the hub learns of changes by polling the database (EVENT_HUB_POLL_INTERVAL),
-    # slower than a /wait may take: the row is read this often too.
-    return float(getattr(settings, "RUNS_WAIT_POLL_INTERVAL", WAIT_POLL_SECONDS))
-
-
-@cache
-def _run_state_sql(vendor: str) -> str:
-    quote = connection.ops.quote_name
-    status, result = (quote(Run._meta.get_field(name).column) for name in ("status", "result"))
-    table, pk = quote(Run._meta.db_table), quote(Run._meta.pk.column)
-    return f"SELECT {status}, {result} FROM {table} WHERE {pk} = %s"
-
-
-def _run_state(run_id: Any) -> tuple[str | None, bytes | None]:
-    """(status, result) of the run, (None, None) once it is gone: the read a /wait repeats until
-    the run ends (every 25 ms without Redis). The result is NULL until then, so it costs its bytes
-    once. Written out: the ORM spent several times the statement's own time composing it."""
-    with connection.cursor() as cursor:
-        cursor.execute(_run_state_sql(connection.vendor), [Run._meta.pk.get_db_prep_value(run_id, connection)])
-        row = cursor.fetchone()
-    if row is None:
-        return None, None
-    return row[0], _stored_json(row[1])
-
-
-def _stored_json(value: Any) -> bytes | None:
-    """A JSON column's value as the JSON text stored, for a response body; None for NULL or null.
-
-    The result of a chat graph's run is the thread's whole conversation: decoding it and encoding
-    it again was a tenth of a /wait's CPU, and grew with the thread. The drivers give the text as
-    it is (SQLite's column; PostgreSQL's jsonb through Django's text loader): the same JSON value,
-    only its spacing and escapes are the database's."""
-    if isinstance(value, bytes):
-        value = value.decode()
-    if not isinstance(value, str):  # a driver that decodes JSON itself
-        return None if value is None else _json_body(value)
-    return None if value == "null" else value.encode()
-
-
-def _json_body(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str).encode()
 
 
 def result_response(
@@ -538,58 +475,16 @@ def result_response(
     initial_delay: float = 0.0,
     cancel_on_disconnect: bool = False,
 ) -> StreamingHttpResponse:
-    """A 200 whose body is the run's final result once it ends, with a newline every 5 s meanwhile
-    (leading whitespace is valid JSON) so proxies and clients keep the connection open.
-
-    The run's row is read again whenever its status channel on the event hub says it changed
-    (its claim, its end, a cancel or a delete; not its events), and at least every
-    ``_wait_poll_interval()``.
-
-    With ``cancel_on_disconnect`` a client hanging up (the ASGI handler cancels this generator)
-    cancels the run, as ``on_disconnect: "cancel"`` asks; a stateless run's thread then goes when
-    the run ends, since nobody is left to read it."""
-    poll_interval = _wait_poll_interval()
-
-    async def body():
-        loop = asyncio.get_running_loop()
-        last_write = loop.time()
-        if initial_delay:
-            await asyncio.sleep(initial_delay)
-        run_result = None
-        try:
-            if run_id is not None:  # else a join of a missing run: nothing to wait for
-                state_of = sync_to_async(_run_state)
-                async with watch(run_status_channel(run_id)) as watcher:
-                    while True:
-                        watcher.arm()
-                        run_status, run_result = await state_of(run_id)
-                        if run_status is None or run_status in RunStatus.terminal():
-                            break
-                        if loop.time() - last_write >= KEEPALIVE_SECONDS:
-                            last_write = loop.time()
-                            yield b"\n"
-                        keepalive_in = KEEPALIVE_SECONDS - (loop.time() - last_write)
-                        await watcher.wait(max(0.0, min(poll_interval, keepalive_in)))
-        except (asyncio.CancelledError, GeneratorExit):
-            if cancel_on_disconnect or discard_thread:
-                await asyncio.shield(
-                    in_executor(after_disconnect)(
-                        run_id=run_id,
-                        cancel=cancel_on_disconnect,
-                        temporary_thread_id=thread_id if discard_thread else None,
-                    )
-                )
-            raise
-        if run_result is None:
-            # The run is gone, or ended without a result: its thread's values, or a 404 body.
-            run_result = _json_body(
-                await sync_to_async(services.run_finished_body)(run_id=run_id, thread_id=thread_id)
-            )
-        if discard_thread:
-            await sync_to_async(services.temporary_thread_discard)(thread_id=thread_id)
-        yield run_result
-
-    response = StreamingHttpResponse(body(), content_type="application/json", status=200)
+    """A 200 whose body is the run's final result once it ends (``runs.waiting.run_result_chunks``:
+    whitespace meanwhile keeps the connection open, so the status is sent at once)."""
+    chunks = run_result_chunks(
+        thread_id=thread_id,
+        run_id=run_id,
+        discard_thread=discard_thread,
+        initial_delay=initial_delay,
+        cancel_on_disconnect=cancel_on_disconnect,
+    )
+    response = StreamingHttpResponse(chunks, content_type="application/json", status=200)
     for key, value in _run_location_headers(thread_id, run_id).items():
         response[key] = value
     return response
@@ -621,7 +516,7 @@ class ThreadRunWaitView(CreateView):
     def post(self, request: Request, thread_id: str) -> HttpResponse:
         body = self.body("RunCreateStreamingStateful")
         idempotency = self.idempotency(body)
-        run, created = services.run_create_idempotent(
+        run, created, _ = run_create_awaited(
             owner=request.user, body=body, thread_id=thread_id, idempotency=idempotency
         )
         # A replay waits for the first request's run and answers as /join would.
@@ -689,23 +584,15 @@ class StatelessRunWaitView(CreateView):
     def post(self, request: Request) -> HttpResponse:
         body = self.body("RunCreateStreamingStateless")
         idempotency = self.idempotency(body)
-        # The response reads the result before the temporary thread goes, so the worker keeps it.
-        run, created = services.run_create_idempotent(
-            owner=request.user, body=body, on_completion="", idempotency=idempotency
-        )
+        run, created, discard_thread = run_create_awaited(owner=request.user, body=body, idempotency=idempotency)
         if isinstance(run, DiscardedRun):
             # The first request's response has read the result and deleted the thread.
             response = Response(run.result, headers=_run_location_headers(run.thread_id, run.pk))
             return _replayed(response, idempotency, created)
-        if created:
-            discard = body.get("on_completion", "delete") == "delete"
-        else:
-            # A replay: the thread is this response's to delete only if the first one is gone.
-            discard = services.run_take_temporary_thread(run=run)
         response = result_response(
             thread_id=run.thread_id,
             run_id=run.pk,
-            discard_thread=discard,
+            discard_thread=discard_thread,
             cancel_on_disconnect=body.get("on_disconnect") == "cancel",
         )
         return _replayed(response, idempotency, created)

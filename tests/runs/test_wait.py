@@ -13,7 +13,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.db import connections
 from django.test import AsyncClient
 
-from runs import services, tasks, views
+from runs import services, tasks, waiting
 from runs.models import Run, RunStatus
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -109,14 +109,14 @@ def test_without_redis_a_waiting_join_reads_the_run_every_poll_interval(api, ali
     settings.LOCAL_WAKEUPS_DIR = ""  # no wake-ups at all: the reads are all there is
     settings.RUNS_WAIT_POLL_INTERVAL = 0.05
     reads: list[str | None] = []
-    real = views._run_state
+    real = waiting.run_state_read
 
     def counted(run_id):
         state = real(run_id)
         reads.append(state[0])
         return state
 
-    monkeypatch.setattr(views, "_run_state", counted)
+    monkeypatch.setattr(waiting, "run_state_read", counted)
     thread = services.thread_create(owner=alice)
     run = services.run_create(
         owner=alice, thread_id=thread.pk,
