@@ -1,7 +1,7 @@
 """The LangGraph-compatible API in our OpenAPI schema.
 
-The runs views are plain ``APIView``s that validate bodies against the LangGraph Agent Server's
-own JSON schemas, so drf-spectacular cannot introspect them. Instead of re-describing them, we
+The runs viewsets validate bodies against the LangGraph Agent Server's own JSON schemas rather
+than with serializers, so drf-spectacular cannot introspect them. Instead of re-describing them, we
 document each route we serve with the real server's operation (``schema/langgraph_paths.json``,
 vendored from its OpenAPI document) and correct what we answer differently: the statuses in
 ``STATUSES`` (every one of them reachable, see tests/test_schema.py) and the few component shapes
@@ -289,7 +289,9 @@ def _operation(route: Route, method: str, spec_op: dict[str, Any]) -> dict[str, 
 def add_langgraph_operations(result: dict, generator: Any, request: Any, public: bool) -> dict:
     """Postprocessing hook: the real server's operation for every runs route and method we serve."""
     spec_paths, spec_components = _vendored()
-    for route in runs_routes():
+    # In the real server's order, whatever the order of our URL patterns (the router's is its own).
+    order = {path: index for index, path in enumerate(spec_paths)}
+    for route in sorted(runs_routes(), key=lambda route: order.get(route.path, len(order))):
         spec_item = spec_paths.get(route.path)
         if spec_item is None:
             warn(f"runs.openapi: {route.path} is served but not in the vendored LangGraph spec")

@@ -1,7 +1,9 @@
-"""The LangGraph Agent Server API: assistants, threads, thread state, runs, system routes.
+"""The LangGraph Agent Server API: assistants, threads and their state, runs, system routes.
 
-Thin views: parse the JSON body (whatever the content type), check it against the API's schema,
-call one service, render with ``runs.serializers``. Every error is ``{"detail": "..."}``.
+One viewset per resource, routed by ``runs.urls``; the run streams are async views beside them
+(``runs.streams``). Thin actions: parse the JSON body (whatever the content type), check it
+against the API's schema, call one service, render with ``runs.serializers``. Every error is
+``{"detail": "..."}``, as on the real server.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ from typing import Any
 
 from django.conf import settings
 from django.http import Http404, HttpResponse, StreamingHttpResponse
-from rest_framework import exceptions, status
+from rest_framework import exceptions, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from project.throttling import CreateRateThrottle
 from runs import services
@@ -38,13 +40,31 @@ from runs.serializers import (
 from runs.validation import INVALID_JSON, parse_json_body, validate_body
 from runs.waiting import run_create_awaited, run_result_chunks
 
+IDEMPOTENT_REPLAYED = "Idempotent-Replayed"
+# Ids are matched as plain strings so a malformed one gets the real server's 422 from the
+# service that parses it, not a 404 from the resolver.
+ID_PATTERN = "[^/]+"
+
 
 def _detail_response(detail: str, status_code: int, headers: dict | None = None) -> Response:
     return Response({"detail": detail}, status=status_code, headers=headers)
 
 
-class LangGraphView(APIView):
-    """Base of every runs API view: real-server error bodies and lenient JSON bodies."""
+class LangGraphViewSet(viewsets.ViewSet):
+    """Base of every runs API viewset: real-server error bodies, lenient JSON bodies, and the
+    per-user "create" throttle on the actions that create.
+
+    A ``ViewSet``, not a ``GenericViewSet``: the bodies are the real server's shapes, built by
+    ``runs.serializers`` from what the services return, so there is no queryset or serializer
+    class to be generic over (and DRF's OPTIONS answer would fail looking for one)."""
+
+    lookup_value_regex = ID_PATTERN
+    # The executions API's "create" scope and rate, in the shared cache.
+    throttle_scope = "create"
+    create_actions: frozenset[str] = frozenset()
+
+    def get_throttles(self) -> list:
+        return [CreateRateThrottle()] if self.action in self.create_actions else []
 
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
@@ -73,21 +93,9 @@ class LangGraphView(APIView):
         """The request's JSON body, validated against the API component ``schema``."""
         return parse_json_body(self.request.body, schema, required=required)
 
-
-IDEMPOTENT_REPLAYED = "Idempotent-Replayed"
-
-
-class CreateView(LangGraphView):
-    """A view whose POST creates: throttled per user like every create of the platform (the
-    executions API's "create" scope and rate, in the shared cache), and an ``Idempotency-Key``
-    header makes a retry answer with the object the first request created."""
-
-    throttle_scope = "create"
-
-    def get_throttles(self) -> list:
-        return [CreateRateThrottle()] if self.request.method == "POST" else []
-
     def idempotency(self, body: Any) -> services.Idempotency | None:
+        """The request's ``Idempotency-Key``: a retry answers with what the first request
+        created."""
         return services.Idempotency.from_header(
             self.request.headers.get("Idempotency-Key"),
             method=self.request.method, path=self.request.path, body=body,
@@ -132,333 +140,12 @@ def _query_int(request: Request, name: str, default: int, minimum: int, maximum:
     return number
 
 
-# --- system --------------------------------------------------------------------------------------
+def _cancel_action(request: Request) -> str:
+    chosen = request.query_params.get("action") or CancelAction.INTERRUPT
+    if chosen not in CancelAction.values:
+        raise Unprocessable(f"Invalid action: must be one of {list(CancelAction.values)}")
+    return chosen
 
-
-class OkView(LangGraphView):
-    authentication_classes: list = []
-    permission_classes = [AllowAny]
-
-    def get(self, request: Request) -> Response:
-        return Response({"ok": True})
-
-
-class InfoView(LangGraphView):
-    authentication_classes: list = []
-    permission_classes = [AllowAny]
-
-    def get(self, request: Request) -> Response:
-        try:
-            langgraph_version = package_metadata.version("langgraph")
-        except package_metadata.PackageNotFoundError:
-            langgraph_version = None
-        return Response(
-            {
-                "version": getattr(settings, "RUNS_API_VERSION", "0.1.0"),
-                "langgraph_py_version": langgraph_version,
-                "flags": {"assistants": True, "crons": False, "langsmith": False},
-                "metadata": {},
-            }
-        )
-
-
-# --- assistants ----------------------------------------------------------------------------------
-
-
-class AssistantsView(CreateView):
-    def post(self, request: Request) -> Response:
-        body = self.body("AssistantCreate")
-        idempotency = self.idempotency(body)
-        assistant, created = services.assistant_create_idempotent(
-            owner=request.user,
-            idempotency=idempotency,
-            graph_id=body["graph_id"],
-            assistant_id=body.get("assistant_id"),
-            config=body.get("config"),
-            context=body.get("context"),
-            metadata=body.get("metadata"),
-            name=body.get("name"),
-            description=body.get("description"),
-            if_exists=body.get("if_exists", "raise"),
-        )
-        return _replayed(Response(assistant_json(assistant)), idempotency, created)
-
-
-class AssistantSearchView(LangGraphView):
-    def post(self, request: Request) -> Response:
-        body = self.body("AssistantSearchRequest", required=False)
-        select = check_select(body.get("select"), ASSISTANT_FIELDS)
-        queryset = services.assistants_search(
-            user=request.user,
-            metadata=body.get("metadata"),
-            graph_id=body.get("graph_id"),
-            name=body.get("name"),
-            sort_by=body.get("sort_by"),
-            sort_order=body.get("sort_order"),
-        )
-        limit, offset = body.get("limit", 10), body.get("offset", 0)
-        total = queryset.count()
-        rows = [assistant_json(a, select) for a in queryset[offset : offset + limit]]
-        return _paginated(rows, total, offset, limit)
-
-
-class AssistantCountView(LangGraphView):
-    def post(self, request: Request) -> Response:
-        body = self.body("AssistantCountRequest", required=False)
-        queryset = services.assistants_search(
-            user=request.user,
-            metadata=body.get("metadata"),
-            graph_id=body.get("graph_id"),
-            name=body.get("name"),
-        )
-        return Response(queryset.count())
-
-
-class AssistantDetailView(LangGraphView):
-    def get(self, request: Request, assistant_id: str) -> Response:
-        return Response(assistant_json(services.assistant_get(user=request.user, assistant_id=assistant_id)))
-
-    def patch(self, request: Request, assistant_id: str) -> Response:
-        body = self.body("AssistantPatch", required=False)
-        assistant = services.assistant_get(user=request.user, assistant_id=assistant_id)
-        assistant = services.assistant_update(
-            user=request.user,
-            assistant=assistant,
-            graph_id=body.get("graph_id"),
-            config=body.get("config"),
-            context=body.get("context"),
-            metadata=body.get("metadata"),
-            name=body.get("name"),
-            description=body.get("description"),
-        )
-        return Response(assistant_json(assistant))
-
-    def delete(self, request: Request, assistant_id: str) -> Response:
-        pk = services.parse_uuid(assistant_id, "assistant")
-        try:
-            assistant = services.assistant_get(user=request.user, assistant_id=pk)
-        except NotFound:
-            raise NotFound(f"Assistant with ID {pk} not found") from None
-        services.assistant_delete(user=request.user, assistant=assistant)
-        return Response(status=status.HTTP_204_NO_CONTENT)
-
-
-class AssistantGraphView(LangGraphView):
-    def get(self, request: Request, assistant_id: str) -> Response:
-        assistant = services.assistant_get(user=request.user, assistant_id=assistant_id)
-        xray: Any = request.query_params.get("xray", "false")
-        xray = int(xray) if xray.isdigit() else xray.lower() in {"true", "1"}
-        drawable = graph_get(assistant.graph_id).get_graph(xray=xray)
-        return Response(to_json(drawable.to_json()))
-
-
-class AssistantSubgraphsView(LangGraphView):
-    def get(self, request: Request, assistant_id: str, namespace: str | None = None) -> Response:
-        assistant = services.assistant_get(user=request.user, assistant_id=assistant_id)
-        graph = graph_get(assistant.graph_id)
-        recurse = _query_bool(request, "recurse")
-        subgraphs = {
-            ns: to_json(sub.get_input_jsonschema())
-            for ns, sub in graph.get_subgraphs(namespace=namespace, recurse=recurse)
-        }
-        return Response(subgraphs)
-
-
-class AssistantSchemasView(LangGraphView):
-    def get(self, request: Request, assistant_id: str) -> Response:
-        assistant = services.assistant_get(user=request.user, assistant_id=assistant_id)
-        graph = graph_get(assistant.graph_id)
-
-        def schema(getter: Any) -> Any:
-            try:
-                return to_json(getter())
-            except Exception:  # a graph without that schema: the real server answers null
-                return None
-
-        return Response(
-            {
-                "graph_id": assistant.graph_id,
-                "input_schema": schema(graph.get_input_jsonschema),
-                "output_schema": schema(graph.get_output_jsonschema),
-                "state_schema": schema(graph.get_input_jsonschema),
-                "config_schema": schema(graph.get_config_jsonschema),
-                "context_schema": schema(graph.get_context_jsonschema),
-            }
-        )
-
-
-class AssistantVersionsView(LangGraphView):
-    def post(self, request: Request, assistant_id: str) -> Response:
-        body = self.body("AssistantVersionsSearchRequest", required=False)
-        assistant = services.assistant_get(user=request.user, assistant_id=assistant_id)
-        versions = services.json_filter(assistant.versions.all(), "metadata", body.get("metadata"))
-        limit, offset = body.get("limit", 10), body.get("offset", 0)
-        return Response(
-            [assistant_version_json(v) for v in versions.order_by("-version")[offset : offset + limit]]
-        )
-
-
-class AssistantLatestView(LangGraphView):
-    def post(self, request: Request, assistant_id: str) -> Response:
-        body = self.body("AssistantVersionChange", required=False)
-        version = body.get("version", request.query_params.get("version"))
-        if version is None:
-            raise Unprocessable('"version" is a required property')
-        try:
-            version = int(version)
-        except (TypeError, ValueError):
-            raise Unprocessable("Invalid version: must be an integer") from None
-        assistant = services.assistant_get(user=request.user, assistant_id=assistant_id)
-        assistant = services.assistant_set_latest(user=request.user, assistant=assistant, version=version)
-        return Response(assistant_json(assistant))
-
-
-# --- threads -------------------------------------------------------------------------------------
-
-
-class ThreadsView(CreateView):
-    def post(self, request: Request) -> Response:
-        body = self.body("ThreadCreate", required=False)
-        idempotency = self.idempotency(body)
-        thread, created = services.thread_create_idempotent(
-            owner=request.user,
-            idempotency=idempotency,
-            thread_id=body.get("thread_id"),
-            metadata=body.get("metadata"),
-            if_exists=body.get("if_exists", "raise"),
-        )
-        return _replayed(Response(thread_json(thread)), idempotency, created)
-
-
-class ThreadSearchView(LangGraphView):
-    def post(self, request: Request) -> Response:
-        body = self.body("ThreadSearchRequest", required=False)
-        select = check_select(body.get("select"), THREAD_FIELDS)
-        queryset = services.threads_search(
-            user=request.user,
-            ids=body.get("ids"),
-            metadata=body.get("metadata"),
-            values=body.get("values"),
-            status=body.get("status"),
-            sort_by=body.get("sort_by"),
-            sort_order=body.get("sort_order"),
-        )
-        limit, offset = body.get("limit", 10), body.get("offset", 0)
-        total = queryset.count()
-        rows = [thread_json(t, select) for t in queryset[offset : offset + limit]]
-        return _paginated(rows, total, offset, limit)
-
-
-class ThreadCountView(LangGraphView):
-    def post(self, request: Request) -> Response:
-        body = self.body("ThreadCountRequest", required=False)
-        queryset = services.threads_search(
-            user=request.user,
-            metadata=body.get("metadata"),
-            values=body.get("values"),
-            status=body.get("status"),
-        )
-        return Response(queryset.count())
-
-
-class ThreadPruneView(LangGraphView):
-    def post(self, request: Request) -> Response:
-        body = self.body("ThreadPruneRequest")
-        count = services.threads_prune(
-            user=request.user, thread_ids=body["thread_ids"], strategy=body.get("strategy", "delete")
-        )
-        return Response({"pruned_count": count})
-
-
-class ThreadDetailView(LangGraphView):
-    def get(self, request: Request, thread_id: str) -> Response:
-        return Response(thread_json(services.thread_get(user=request.user, thread_id=thread_id)))
-
-    def patch(self, request: Request, thread_id: str) -> Response:
-        body = self.body("ThreadPatch", required=False)
-        thread = services.thread_get(user=request.user, thread_id=thread_id, not_found="Not Found")
-        return Response(thread_json(services.thread_update(thread=thread, metadata=body.get("metadata"))))
-
-    def delete(self, request: Request, thread_id: str) -> Response:
-        services.thread_delete(thread=services.thread_get(user=request.user, thread_id=thread_id))
-        return Response(status=status.HTTP_204_NO_CONTENT)
-
-
-class ThreadCopyView(LangGraphView):
-    def post(self, request: Request, thread_id: str) -> Response:
-        thread = services.thread_get(user=request.user, thread_id=thread_id)
-        return Response(thread_json(services.thread_copy(thread=thread)))
-
-
-class ThreadStateView(LangGraphView):
-    def get(self, request: Request, thread_id: str, checkpoint_id: str | None = None) -> Response:
-        thread = services.thread_get(user=request.user, thread_id=thread_id)
-        checkpoint = {"checkpoint_id": checkpoint_id} if checkpoint_id else None
-        return Response(
-            services.thread_state(
-                thread=thread, checkpoint=checkpoint, subgraphs=_query_bool(request, "subgraphs")
-            )
-        )
-
-    def post(self, request: Request, thread_id: str) -> Response:
-        body = self.body("ThreadStateUpdate", required=False)
-        thread = services.thread_get(user=request.user, thread_id=thread_id)
-        checkpoint = body.get("checkpoint") or {}
-        if body.get("checkpoint_id"):
-            checkpoint = {**checkpoint, "checkpoint_id": body["checkpoint_id"]}
-        return Response(
-            services.thread_state_update(
-                thread=thread,
-                values=body.get("values"),
-                as_node=body.get("as_node"),
-                checkpoint=checkpoint or None,
-            )
-        )
-
-
-
-class ThreadStateAtView(ThreadStateView):
-    """``/state/{checkpoint_id}`` reads a past state; updates go to ``/state`` (as on the real server)."""
-
-    http_method_names = ["get", "head", "options"]
-
-class ThreadStateAtCheckpointView(LangGraphView):
-    def post(self, request: Request, thread_id: str) -> Response:
-        body = self.body("ThreadStateCheckpointRequest")
-        thread = services.thread_get(user=request.user, thread_id=thread_id)
-        return Response(
-            services.thread_state(
-                thread=thread, checkpoint=body["checkpoint"], subgraphs=bool(body.get("subgraphs"))
-            )
-        )
-
-
-class ThreadHistoryView(LangGraphView):
-    def get(self, request: Request, thread_id: str) -> Response:
-        thread = services.thread_get(user=request.user, thread_id=thread_id)
-        limit = _query_int(request, "limit", 10, 1, 1000)
-        before = request.query_params.get("before")
-        return Response(
-            services.thread_history(
-                thread=thread, limit=limit, before={"checkpoint_id": before} if before else None
-            )
-        )
-
-    def post(self, request: Request, thread_id: str) -> Response:
-        body = self.body("ThreadStateSearch", required=False)
-        thread = services.thread_get(user=request.user, thread_id=thread_id)
-        return Response(
-            services.thread_history(
-                thread=thread,
-                limit=body.get("limit", 10),
-                before=body.get("before"),
-                metadata=body.get("metadata"),
-                checkpoint=body.get("checkpoint"),
-            )
-        )
-
-
-# --- runs ----------------------------------------------------------------------------------------
 
 def _run_location_headers(thread_id: Any, run_id: Any) -> dict[str, str]:
     return {
@@ -490,8 +177,345 @@ def result_response(
     return response
 
 
-class ThreadRunsView(CreateView):
-    def get(self, request: Request, thread_id: str) -> Response:
+# --- system --------------------------------------------------------------------------------------
+
+
+# Concrete viewsets carry comments, not docstrings: DRF shows a view's docstring to API clients
+# (the OPTIONS answer's "description").
+
+
+class SystemViewSet(LangGraphViewSet):
+    # /ok and /info: open to anyone, as on the real server.
+    authentication_classes = ()
+    permission_classes = (AllowAny,)
+
+    @action(detail=False, methods=["get"])
+    def ok(self, request: Request) -> Response:
+        return Response({"ok": True})
+
+    @action(detail=False, methods=["get"])
+    def info(self, request: Request) -> Response:
+        try:
+            langgraph_version = package_metadata.version("langgraph")
+        except package_metadata.PackageNotFoundError:
+            langgraph_version = None
+        return Response(
+            {
+                "version": getattr(settings, "RUNS_API_VERSION", "0.1.0"),
+                "langgraph_py_version": langgraph_version,
+                "flags": {"assistants": True, "crons": False, "langsmith": False},
+                "metadata": {},
+            }
+        )
+
+
+# --- assistants ----------------------------------------------------------------------------------
+
+
+class AssistantViewSet(LangGraphViewSet):
+    lookup_field = "assistant_id"
+    create_actions = frozenset({"create"})
+
+    def create(self, request: Request) -> Response:
+        body = self.body("AssistantCreate")
+        idempotency = self.idempotency(body)
+        assistant, created = services.assistant_create_idempotent(
+            owner=request.user,
+            idempotency=idempotency,
+            graph_id=body["graph_id"],
+            assistant_id=body.get("assistant_id"),
+            config=body.get("config"),
+            context=body.get("context"),
+            metadata=body.get("metadata"),
+            name=body.get("name"),
+            description=body.get("description"),
+            if_exists=body.get("if_exists", "raise"),
+        )
+        return _replayed(Response(assistant_json(assistant)), idempotency, created)
+
+    @action(detail=False, methods=["post"])
+    def search(self, request: Request) -> Response:
+        body = self.body("AssistantSearchRequest", required=False)
+        select = check_select(body.get("select"), ASSISTANT_FIELDS)
+        queryset = services.assistants_search(
+            user=request.user,
+            metadata=body.get("metadata"),
+            graph_id=body.get("graph_id"),
+            name=body.get("name"),
+            sort_by=body.get("sort_by"),
+            sort_order=body.get("sort_order"),
+        )
+        limit, offset = body.get("limit", 10), body.get("offset", 0)
+        total = queryset.count()
+        rows = [assistant_json(a, select) for a in queryset[offset : offset + limit]]
+        return _paginated(rows, total, offset, limit)
+
+    @action(detail=False, methods=["post"])
+    def count(self, request: Request) -> Response:
+        body = self.body("AssistantCountRequest", required=False)
+        queryset = services.assistants_search(
+            user=request.user,
+            metadata=body.get("metadata"),
+            graph_id=body.get("graph_id"),
+            name=body.get("name"),
+        )
+        return Response(queryset.count())
+
+    def retrieve(self, request: Request, assistant_id: str) -> Response:
+        return Response(assistant_json(services.assistant_get(user=request.user, assistant_id=assistant_id)))
+
+    def partial_update(self, request: Request, assistant_id: str) -> Response:
+        body = self.body("AssistantPatch", required=False)
+        assistant = services.assistant_get(user=request.user, assistant_id=assistant_id)
+        assistant = services.assistant_update(
+            user=request.user,
+            assistant=assistant,
+            graph_id=body.get("graph_id"),
+            config=body.get("config"),
+            context=body.get("context"),
+            metadata=body.get("metadata"),
+            name=body.get("name"),
+            description=body.get("description"),
+        )
+        return Response(assistant_json(assistant))
+
+    def destroy(self, request: Request, assistant_id: str) -> Response:
+        pk = services.parse_uuid(assistant_id, "assistant")
+        try:
+            assistant = services.assistant_get(user=request.user, assistant_id=pk)
+        except NotFound:
+            raise NotFound(f"Assistant with ID {pk} not found") from None
+        services.assistant_delete(user=request.user, assistant=assistant)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @action(detail=True, methods=["get"])
+    def graph(self, request: Request, assistant_id: str) -> Response:
+        assistant = services.assistant_get(user=request.user, assistant_id=assistant_id)
+        xray: Any = request.query_params.get("xray", "false")
+        xray = int(xray) if xray.isdigit() else xray.lower() in {"true", "1"}
+        drawable = graph_get(assistant.graph_id).get_graph(xray=xray)
+        return Response(to_json(drawable.to_json()))
+
+    @action(detail=True, methods=["get"])
+    def subgraphs(
+        self, request: Request, assistant_id: str, namespace: str | None = None
+    ) -> Response:
+        assistant = services.assistant_get(user=request.user, assistant_id=assistant_id)
+        graph = graph_get(assistant.graph_id)
+        recurse = _query_bool(request, "recurse")
+        subgraphs = {
+            ns: to_json(sub.get_input_jsonschema())
+            for ns, sub in graph.get_subgraphs(namespace=namespace, recurse=recurse)
+        }
+        return Response(subgraphs)
+
+    @action(detail=True, methods=["get"], url_path=f"subgraphs/(?P<namespace>{ID_PATTERN})")
+    def namespace_subgraphs(self, request: Request, assistant_id: str, namespace: str) -> Response:
+        return self.subgraphs(request, assistant_id, namespace)
+
+    @action(detail=True, methods=["get"])
+    def schemas(self, request: Request, assistant_id: str) -> Response:
+        assistant = services.assistant_get(user=request.user, assistant_id=assistant_id)
+        graph = graph_get(assistant.graph_id)
+
+        def schema(getter: Any) -> Any:
+            try:
+                return to_json(getter())
+            except Exception:  # a graph without that schema: the real server answers null
+                return None
+
+        return Response(
+            {
+                "graph_id": assistant.graph_id,
+                "input_schema": schema(graph.get_input_jsonschema),
+                "output_schema": schema(graph.get_output_jsonschema),
+                "state_schema": schema(graph.get_input_jsonschema),
+                "config_schema": schema(graph.get_config_jsonschema),
+                "context_schema": schema(graph.get_context_jsonschema),
+            }
+        )
+
+    @action(detail=True, methods=["post"])
+    def versions(self, request: Request, assistant_id: str) -> Response:
+        body = self.body("AssistantVersionsSearchRequest", required=False)
+        assistant = services.assistant_get(user=request.user, assistant_id=assistant_id)
+        versions = services.json_filter(assistant.versions.all(), "metadata", body.get("metadata"))
+        limit, offset = body.get("limit", 10), body.get("offset", 0)
+        return Response(
+            [assistant_version_json(v) for v in versions.order_by("-version")[offset : offset + limit]]
+        )
+
+    @action(detail=True, methods=["post"])
+    def latest(self, request: Request, assistant_id: str) -> Response:
+        body = self.body("AssistantVersionChange", required=False)
+        version = body.get("version", request.query_params.get("version"))
+        if version is None:
+            raise Unprocessable('"version" is a required property')
+        try:
+            version = int(version)
+        except (TypeError, ValueError):
+            raise Unprocessable("Invalid version: must be an integer") from None
+        assistant = services.assistant_get(user=request.user, assistant_id=assistant_id)
+        assistant = services.assistant_set_latest(user=request.user, assistant=assistant, version=version)
+        return Response(assistant_json(assistant))
+
+
+# --- threads -------------------------------------------------------------------------------------
+
+
+class ThreadViewSet(LangGraphViewSet):
+    # Threads and their state; GET /threads/{thread_id}/stream is runs.streams.thread_stream.
+    lookup_field = "thread_id"
+    create_actions = frozenset({"create"})
+
+    def create(self, request: Request) -> Response:
+        body = self.body("ThreadCreate", required=False)
+        idempotency = self.idempotency(body)
+        thread, created = services.thread_create_idempotent(
+            owner=request.user,
+            idempotency=idempotency,
+            thread_id=body.get("thread_id"),
+            metadata=body.get("metadata"),
+            if_exists=body.get("if_exists", "raise"),
+        )
+        return _replayed(Response(thread_json(thread)), idempotency, created)
+
+    @action(detail=False, methods=["post"])
+    def search(self, request: Request) -> Response:
+        body = self.body("ThreadSearchRequest", required=False)
+        select = check_select(body.get("select"), THREAD_FIELDS)
+        queryset = services.threads_search(
+            user=request.user,
+            ids=body.get("ids"),
+            metadata=body.get("metadata"),
+            values=body.get("values"),
+            status=body.get("status"),
+            sort_by=body.get("sort_by"),
+            sort_order=body.get("sort_order"),
+        )
+        limit, offset = body.get("limit", 10), body.get("offset", 0)
+        total = queryset.count()
+        rows = [thread_json(t, select) for t in queryset[offset : offset + limit]]
+        return _paginated(rows, total, offset, limit)
+
+    @action(detail=False, methods=["post"])
+    def count(self, request: Request) -> Response:
+        body = self.body("ThreadCountRequest", required=False)
+        queryset = services.threads_search(
+            user=request.user,
+            metadata=body.get("metadata"),
+            values=body.get("values"),
+            status=body.get("status"),
+        )
+        return Response(queryset.count())
+
+    @action(detail=False, methods=["post"])
+    def prune(self, request: Request) -> Response:
+        body = self.body("ThreadPruneRequest")
+        count = services.threads_prune(
+            user=request.user, thread_ids=body["thread_ids"], strategy=body.get("strategy", "delete")
+        )
+        return Response({"pruned_count": count})
+
+    def retrieve(self, request: Request, thread_id: str) -> Response:
+        return Response(thread_json(services.thread_get(user=request.user, thread_id=thread_id)))
+
+    def partial_update(self, request: Request, thread_id: str) -> Response:
+        body = self.body("ThreadPatch", required=False)
+        thread = services.thread_get(user=request.user, thread_id=thread_id, not_found="Not Found")
+        return Response(thread_json(services.thread_update(thread=thread, metadata=body.get("metadata"))))
+
+    def destroy(self, request: Request, thread_id: str) -> Response:
+        services.thread_delete(thread=services.thread_get(user=request.user, thread_id=thread_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @action(detail=True, methods=["post"])
+    def copy(self, request: Request, thread_id: str) -> Response:
+        thread = services.thread_get(user=request.user, thread_id=thread_id)
+        return Response(thread_json(services.thread_copy(thread=thread)))
+
+    @action(detail=True, methods=["get"])
+    def state(self, request: Request, thread_id: str) -> Response:
+        return self._state(request, thread_id, None)
+
+    @state.mapping.post
+    def state_update(self, request: Request, thread_id: str) -> Response:
+        body = self.body("ThreadStateUpdate", required=False)
+        thread = services.thread_get(user=request.user, thread_id=thread_id)
+        checkpoint = body.get("checkpoint") or {}
+        if body.get("checkpoint_id"):
+            checkpoint = {**checkpoint, "checkpoint_id": body["checkpoint_id"]}
+        return Response(
+            services.thread_state_update(
+                thread=thread,
+                values=body.get("values"),
+                as_node=body.get("as_node"),
+                checkpoint=checkpoint or None,
+            )
+        )
+
+    # The router orders a viewset's extra actions by their names: checkpoint_state
+    # (state/checkpoint) must come before past_state (state/{checkpoint_id}), which would take
+    # "checkpoint" for an id; a GET of state/checkpoint is a 405, as on the real server.
+    @action(detail=True, methods=["post"], url_path="state/checkpoint")
+    def checkpoint_state(self, request: Request, thread_id: str) -> Response:
+        body = self.body("ThreadStateCheckpointRequest")
+        thread = services.thread_get(user=request.user, thread_id=thread_id)
+        return Response(
+            services.thread_state(
+                thread=thread, checkpoint=body["checkpoint"], subgraphs=bool(body.get("subgraphs"))
+            )
+        )
+
+    @action(detail=True, methods=["get"], url_path=f"state/(?P<checkpoint_id>{ID_PATTERN})")
+    def past_state(self, request: Request, thread_id: str, checkpoint_id: str) -> Response:
+        """A past state; updates go to ``/state`` (as on the real server)."""
+        return self._state(request, thread_id, checkpoint_id)
+
+    def _state(self, request: Request, thread_id: str, checkpoint_id: str | None) -> Response:
+        thread = services.thread_get(user=request.user, thread_id=thread_id)
+        checkpoint = {"checkpoint_id": checkpoint_id} if checkpoint_id else None
+        return Response(
+            services.thread_state(
+                thread=thread, checkpoint=checkpoint, subgraphs=_query_bool(request, "subgraphs")
+            )
+        )
+
+    @action(detail=True, methods=["get"])
+    def history(self, request: Request, thread_id: str) -> Response:
+        thread = services.thread_get(user=request.user, thread_id=thread_id)
+        limit = _query_int(request, "limit", 10, 1, 1000)
+        before = request.query_params.get("before")
+        return Response(
+            services.thread_history(
+                thread=thread, limit=limit, before={"checkpoint_id": before} if before else None
+            )
+        )
+
+    @history.mapping.post
+    def history_search(self, request: Request, thread_id: str) -> Response:
+        body = self.body("ThreadStateSearch", required=False)
+        thread = services.thread_get(user=request.user, thread_id=thread_id)
+        return Response(
+            services.thread_history(
+                thread=thread,
+                limit=body.get("limit", 10),
+                before=body.get("before"),
+                metadata=body.get("metadata"),
+                checkpoint=body.get("checkpoint"),
+            )
+        )
+
+
+# --- runs ----------------------------------------------------------------------------------------
+
+
+class ThreadRunViewSet(LangGraphViewSet):
+    # The runs of a thread; runs/stream and runs/{run_id}/stream are runs.streams'.
+    lookup_field = "run_id"
+    create_actions = frozenset({"create", "wait"})
+
+    def list(self, request: Request, thread_id: str) -> Response:
         thread = services.thread_get(user=request.user, thread_id=thread_id)
         limit = _query_int(request, "limit", 10, 1, 1000)
         offset = _query_int(request, "offset", 0, 0, 10**9)
@@ -502,7 +526,7 @@ class ThreadRunsView(CreateView):
         queryset = services.runs_list(thread=thread, status=run_status)
         return Response([run_json(r, select) for r in queryset[offset : offset + limit]])
 
-    def post(self, request: Request, thread_id: str) -> Response:
+    def create(self, request: Request, thread_id: str) -> Response:
         body = self.body("RunCreateStateful")
         idempotency = self.idempotency(body)
         run, created = services.run_create_idempotent(
@@ -511,9 +535,8 @@ class ThreadRunsView(CreateView):
         headers = {"Content-Location": f"/threads/{run.thread_id}/runs/{run.pk}"}
         return _replayed(Response(_run_body(run), headers=headers), idempotency, created)
 
-
-class ThreadRunWaitView(CreateView):
-    def post(self, request: Request, thread_id: str) -> HttpResponse:
+    @action(detail=False, methods=["post"])
+    def wait(self, request: Request, thread_id: str) -> HttpResponse:
         body = self.body("RunCreateStreamingStateful")
         idempotency = self.idempotency(body)
         run, created, _ = run_create_awaited(
@@ -527,12 +550,10 @@ class ThreadRunWaitView(CreateView):
         )
         return _replayed(response, idempotency, created)
 
-
-class RunDetailView(LangGraphView):
-    def get(self, request: Request, thread_id: str, run_id: str) -> Response:
+    def retrieve(self, request: Request, thread_id: str, run_id: str) -> Response:
         return Response(run_json(services.run_get(user=request.user, thread_id=thread_id, run_id=run_id)))
 
-    def delete(self, request: Request, thread_id: str, run_id: str) -> Response:
+    def destroy(self, request: Request, thread_id: str, run_id: str) -> Response:
         try:
             run = services.run_get(user=request.user, thread_id=thread_id, run_id=run_id)
         except NotFound:
@@ -540,9 +561,8 @@ class RunDetailView(LangGraphView):
         services.run_delete(run=run)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
-
-class RunJoinView(LangGraphView):
-    def get(self, request: Request, thread_id: str, run_id: str) -> HttpResponse:
+    @action(detail=True, methods=["get"])
+    def join(self, request: Request, thread_id: str, run_id: str) -> HttpResponse:
         thread_pk = services.parse_uuid(thread_id, "thread")
         run_pk = services.parse_uuid(run_id, "run")
         try:
@@ -556,20 +576,24 @@ class RunJoinView(LangGraphView):
             cancel_on_disconnect=_query_bool(request, "cancel_on_disconnect"),
         )
 
-
-class RunCancelView(LangGraphView):
-    def post(self, request: Request, thread_id: str, run_id: str) -> HttpResponse:
-        action = request.query_params.get("action") or CancelAction.INTERRUPT
-        if action not in CancelAction.values:
-            raise Unprocessable(f"Invalid action: must be one of {list(CancelAction.values)}")
-        run = services.run_cancel(user=request.user, thread_id=thread_id, run_id=run_id, action=action)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, thread_id: str, run_id: str) -> HttpResponse:
+        cancel_action = _cancel_action(request)
+        run = services.run_cancel(
+            user=request.user, thread_id=thread_id, run_id=run_id, action=cancel_action
+        )
         if _query_bool(request, "wait"):
             return result_response(thread_id=run.thread_id, run_id=run.pk)
         return HttpResponse(status=status.HTTP_202_ACCEPTED)
 
 
-class StatelessRunsView(CreateView):
-    def post(self, request: Request) -> Response:
+class StatelessRunViewSet(LangGraphViewSet):
+    # Runs on a temporary thread, deleted when the run ends (on_completion "delete", the default)
+    # or, for /wait, once the response has read the result; runs/stream is
+    # runs.streams.stateless_run_stream.
+    create_actions = frozenset({"create", "wait", "batch"})
+
+    def create(self, request: Request) -> Response:
         body = self.body("RunCreateStateless")
         idempotency = self.idempotency(body)
         run, created = services.run_create_idempotent(
@@ -579,12 +603,13 @@ class StatelessRunsView(CreateView):
         headers = {"Content-Location": f"/threads/{run.thread_id}/runs/{run.pk}"}
         return _replayed(Response(_run_body(run), headers=headers), idempotency, created)
 
-
-class StatelessRunWaitView(CreateView):
-    def post(self, request: Request) -> HttpResponse:
+    @action(detail=False, methods=["post"])
+    def wait(self, request: Request) -> HttpResponse:
         body = self.body("RunCreateStreamingStateless")
         idempotency = self.idempotency(body)
-        run, created, discard_thread = run_create_awaited(owner=request.user, body=body, idempotency=idempotency)
+        run, created, discard_thread = run_create_awaited(
+            owner=request.user, body=body, idempotency=idempotency
+        )
         if isinstance(run, DiscardedRun):
             # The first request's response has read the result and deleted the thread.
             response = Response(run.result, headers=_run_location_headers(run.thread_id, run.pk))
@@ -597,9 +622,8 @@ class StatelessRunWaitView(CreateView):
         )
         return _replayed(response, idempotency, created)
 
-
-class RunBatchView(CreateView):
-    def post(self, request: Request) -> Response:
+    @action(detail=False, methods=["post"])
+    def batch(self, request: Request) -> Response:
         bodies = self.body("RunBatchCreate")
         idempotency = self.idempotency(bodies)
         # Not atomic, as on the real server: a retry with the same key creates only the runs the
@@ -614,9 +638,8 @@ class RunBatchView(CreateView):
         response = Response([_run_body(run) for run, _ in runs])
         return _replayed(response, idempotency, any(created for _, created in runs))
 
-
-class RunsCancelView(LangGraphView):
-    def post(self, request: Request) -> HttpResponse:
+    @action(detail=False, methods=["post"])
+    def cancel(self, request: Request) -> HttpResponse:
         body = self.body()
         if isinstance(body, dict) and body.get("status") is not None and (
             body.get("thread_id") is not None or body.get("run_ids") is not None
@@ -629,15 +652,11 @@ class RunsCancelView(LangGraphView):
                 status=body["status"],
             )
         validate_body(body, "RunsCancel")
-        action = request.query_params.get("action") or CancelAction.INTERRUPT
-        if action not in CancelAction.values:
-            raise Unprocessable(f"Invalid action: must be one of {list(CancelAction.values)}")
         services.runs_cancel_many(
             user=request.user,
             thread_id=body.get("thread_id"),
             run_ids=body.get("run_ids"),
             status=body.get("status"),
-            action=action,
+            action=_cancel_action(request),
         )
         return HttpResponse(status=status.HTTP_204_NO_CONTENT)
-
