@@ -227,6 +227,31 @@ def test_stateless_wait_replayed_after_the_first_client_left_keeps_and_then_dele
     assert not Thread.objects.filter(pk=run.thread_id).exists()
 
 
+def test_stateless_stream_replayed_after_the_first_client_left_keeps_and_then_deletes_the_thread(
+    api, alice
+) -> None:
+    headers = {"Idempotency-Key": "ss"}
+
+    async def scenario():
+        first = await send("post", "/runs/stream", api.raw_key, body=RUN, headers=headers)
+        reader = asyncio.ensure_future(read_all(first))
+        await asyncio.sleep(0.3)
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        run = await sync_to_async(Run.objects.get)(owner=alice)
+        assert run.on_completion == "delete"  # nobody left to read it: it goes with the run's end
+        replay = await send("post", "/runs/stream", api.raw_key, body=RUN, headers=headers)
+        taken_over = await sync_to_async(Run.objects.get)(pk=run.pk)
+        assert taken_over.on_completion == ""  # the replay reads it now: the thread is the replay's
+        await execute_meanwhile(run.pk)
+        return run, replay, await read_all(replay)
+
+    run, replay, body = async_to_sync(scenario)()
+    assert replay["Idempotent-Replayed"] == "true"
+    assert frames(body)[0].startswith(b"event: metadata") and b"echo: hi" in body
+    assert not Thread.objects.filter(pk=run.thread_id).exists()
+
+
 def test_a_stateless_run_gone_with_its_thread_still_answers_its_key(api, alice) -> None:
     headers = {"Idempotency-Key": "gone"}
 
