@@ -56,9 +56,9 @@ from project.throttling import CreateRateThrottle
 from runs import services
 from runs.errors import Unprocessable
 from runs.models import DiscardedRun, Run, RunEvent, RunStatus, Thread
+from runs.services.waiting import run_create_awaited, run_disconnect_handled
 from runs.stream_modes import API_MODES, event_wanted
 from runs.validation import parse_json_body
-from runs.waiting import run_create_awaited, run_disconnect_handled
 from runs.wakeups import run_channel, thread_channel
 
 EVENT_ID_WIDTH = 19
@@ -249,7 +249,7 @@ async def run_stream_body(
     temporary_thread_id: UUID | None = None,
 ) -> AsyncIterator[bytes]:
     """``follow_run`` plus what the end of the response, or a client hanging up, means for the
-    run (``runs.waiting.run_disconnect_handled``)."""
+    run (``runs.services.waiting.run_disconnect_handled``)."""
     async with (
         run_disconnect_handled(
             run_id=run_id, cancel=cancel_on_disconnect, temporary_thread_id=temporary_thread_id

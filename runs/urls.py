@@ -12,7 +12,7 @@ from runs import streams, views
 
 app_name = "runs"
 
-router = SimpleRouter(trailing_slash="")
+router = SimpleRouter(trailing_slash=False)
 router.register("", views.SystemViewSet, basename="system")
 router.register("assistants", views.AssistantViewSet, basename="assistant")
 router.register("threads", views.ThreadViewSet, basename="thread")

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import math
 from importlib import metadata as package_metadata
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
-from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from rest_framework import exceptions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny
@@ -37,8 +37,8 @@ from runs.serializers import (
     run_json,
     thread_json,
 )
+from runs.services.waiting import run_create_awaited, run_result_chunks
 from runs.validation import INVALID_JSON, parse_json_body, validate_body
-from runs.waiting import run_create_awaited, run_result_chunks
 
 IDEMPOTENT_REPLAYED = "Idempotent-Replayed"
 # Ids are matched as plain strings so a malformed one gets the real server's 422 from the
@@ -98,11 +98,14 @@ class LangGraphViewSet(viewsets.ViewSet):
         created."""
         return services.Idempotency.from_header(
             self.request.headers.get("Idempotency-Key"),
-            method=self.request.method, path=self.request.path, body=body,
+            method=self.request.method or "", path=self.request.path, body=body,
         )
 
 
-def _replayed(response: HttpResponse, idempotency: Any, created: bool) -> HttpResponse:
+ResponseT = TypeVar("ResponseT", bound=HttpResponseBase)
+
+
+def _replayed(response: ResponseT, idempotency: Any, created: bool) -> ResponseT:
     if idempotency is not None:
         response[IDEMPOTENT_REPLAYED] = "false" if created else "true"
     return response
@@ -162,8 +165,9 @@ def result_response(
     initial_delay: float = 0.0,
     cancel_on_disconnect: bool = False,
 ) -> StreamingHttpResponse:
-    """A 200 whose body is the run's final result once it ends (``runs.waiting.run_result_chunks``:
-    whitespace meanwhile keeps the connection open, so the status is sent at once)."""
+    """A 200 whose body is the run's final result once it ends
+    (``runs.services.waiting.run_result_chunks``: whitespace meanwhile keeps the connection open,
+    so the status is sent at once)."""
     chunks = run_result_chunks(
         thread_id=thread_id,
         run_id=run_id,
@@ -321,7 +325,7 @@ class AssistantViewSet(LangGraphViewSet):
         def schema(getter: Any) -> Any:
             try:
                 return to_json(getter())
-            except Exception:  # a graph without that schema: the real server answers null
+            except Exception:  # noqa: BLE001  a graph without that schema: the real server answers null
                 return None
 
         return Response(
@@ -536,7 +540,7 @@ class ThreadRunViewSet(LangGraphViewSet):
         return _replayed(Response(_run_body(run), headers=headers), idempotency, created)
 
     @action(detail=False, methods=["post"])
-    def wait(self, request: Request, thread_id: str) -> HttpResponse:
+    def wait(self, request: Request, thread_id: str) -> HttpResponseBase:
         body = self.body("RunCreateStreamingStateful")
         idempotency = self.idempotency(body)
         run, created, _ = run_create_awaited(
@@ -562,7 +566,7 @@ class ThreadRunViewSet(LangGraphViewSet):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @action(detail=True, methods=["get"])
-    def join(self, request: Request, thread_id: str, run_id: str) -> HttpResponse:
+    def join(self, request: Request, thread_id: str, run_id: str) -> HttpResponseBase:
         thread_pk = services.parse_uuid(thread_id, "thread")
         run_pk = services.parse_uuid(run_id, "run")
         try:
@@ -577,7 +581,7 @@ class ThreadRunViewSet(LangGraphViewSet):
         )
 
     @action(detail=True, methods=["post"])
-    def cancel(self, request: Request, thread_id: str, run_id: str) -> HttpResponse:
+    def cancel(self, request: Request, thread_id: str, run_id: str) -> HttpResponseBase:
         cancel_action = _cancel_action(request)
         run = services.run_cancel(
             user=request.user, thread_id=thread_id, run_id=run_id, action=cancel_action
@@ -604,7 +608,7 @@ class StatelessRunViewSet(LangGraphViewSet):
         return _replayed(Response(_run_body(run), headers=headers), idempotency, created)
 
     @action(detail=False, methods=["post"])
-    def wait(self, request: Request) -> HttpResponse:
+    def wait(self, request: Request) -> HttpResponseBase:
         body = self.body("RunCreateStreamingStateless")
         idempotency = self.idempotency(body)
         run, created, discard_thread = run_create_awaited(
@@ -612,8 +616,8 @@ class StatelessRunViewSet(LangGraphViewSet):
         )
         if isinstance(run, DiscardedRun):
             # The first request's response has read the result and deleted the thread.
-            response = Response(run.result, headers=_run_location_headers(run.thread_id, run.pk))
-            return _replayed(response, idempotency, created)
+            replayed = Response(run.result, headers=_run_location_headers(run.thread_id, run.pk))
+            return _replayed(replayed, idempotency, created)
         response = result_response(
             thread_id=run.thread_id,
             run_id=run.pk,
@@ -639,7 +643,7 @@ class StatelessRunViewSet(LangGraphViewSet):
         return _replayed(response, idempotency, any(created for _, created in runs))
 
     @action(detail=False, methods=["post"])
-    def cancel(self, request: Request) -> HttpResponse:
+    def cancel(self, request: Request) -> HttpResponseBase:
         body = self.body()
         if isinstance(body, dict) and body.get("status") is not None and (
             body.get("thread_id") is not None or body.get("run_ids") is not None

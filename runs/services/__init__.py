@@ -6,6 +6,8 @@
 - ``state``: a new checkpoint from the API, the latest state cached on the thread row;
 - ``runs``: create (the API's hottest write), take over a temporary thread, delete;
 - ``cancel``: cancelling one run, a thread's or a user's;
+- ``waiting``: the responses that follow a run to its end (``/wait``, ``/join``, the run streams):
+  the run they create, its end read, a client hanging up;
 - ``idempotency`` and ``inputs``: the ``Idempotency-Key`` rule and the checks of ids and sizes.
 
 Reads are in ``runs.selectors``. The names below are re-exported so that ``services.thread_get``

@@ -13,8 +13,9 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.db import connections
 from django.test import AsyncClient
 
-from runs import services, tasks, waiting
+from runs import services, tasks
 from runs.models import Run, RunStatus
+from runs.services import waiting
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -23,9 +23,14 @@ from django.db import connection
 from project import event_hub
 from project.async_db import in_executor
 from project.event_hub import watch
-from runs import services
 from runs.models import CancelAction, DiscardedRun, Run, RunStatus
+from runs.selectors import run_finished_body
+from runs.services.cancel import runs_cancel
+from runs.services.idempotency import Idempotency
+from runs.services.runs import run_create_idempotent, run_take_temporary_thread
+from runs.services.threads import temporary_thread_discard
 from runs.wakeups import run_status_channel
+from runs.worker_sql import column, prep, table
 
 WAIT_POLL_SECONDS = 0.025
 # With Redis, the run's writers publish every change: a read of the row this often is only the
@@ -45,7 +50,7 @@ class AwaitedRun(NamedTuple):
 
 
 def run_create_awaited(
-    *, owner: Any, body: dict, idempotency: services.Idempotency | None, thread_id: Any = None
+    *, owner: Any, body: dict, idempotency: Idempotency | None, thread_id: Any = None
 ) -> AwaitedRun:
     """A run for a response that follows it to its end (``/wait``, ``/stream``), or with an
     ``Idempotency-Key`` the run the first such request created.
@@ -55,14 +60,14 @@ def run_create_awaited(
     request's run; the thread is the replay's to delete only if the first response is gone (it
     left the thread to go with the run's end). A ``DiscardedRun`` is a stateless run whose thread
     already went: its result, if any, is all that is left."""
-    run, created = services.run_create_idempotent(
+    run, created = run_create_idempotent(
         owner=owner, body=body, thread_id=thread_id, on_completion="", idempotency=idempotency
     )
     if thread_id is not None or isinstance(run, DiscardedRun):
         return AwaitedRun(run, created, False)
     if created:
         return AwaitedRun(run, True, body.get("on_completion", "delete") == "delete")
-    return AwaitedRun(run, False, services.run_take_temporary_thread(run=run))
+    return AwaitedRun(run, False, run_take_temporary_thread(run=run))
 
 
 # --- a client hanging up ------------------------------------------------------------------------
@@ -72,13 +77,13 @@ def run_after_disconnect(*, run_id: UUID, cancel: bool, temporary_thread_id: UUI
     """What a client hanging up means for its run: a cancel (``on_disconnect: "cancel"``), and for
     a stateless run, that nobody will read its temporary thread: it goes when the run ends."""
     if cancel:
-        services.runs_cancel(runs=list(Run.objects.filter(pk=run_id)), action=CancelAction.INTERRUPT)
+        runs_cancel(runs=list(Run.objects.filter(pk=run_id)), action=CancelAction.INTERRUPT)
     if temporary_thread_id is not None:
         still_running = Run.objects.filter(pk=run_id, status__in=RunStatus.active()).update(
             on_completion="delete"
         )
         if not still_running:
-            services.temporary_thread_discard(thread_id=temporary_thread_id)
+            temporary_thread_discard(thread_id=temporary_thread_id)
 
 
 @asynccontextmanager
@@ -115,10 +120,8 @@ def wait_poll_interval() -> float:
 
 @cache
 def _run_state_sql(vendor: str) -> str:
-    quote = connection.ops.quote_name
-    status, result = (quote(Run._meta.get_field(name).column) for name in ("status", "result"))
-    table, pk = quote(Run._meta.db_table), quote(Run._meta.pk.column)
-    return f"SELECT {status}, {result} FROM {table} WHERE {pk} = %s"
+    status, result, pk = (column(Run, name) for name in ("status", "result", "run_id"))
+    return f"SELECT {status}, {result} FROM {table(Run)} WHERE {pk} = %s"
 
 
 def run_state_read(run_id: Any) -> tuple[str | None, bytes | None]:
@@ -126,7 +129,7 @@ def run_state_read(run_id: Any) -> tuple[str | None, bytes | None]:
     the run ends (every 25 ms without Redis). The result is NULL until then, so it costs its bytes
     once. Written out: the ORM spent several times the statement's own time composing it."""
     with connection.cursor() as cursor:
-        cursor.execute(_run_state_sql(connection.vendor), [Run._meta.pk.get_db_prep_value(run_id, connection)])
+        cursor.execute(_run_state_sql(connection.vendor), [prep(Run, "run_id", run_id)])
         row = cursor.fetchone()
     if row is None:
         return None, None
@@ -195,8 +198,8 @@ async def run_result_chunks(
     if run_result is None:
         # The run is gone, or ended without a result: its thread's values, or a 404 body.
         run_result = _json_body(
-            await sync_to_async(services.run_finished_body)(run_id=run_id, thread_id=thread_id)
+            await sync_to_async(run_finished_body)(run_id=run_id, thread_id=thread_id)
         )
     if discard_thread:
-        await sync_to_async(services.temporary_thread_discard)(thread_id=thread_id)
+        await sync_to_async(temporary_thread_discard)(thread_id=thread_id)
     yield run_result
