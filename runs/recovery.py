@@ -21,9 +21,9 @@ from executions.queueing import broker_queue_size
 from runs import dispatch
 from runs.models import Run, RunStatus
 from runs.services.threads import thread_refresh_status
+from runs.statements import events_insert
 from runs.tasks import Outcome, final_events
 from runs.transitions import run_reap
-from runs.worker_sql import events_insert
 
 
 def runs_reap_stale(*, heartbeat_timeout: float | None = None) -> int:

@@ -11,7 +11,7 @@ is stored as a ``RunEvent`` (run, seq, event, data) before the run's final statu
 transaction that records it; events and the saver's checkpoint writes share transactions
 (``RunWrites``), each waking the run's and thread's stream readers (``runs.wakeups``). The run
 ends in one transaction (``finish``). The worker's own statements are written out once per
-database (``runs.worker_sql``), as are the saver's (``checkpoints.sql``).
+database (``runs.statements``), as are the saver's (``checkpoints.sql``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from django.utils import timezone
 from django_q.exceptions import TimeoutException
 
 from project.sse import encode_data
-from runs import dispatch, transitions, worker_sql
+from runs import dispatch, statements, transitions
 from runs.graphs import GraphLoadError, GraphNotFound, checkpointer, graph_get
 from runs.jsonable import to_json, to_json_encoded
 from runs.models import CancelAction, Run, RunEvent, RunStatus, Thread
@@ -148,7 +148,7 @@ class RunWrites:
         self.seq = last_seq
         # The saver's connection check, run before each batch's transaction (never inside one).
         self.check_connection: Callable[[], None] = lambda: None
-        self._events: list[worker_sql.EventRow] = []
+        self._events: list[statements.EventRow] = []
         self._work: list[Work] = []
         self._writer: asyncio.Task | None = None
         self._hold_events = False
@@ -232,13 +232,13 @@ class RunWrites:
                 self._fail_pending(failure)
                 raise failure
 
-    def _store(self, events: list[worker_sql.EventRow]) -> None:
+    def _store(self, events: list[statements.EventRow]) -> None:
         with connection.cursor() as cursor:
-            worker_sql.events_insert(cursor, events)
+            statements.events_insert(cursor, events)
         run_progressed(self.run_id, self.thread_id)
 
     def _write(
-        self, events: list[worker_sql.EventRow], work: list[tuple[Callable[[], Any], bool]]
+        self, events: list[statements.EventRow], work: list[tuple[Callable[[], Any], bool]]
     ) -> tuple[list[tuple[bool, Any]], Exception | None]:
         """One batch: ((ok, result or exception) of each work, the events' failure or None)."""
         self.check_connection()
@@ -265,7 +265,7 @@ class RunWrites:
         return outcomes, events_failure
 
     def _write_together(
-        self, events: list[worker_sql.EventRow], work: list[tuple[Callable[[], Any], bool]]
+        self, events: list[statements.EventRow], work: list[tuple[Callable[[], Any], bool]]
     ) -> list[tuple[bool, Any]]:
         if not events and (len(work) == 1 or not any(writes for _, writes in work)):
             # Reads only (no transaction, no write lock), or one piece of work, which is atomic on
@@ -304,7 +304,7 @@ class RunWrites:
         if self._work:
             await self._write_pending()
 
-    def unwritten(self) -> list[worker_sql.EventRow]:
+    def unwritten(self) -> list[statements.EventRow]:
         """The events not written yet, taken: the caller stores them."""
         events, self._events = self._events, []
         return events
@@ -527,7 +527,7 @@ def _last_seq(run_id: UUID) -> int:
 
 def final_events(
     run_id: UUID, outcome: Outcome, last_seq: int | None = None
-) -> list[worker_sql.EventRow]:
+) -> list[statements.EventRow]:
     """The ``error`` event of a failed run, and the thread stream's end-of-run marker.
 
     ``last_seq``: the run's highest event seq, when the caller knows it (the worker does)."""
@@ -552,7 +552,7 @@ CONNECTION_RECHECK_SECONDS = 1.0
 
 def finish(
     run: Run, outcome: Outcome, last_seq: int | None = None, *,
-    connection_used_at: float | None = None, events: list[worker_sql.EventRow] | None = None,
+    connection_used_at: float | None = None, events: list[statements.EventRow] | None = None,
 ) -> None:
     """Record the outcome, refresh the thread and start the thread's next run, if any.
 
@@ -575,10 +575,10 @@ def finish(
     thread_id = run.thread_id
     on_completion = run.on_completion
     # The large values are encoded before the transaction, which holds SQLite's write lock.
-    result = worker_sql.Prepared(worker_sql.prep(Run, "result", outcome.result))
+    result = statements.Prepared(statements.prep(Run, "result", outcome.result))
     thread_fields = _thread_fields(outcome, now)
     with transaction.atomic(), connection.cursor() as cursor:
-        thread_exists, following = worker_sql.thread_lock(cursor, thread_id, run.pk)
+        thread_exists, following = statements.thread_lock(cursor, thread_id, run.pk)
         if outcome.kind in (CancelAction.ROLLBACK, "deleted"):
             transitions.run_rollback_running(run_id=run.pk)
         else:
@@ -590,13 +590,13 @@ def finish(
                 # In the transaction that ends the run: a stream reader that sees the final status
                 # also sees these, and closes after them. (A run that something else ended, the
                 # reaper, already has its final events: nothing may follow them.)
-                worker_sql.events_insert(
+                statements.events_insert(
                     cursor, [*(events or ()), *final_events(run.pk, outcome, last_seq)]
                 )
             on_completion = stored_on_completion or on_completion
         run_changed(run.pk, thread_id)
         if thread_exists:
-            worker_sql.thread_update(cursor, thread_id, thread_fields, busy=following is not None)
+            statements.thread_update(cursor, thread_id, thread_fields, busy=following is not None)
             if following is not None and following[1] <= now:
                 next_run_id = following[0]
                 transaction.on_commit(lambda: dispatch.run_enqueue(next_run_id))
@@ -608,14 +608,14 @@ def finish(
 
 
 def _thread_fields(outcome: Outcome, now) -> dict[str, Any]:
-    """The thread's fields after a run (for ``worker_sql.thread_update``), what
+    """The thread's fields after a run (for ``statements.thread_update``), what
     ``runs.services.state.thread_store_state`` records; its values already encoded."""
     if outcome.state is None:
         return {"updated_at": now}
     error = outcome.error if outcome.kind == RunStatus.ERROR else None
     fields = thread_state_fields(state=outcome.state, error=error, now=now)
     if "values" in fields:
-        fields["values"] = worker_sql.Prepared(worker_sql.prep(Thread, "values", fields["values"]))
+        fields["values"] = statements.Prepared(statements.prep(Thread, "values", fields["values"]))
     return fields
 
 
@@ -700,7 +700,7 @@ def run_execute(run_id: str) -> str:
             return "waiting"
     connection_used_at = time.monotonic()
     driver = RunDriver(run)
-    events: list[worker_sql.EventRow] = []
+    events: list[statements.EventRow] = []
     try:
         driver.prepare()
         outcome = _run_in_loop(driver.drive())

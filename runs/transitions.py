@@ -6,7 +6,7 @@ call won. Nothing reads the row first, so concurrent movers (the API cancelling,
 ending, the reaper) never both win. A move that loses changes nothing and returns False/None.
 
 The worker's two moves (claim and end) run for every run: their statements are written out once
-(``runs.worker_sql``) rather than composed by the ORM, and answer with RETURNING what the worker
+(``runs.statements``) rather than composed by the ORM, and answer with RETURNING what the worker
 would otherwise read back. The others are rare and use the ORM.
 
 Wake-ups: each move wakes the readers its status change concerns (``runs.wakeups``), except the
@@ -22,7 +22,7 @@ from uuid import UUID
 
 from django.db import IntegrityError, connection, transaction
 
-from runs import worker_sql
+from runs import statements
 from runs.models import RUN_DELETED, RUN_TRANSITIONS, CancelAction, Run, RunStatus
 from runs.wakeups import run_changed, run_progressed
 
@@ -55,13 +55,13 @@ def run_claim(*, run_id: UUID | str, worker: str, now: datetime) -> Run | None:
         RunStatus.RUNNING.value, at, at, at, worker,
         pk, _CLAIM_FROM, at, RunStatus.PENDING.value, at,
     ]
-    returning = worker_sql.can_return()
+    returning = statements.can_return()
     # One statement needs no transaction of its own (on PostgreSQL a BEGIN and a COMMIT are two
     # more round trips); inside the caller's, a savepoint keeps a refusal from spoiling it.
     savepoint = transaction.atomic() if connection.in_atomic_block else nullcontext()
     try:
         with savepoint, connection.cursor() as cursor:
-            cursor.execute(worker_sql.claim_sql(connection.vendor, returning), params)
+            cursor.execute(statements.claim_sql(connection.vendor, returning), params)
             # All rows fetched: SQLite ends an autocommit statement (and its write lock) then.
             rows = cursor.fetchall() if returning else None
             claimed = bool(rows) if returning else cursor.rowcount == 1
@@ -71,7 +71,7 @@ def run_claim(*, run_id: UUID | str, worker: str, now: datetime) -> Run | None:
         return None
     run_progressed(run_id)
     if rows:
-        return worker_sql.claimed_run(rows[0])
+        return statements.claimed_run(rows[0])
     return Run.objects.select_related("assistant").get(pk=run_id)
 
 
@@ -84,13 +84,13 @@ def run_end(
     that hung up may have asked for its stateless thread to go when the run ends."""
     if status not in RunStatus.terminal():
         raise ValueError(f"a run ends in one of {RunStatus.terminal()}, not {status!r}")
-    returning = worker_sql.can_return()
-    at = worker_sql.prep(Run, "ended_at", now)
-    pk = worker_sql.prep(Run, "run_id", run_id)
+    returning = statements.can_return()
+    at = statements.prep(Run, "ended_at", now)
+    pk = statements.prep(Run, "run_id", run_id)
     cursor.execute(
-        worker_sql.run_end_sql(connection.vendor, returning),
+        statements.run_end_sql(connection.vendor, returning),
         [
-            status, worker_sql.prep(Run, "result", result), worker_sql.prep(Run, "error", error),
+            status, statements.prep(Run, "result", result), statements.prep(Run, "error", error),
             at, at, None, pk, _END_FROM,
         ],
     )
@@ -101,7 +101,7 @@ def run_end(
         ended = False
     else:
         ended = cursor.rowcount == 1
-    cursor.execute(worker_sql.run_on_completion_sql(connection.vendor), [pk])
+    cursor.execute(statements.run_on_completion_sql(connection.vendor), [pk])
     rows = cursor.fetchall()
     return ended, rows[0][0] if rows else None
 

@@ -13,17 +13,14 @@ import copy
 import logging
 import uuid
 from datetime import datetime, timedelta
-from functools import cache
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Model
-from django.db.models.constants import OnConflict
 from django.utils import timezone
 
 from project.errors import TooManyActive
-from runs import dispatch
+from runs import dispatch, statements
 from runs.errors import (
     MULTITASK_REJECTED,
     THREAD_OR_ASSISTANT_NOT_FOUND,
@@ -48,7 +45,6 @@ from runs.services.idempotency import Idempotency, create_once
 from runs.services.inputs import check_json_size, parse_uuid, uuid_or_none
 from runs.services.threads import lock_runs_before_delete, thread_status_now
 from runs.wakeups import run_changed
-from runs.worker_sql import can_return, column, prep, table
 
 logger = logging.getLogger(__name__)
 
@@ -127,101 +123,6 @@ def _run_kwargs(
     }
 
 
-# --- a run create's statements, written out ------------------------------------------------------
-#
-# Creating a run is the API's hottest write. Composing its statements with the ORM (filters, the
-# insert compiler, Model.save) cost the server more CPU than the database spent running them, so
-# they are written out once from the models' tables and columns with ``runs.worker_sql``'s helpers,
-# as the worker's statements are; values still go through each field's own ``get_db_prep_save``.
-
-
-@cache
-def _insert_sql(model: type[Model], vendor: str, ignore_conflicts: bool) -> str:
-    on_conflict = OnConflict.IGNORE if ignore_conflicts else None
-    fields = model._meta.concrete_fields
-    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
-    suffix = connection.ops.on_conflict_suffix_sql(fields, on_conflict, None, None)
-    return (
-        f"{connection.ops.insert_statement(on_conflict=on_conflict)} {table(model)} ({columns}) "
-        f"VALUES ({', '.join(['%s'] * len(fields))}) {suffix}"
-    ).rstrip()
-
-
-def _insert_params(obj: Model, db: Any) -> list[Any]:
-    """``obj``'s column values for ``_insert``, ready for the database. Worth computing before
-    the transaction: encoding a run's JSON fields inside it held SQLite's one write lock longer."""
-    return [field.get_db_prep_save(field.pre_save(obj, True), db) for field in type(obj)._meta.concrete_fields]
-
-
-def _insert(cursor: Any, obj: Model, *, ignore_conflicts: bool = False, params: list[Any] | None = None) -> None:
-    """INSERT ``obj`` with all its columns, as ``save()`` would (the runs models have no signal
-    receivers to miss); ``params`` from ``_insert_params`` if already computed. ``cursor.db``
-    rather than the ``connection`` proxy: each attribute read through that is a lookup of the
-    thread's connection."""
-    db = cursor.db
-    cursor.execute(
-        _insert_sql(type(obj), db.vendor, ignore_conflicts),
-        _insert_params(obj, db) if params is None else params,
-    )
-    obj._state.adding = False
-    obj._state.db = db.alias
-
-
-def _run_probes_sql(count_active: bool) -> str:
-    """The owner's pending and running runs (0 when uncapped), and whether the run's assistant is
-    still there."""
-    active = (
-        f"(SELECT COUNT(*) FROM {table(Run)} WHERE {column(Run, 'owner')} = %s "
-        f"AND {column(Run, 'status')} IN ({', '.join(['%s'] * len(RunStatus.active()))}))"
-        if count_active else "0"
-    )
-    assistant = (
-        f"EXISTS (SELECT 1 FROM {table(Assistant)} WHERE {column(Assistant, 'assistant_id')} = %s)"
-    )
-    return f"{active}, {assistant}"
-
-
-def _run_probes_params(owner: Any, assistant: Assistant, count_active: bool) -> list[Any]:
-    active = [owner.pk, *RunStatus.active()] if count_active else []
-    return [*active, prep(Assistant, "assistant_id", assistant.pk)]
-
-
-@cache
-def _run_probes_only_sql(vendor: str, count_active: bool) -> str:
-    return f"SELECT {_run_probes_sql(count_active)}"
-
-
-@cache
-def _thread_busy_sql(vendor: str, count_active: bool, returning: bool) -> str:
-    """Marks an owner's thread busy; with ``returning``, also answers its metadata and the run's
-    probes. The UPDATE locks the row, as ``select_for_update`` did, until the run is in."""
-    update = (
-        f"UPDATE {table(Thread)} SET {column(Thread, 'status')} = %s, "
-        f"{column(Thread, 'updated_at')} = %s "
-        f"WHERE {column(Thread, 'thread_id')} = %s AND {column(Thread, 'owner')} = %s"
-    )
-    if not returning:
-        return update
-    return f"{update} RETURNING {column(Thread, 'metadata')}, {_run_probes_sql(count_active)}"
-
-
-@cache
-def _thread_read_sql(vendor: str, count_active: bool) -> str:
-    """``_thread_busy_sql``'s answer without RETURNING (SQLite before 3.35), read first."""
-    return (
-        f"SELECT {column(Thread, 'metadata')}, {_run_probes_sql(count_active)} FROM {table(Thread)} "
-        f"WHERE {column(Thread, 'thread_id')} = %s AND {column(Thread, 'owner')} = %s"
-    )
-
-
-@cache
-def _thread_metadata_sql(vendor: str) -> str:
-    return (
-        f"UPDATE {table(Thread)} SET {column(Thread, 'metadata')} = %s "
-        f"WHERE {column(Thread, 'thread_id')} = %s"
-    )
-
-
 # graph id -> its system assistant as read once. The API never changes a system assistant (the
 # admin shows them read-only), and one deleted is made again the same by system_assistants_ensure,
 # so the copy stays right; each run create checks that the row is still there in the statement
@@ -255,10 +156,10 @@ def _thread_for_run(
     creating it first when asked (a stateless run's is new and temporary): 429 over the
     active-runs cap, then 404 when the thread is not the owner's."""
     db, count_active = cursor.db, bool(settings.RUNS_MAX_ACTIVE_PER_USER)
-    probes = _run_probes_params(owner, assistant, count_active)
+    probes = statements.run_probes_params(owner, assistant, count_active)
     assigned = {"graph_id": assistant.graph_id, "assistant_id": str(assistant.pk)}
     if stateless:
-        cursor.execute(_run_probes_only_sql(db.vendor, count_active), probes)
+        cursor.execute(statements.run_probes_only_sql(db.vendor, count_active), probes)
         active, assistant_exists = cursor.fetchone()
         _too_many_active(active)
         _assistant_still_there(assistant, assistant_exists)
@@ -266,24 +167,24 @@ def _thread_for_run(
             thread_id=thread_pk, owner=owner, temporary=True, status=ThreadStatus.BUSY,
             metadata=assigned, created_at=now, updated_at=now,
         )
-        _insert(cursor, thread)
+        statements.insert(cursor, thread)
         return
     if create:
         # INSERT .. ON CONFLICT DO NOTHING: concurrent creates of one thread id never fail.
-        _insert(cursor, Thread(thread_id=thread_pk, owner=owner), ignore_conflicts=True)
-    where = [prep(Thread, "thread_id", thread_pk), owner.pk]
-    busy = [ThreadStatus.BUSY, prep(Thread, "updated_at", now), *where]
-    returning = can_return()
+        statements.insert(cursor, Thread(thread_id=thread_pk, owner=owner), ignore_conflicts=True)
+    where = [statements.prep(Thread, "thread_id", thread_pk), owner.pk]
+    busy = [ThreadStatus.BUSY, statements.prep(Thread, "updated_at", now), *where]
+    returning = statements.can_return()
     if returning:
-        cursor.execute(_thread_busy_sql(db.vendor, count_active, True), busy + probes)
+        cursor.execute(statements.thread_busy_sql(db.vendor, count_active, True), busy + probes)
         row = cursor.fetchone()
     else:
-        cursor.execute(_thread_read_sql(db.vendor, count_active), probes + where)
+        cursor.execute(statements.thread_read_sql(db.vendor, count_active), probes + where)
         row = cursor.fetchone()
         if row is not None:
-            cursor.execute(_thread_busy_sql(db.vendor, count_active, False), busy)
+            cursor.execute(statements.thread_busy_sql(db.vendor, count_active, False), busy)
     if row is None:
-        cursor.execute(_run_probes_only_sql(db.vendor, count_active), probes)
+        cursor.execute(statements.run_probes_only_sql(db.vendor, count_active), probes)
         _too_many_active(cursor.fetchone()[0])
         raise NotFound(THREAD_OR_ASSISTANT_NOT_FOUND)
     raw_metadata, active, assistant_exists = row
@@ -294,7 +195,7 @@ def _thread_for_run(
     merged = {**metadata, **assigned}
     if merged != metadata:  # the same assistant as last time leaves it as it is
         cursor.execute(
-            _thread_metadata_sql(db.vendor),
+            statements.thread_metadata_sql(db.vendor),
             [metadata_field.get_db_prep_save(merged, db), where[0]],
         )
 
@@ -348,7 +249,7 @@ def run_create(
         on_completion=on_completion,
         **(idempotency.stored() if idempotency else {}),
     )
-    run_params = _insert_params(run, connection)
+    run_params = statements.insert_params(run, connection)
     queued = dispatch.run_task_package(run_id)
 
     with transaction.atomic():
@@ -364,7 +265,7 @@ def run_create(
         if inflight and strategy == MultitaskStrategy.REJECT:
             raise Conflict(MULTITASK_REJECTED)
         with connection.cursor() as cursor:
-            _insert(cursor, run, params=run_params)
+            statements.insert(cursor, run, params=run_params)
         if inflight and strategy in (MultitaskStrategy.INTERRUPT, MultitaskStrategy.ROLLBACK):
             for other in inflight:
                 run_cancel_locked(run=other, action=strategy)

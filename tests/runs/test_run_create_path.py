@@ -12,7 +12,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from runs import services
+from runs import services, statements
 from runs.errors import NotFound
 from runs.graphs import graph_ids, system_assistant_id
 from runs.models import Assistant, Run, RunStatus, Thread, ThreadStatus
@@ -128,9 +128,12 @@ def test_an_edited_langgraph_json_is_read_again(tmp_path: Path, monkeypatch) -> 
 
 def test_without_returning_the_thread_is_read_then_marked_busy(alice, bob, monkeypatch) -> None:
     # SQLite before 3.35 has no UPDATE .. RETURNING: the same answers from a read and an update.
-    monkeypatch.setattr(connection.features, "can_return_columns_from_insert", False)
+    monkeypatch.setattr(statements, "can_return", lambda: False)
     thread = services.thread_create(owner=alice, metadata={"mine": 1})
-    run = services.run_create(owner=alice, body=RUN, thread_id=thread.pk)
+    with CaptureQueriesContext(connection) as queries:
+        run = services.run_create(owner=alice, body=RUN, thread_id=thread.pk)
+    updates = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+    assert updates and not [sql for sql in updates if "RETURNING" in sql]
     thread.refresh_from_db()
     assert thread.status == ThreadStatus.BUSY and thread.metadata["mine"] == 1
     assert thread.metadata["assistant_id"] == str(run.assistant_id)

@@ -269,9 +269,9 @@ def test_a_run_whose_event_writes_fail_ends_in_error(alice, thread, monkeypatch)
 def test_without_returning_the_worker_reads_back_what_it_needs(alice, thread, monkeypatch):
     # SQLite before 3.35 has no UPDATE ... RETURNING: the claimed run and its on_completion are
     # read after the UPDATEs instead, to the same end.
-    from runs import worker_sql
+    from runs import statements
 
-    monkeypatch.setattr(worker_sql, "can_return", lambda: False)
+    monkeypatch.setattr(statements, "can_return", lambda: False)
     for text in ("one", "two"):
         run = create(alice, thread, **echo_input(text))
         assert tasks.run_execute(str(run.pk)) == RunStatus.SUCCESS

@@ -1,27 +1,36 @@
-"""The statements a worker runs for every run, written out from the models' table and column names.
+"""The runs app's hand-written SQL, in one place (as procrastinate keeps its queries), with one
+set of helpers to write it: names quoted from the models (``table``, ``column``), values made
+ready as the ORM would make them (``prep``), ``RETURNING`` where the database has it
+(``can_return``).
 
-The ORM spent more CPU composing these (filters, lookups, compilers) than the database spent
-running them: some 0.2-1.5 ms per statement, paid on every run. Each statement's text is built
-once per database vendor; values go through the fields' own ``get_db_prep_save`` and
-``from_db_value``, so they are stored and read exactly as the ORM would. Every statement still
-goes through Django's cursor (query logging, error wrapping, ``errors_occurred``).
+Why written out: these are the statements every run pays for, the API's run create and the
+worker's claim and end. The ORM spent more CPU composing them (filters, lookups, compilers,
+``Model.save``) than the database spent running them: some 0.2-1.5 ms per statement. Each
+statement's text is built once per database vendor; values go through the fields' own
+``get_db_prep_save`` and ``from_db_value``, so they are stored and read exactly as the ORM would.
+Every statement still goes through Django's cursor (query logging, error wrapping,
+``errors_occurred``). On PostgreSQL and SQLite >= 3.35, an UPDATE says ``RETURNING`` what would
+otherwise be read back in a second statement.
 
-On PostgreSQL and SQLite >= 3.35, an UPDATE says ``RETURNING`` what the worker would otherwise
-read back in a second statement.
+``tests/runs/test_statements.py`` runs each statement against its ORM equivalent, on SQLite and
+on PostgreSQL. (The checkpoint saver's statements are the ``checkpoints`` app's, in
+``checkpoints.sql``.)
 """
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache, lru_cache
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from django.db import connection
-from django.db.models import JSONField, Model
+from django.db.models import Field, JSONField, Model
+from django.db.models.constants import OnConflict
 
 from runs.models import Assistant, Run, RunEvent, RunStatus, Thread, ThreadStatus
 
@@ -44,8 +53,14 @@ def table(model: type[Model]) -> str:
     return quote(model._meta.db_table)
 
 
+def _column_name(field: Field) -> str:
+    if field.column is None:  # a field without a column of its own: no statement names it
+        raise ValueError(f"{field} has no column")
+    return field.column
+
+
 def column(model: type[Model], field: str) -> str:
-    return quote(model._meta.get_field(field).column)
+    return quote(_column_name(cast(Field, model._meta.get_field(field))))
 
 
 @dataclass(frozen=True)
@@ -60,7 +75,7 @@ def prep(model: type[Model], field: str, value: Any) -> Any:
     """``value`` as the ORM would send it for ``model.field``; JSON encoded by orjson."""
     if isinstance(value, Prepared):
         return value.param
-    model_field = model._meta.get_field(field)
+    model_field = cast(Field, model._meta.get_field(field))
     if isinstance(model_field, JSONField) and model_field.encoder is None and value is not None:
         return json_param(value) or model_field.get_db_prep_save(value, connection)
     return model_field.get_db_prep_save(value, connection)
@@ -90,7 +105,8 @@ def can_return() -> bool:
     if connection.vendor == "postgresql":
         return True
     if connection.vendor == "sqlite":
-        return connection.Database.sqlite_version_info >= (3, 35, 0)
+        # The library Django's SQLite backend uses; RETURNING came with 3.35.
+        return sqlite3.sqlite_version_info >= (3, 35, 0)
     return False
 
 
@@ -101,7 +117,101 @@ def as_uuid(value: Any) -> uuid.UUID:
 
 def from_db(model: type[Model], field: str, value: Any) -> Any:
     """A JSON column's value as the ORM would read it."""
-    return model._meta.get_field(field).from_db_value(value, None, connection)
+    json_field = cast(JSONField, model._meta.get_field(field))
+    return json_field.from_db_value(value, None, connection)  # type: ignore[arg-type]  # no expression
+
+
+# --- a row of any model, all its columns ------------------------------------------------------
+
+
+@cache
+def insert_sql(model: type[Model], vendor: str, ignore_conflicts: bool) -> str:
+    on_conflict = OnConflict.IGNORE if ignore_conflicts else None
+    fields = model._meta.concrete_fields
+    columns = ", ".join(quote(_column_name(field)) for field in fields)
+    suffix = connection.ops.on_conflict_suffix_sql(fields, on_conflict, None, None)
+    return (
+        f"{connection.ops.insert_statement(on_conflict=on_conflict)} {table(model)} ({columns}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))}) {suffix}"
+    ).rstrip()
+
+
+def insert_params(obj: Model, db: Any) -> list[Any]:
+    """``obj``'s column values for ``insert``, ready for the database. Worth computing before
+    the transaction: encoding a run's JSON fields inside it held SQLite's one write lock longer."""
+    return [field.get_db_prep_save(field.pre_save(obj, True), db) for field in type(obj)._meta.concrete_fields]
+
+
+def insert(cursor: Any, obj: Model, *, ignore_conflicts: bool = False, params: list[Any] | None = None) -> None:
+    """INSERT ``obj`` with all its columns, as ``save()`` would (the runs models have no signal
+    receivers to miss); ``params`` from ``insert_params`` if already computed. ``cursor.db``
+    rather than the ``connection`` proxy: each attribute read through that is a lookup of the
+    thread's connection."""
+    db = cursor.db
+    cursor.execute(
+        insert_sql(type(obj), db.vendor, ignore_conflicts),
+        insert_params(obj, db) if params is None else params,
+    )
+    obj._state.adding = False
+    obj._state.db = db.alias
+
+
+# --- a run's create: its thread and probes ------------------------------------------------------
+
+
+def run_probes_sql(count_active: bool) -> str:
+    """The owner's pending and running runs (0 when uncapped), and whether the run's assistant is
+    still there."""
+    active = (
+        f"(SELECT COUNT(*) FROM {table(Run)} WHERE {column(Run, 'owner')} = %s "
+        f"AND {column(Run, 'status')} IN ({', '.join(['%s'] * len(RunStatus.active()))}))"
+        if count_active else "0"
+    )
+    assistant = (
+        f"EXISTS (SELECT 1 FROM {table(Assistant)} WHERE {column(Assistant, 'assistant_id')} = %s)"
+    )
+    return f"{active}, {assistant}"
+
+
+def run_probes_params(owner: Any, assistant: Assistant, count_active: bool) -> list[Any]:
+    active = [owner.pk, *RunStatus.active()] if count_active else []
+    return [*active, prep(Assistant, "assistant_id", assistant.pk)]
+
+
+@cache
+def run_probes_only_sql(vendor: str, count_active: bool) -> str:
+    return f"SELECT {run_probes_sql(count_active)}"
+
+
+@cache
+def thread_busy_sql(vendor: str, count_active: bool, returning: bool) -> str:
+    """Marks an owner's thread busy; with ``returning``, also answers its metadata and the run's
+    probes. The UPDATE locks the row, as ``select_for_update`` did, until the run is in."""
+    update = (
+        f"UPDATE {table(Thread)} SET {column(Thread, 'status')} = %s, "
+        f"{column(Thread, 'updated_at')} = %s "
+        f"WHERE {column(Thread, 'thread_id')} = %s AND {column(Thread, 'owner')} = %s"
+    )
+    if not returning:
+        return update
+    return f"{update} RETURNING {column(Thread, 'metadata')}, {run_probes_sql(count_active)}"
+
+
+@cache
+def thread_read_sql(vendor: str, count_active: bool) -> str:
+    """``thread_busy_sql``'s answer without RETURNING (SQLite before 3.35), read first."""
+    return (
+        f"SELECT {column(Thread, 'metadata')}, {run_probes_sql(count_active)} FROM {table(Thread)} "
+        f"WHERE {column(Thread, 'thread_id')} = %s AND {column(Thread, 'owner')} = %s"
+    )
+
+
+@cache
+def thread_metadata_sql(vendor: str) -> str:
+    return (
+        f"UPDATE {table(Thread)} SET {column(Thread, 'metadata')} = %s "
+        f"WHERE {column(Thread, 'thread_id')} = %s"
+    )
 
 
 # --- the claim ----------------------------------------------------------------------------------
