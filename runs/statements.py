@@ -214,6 +214,17 @@ def thread_metadata_sql(vendor: str) -> str:
     )
 
 
+# --- a /wait's read -----------------------------------------------------------------------------
+
+
+@cache
+def run_state_sql(vendor: str) -> str:
+    """(status, result) of a run: what a /wait reads until the run ends, the result as the JSON
+    text stored (``runs.services.waiting`` sends it as it is)."""
+    status, result, pk = (column(Run, name) for name in ("status", "result", "run_id"))
+    return f"SELECT {status}, {result} FROM {table(Run)} WHERE {pk} = %s"
+
+
 # --- the claim ----------------------------------------------------------------------------------
 
 

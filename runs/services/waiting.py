@@ -12,7 +12,6 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import cache
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -23,6 +22,7 @@ from django.db import connection
 from project import event_hub
 from project.async_db import in_executor
 from project.event_hub import watch
+from runs import statements
 from runs.models import CancelAction, DiscardedRun, Run, RunStatus
 from runs.selectors import run_finished_body
 from runs.services.cancel import runs_cancel
@@ -30,7 +30,6 @@ from runs.services.idempotency import Idempotency
 from runs.services.runs import run_create_idempotent, run_take_temporary_thread
 from runs.services.threads import temporary_thread_discard
 from runs.wakeups import run_status_channel
-from runs.worker_sql import column, prep, table
 
 WAIT_POLL_SECONDS = 0.025
 # With Redis, the run's writers publish every change: a read of the row this often is only the
@@ -118,18 +117,14 @@ def wait_poll_interval() -> float:
     return float(getattr(settings, "RUNS_WAIT_POLL_INTERVAL", WAIT_POLL_SECONDS))
 
 
-@cache
-def _run_state_sql(vendor: str) -> str:
-    status, result, pk = (column(Run, name) for name in ("status", "result", "run_id"))
-    return f"SELECT {status}, {result} FROM {table(Run)} WHERE {pk} = %s"
-
-
 def run_state_read(run_id: Any) -> tuple[str | None, bytes | None]:
     """(status, result) of the run, (None, None) once it is gone: the read a /wait repeats until
     the run ends (every 25 ms without Redis). The result is NULL until then, so it costs its bytes
     once. Written out: the ORM spent several times the statement's own time composing it."""
     with connection.cursor() as cursor:
-        cursor.execute(_run_state_sql(connection.vendor), [prep(Run, "run_id", run_id)])
+        cursor.execute(
+            statements.run_state_sql(connection.vendor), [statements.prep(Run, "run_id", run_id)]
+        )
         row = cursor.fetchone()
     if row is None:
         return None, None

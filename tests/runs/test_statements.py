@@ -209,6 +209,22 @@ def test_a_threads_metadata(owner) -> None:
     )
 
 
+# --- a /wait's read --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("result", [None, {"messages": [{"content": "é\n\"q\""}], "n": 2**40}])
+def test_a_runs_state(owner, result: Any) -> None:
+    run = make_run(make_thread(owner), RunStatus.SUCCESS, result=result)
+    sql = statements.run_state_sql(connection.vendor)
+    (status, stored), = execute(sql, [statements.prep(Run, "run_id", run.pk)])
+    if isinstance(stored, bytes):
+        stored = stored.decode()
+    assert (status, statements.from_db(Run, "result", stored)) == Run.objects.values_list(
+        "status", "result"
+    ).get(pk=run.pk)
+    assert execute(sql, [statements.prep(Run, "run_id", uuid.uuid4())]) == []
+
+
 # --- the claim --------------------------------------------------------------------------------------
 
 
