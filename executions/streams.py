@@ -1,9 +1,11 @@
 """SSE of an execution's events: `GET /api/v1/executions/{id}/events`.
 
 Replays the stored events after ``Last-Event-ID`` (header, or ``?last_event_id=`` for the first
-request of an EventSource), then follows new ones live until the terminal status event, with a
-heartbeat comment every 5 s. Event ids are the per-execution sequence numbers, so a reconnect
-resumes with no gap and no duplicate.
+request of an EventSource), then follows new ones live until the execution is final and every
+event stored by then was sent, with a heartbeat comment every 5 s. That is not always at the
+terminal status event: an execution cancelled while running turns ``cancelled`` at once and its
+worker records ``worker_stopped`` after, so a stream opened later replays both. Event ids are the
+per-execution sequence numbers, so a reconnect resumes with no gap and no duplicate.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from uuid import UUID
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from executions.models import Execution, ExecutionEvent, ExecutionEventType, ExecutionStatus
+from executions.models import Execution, ExecutionEvent, ExecutionStatus
 from project.async_db import in_executor
 from project.auth import raw_key_from_headers, user_for_api_key
 from project.event_hub import channel_name, register_kind, watch
@@ -54,10 +56,6 @@ def _last_event_id(request: HttpRequest) -> int | None:
         return None
 
 
-def _is_terminal_event(event: ExecutionEvent) -> bool:
-    return event.type == ExecutionEventType.STATUS and event.data.get("status") in ExecutionStatus.terminal()
-
-
 def _frame(event: ExecutionEvent) -> bytes:
     return sse_event(
         event.type,
@@ -87,8 +85,8 @@ async def _follow(execution_id: UUID, after_seq: int) -> AsyncIterator[bytes]:
                 yield _frame(event)
                 last_write = time.monotonic()
                 after_seq = event.seq
-                if _is_terminal_event(event):
-                    return
+            # Not at the terminal status event: a running execution's worker records its stop
+            # after it. The row's counter, read before the events, says which were stored.
             if state["status"] in ExecutionStatus.terminal() and after_seq >= state["event_seq"]:
                 return
             # Wait for a wake-up; heartbeats in between, without touching the database.

@@ -11,6 +11,7 @@ from django.test import AsyncClient
 
 from executions import runtime, services, streams
 from executions.models import Execution
+from executions.registry import agent, registry
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -127,6 +128,31 @@ def test_heartbeats_while_idle_and_the_stream_ends_when_cancelled(alice, api, mo
     # Only `: heartbeat` comments in between, a couple of them at least in 1.5 s of silence.
     assert len(frames[1:-1]) >= 2
     assert all(f == {"": "heartbeat"} for f in frames[1:-1]), frames
+
+
+def test_a_fresh_stream_of_an_execution_cancelled_while_running_replays_the_workers_stop(alice, api):
+    # The row turns cancelled at once; the worker records its stop afterwards. Both are stored
+    # events, so a first request must get both, as a resume with Last-Event-ID does.
+    @agent("cancelled-while-running-stream-test-agent")
+    def cancelled_while_running(inputs, ctx):
+        services.execution_cancel(execution=Execution.objects.get(pk=ctx.execution_id))
+        ctx.progress(current_step=1, total_steps=2)  # the progress point that notices the cancel
+        return {}
+
+    try:
+        execution = services.execution_create(
+            owner=alice, type="agent", target_id="cancelled-while-running-stream-test-agent"
+        )
+        assert runtime.execute(execution.pk) == "cancelled"
+    finally:
+        registry.unregister("agent", "cancelled-while-running-stream-test-agent")
+
+    _, _, frames = read_stream(events_url(execution), key=api.raw_key)
+    _, _, resumed = read_stream(events_url(execution), key=api.raw_key, last_event_id="0")
+
+    assert [f["event"] for f in frames] == ["created", "status", "status", "worker_stopped"]
+    assert '"status":"cancelled"' in frames[2]["data"] and '"reason":"cancelled"' in frames[3]["data"]
+    assert resumed == frames
 
 
 def test_stream_auth_and_errors(alice, api, bob_api):
