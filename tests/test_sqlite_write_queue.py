@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from itertools import pairwise
 
 import pytest
 from django.contrib.auth.models import User
@@ -86,10 +87,33 @@ def test_a_burst_of_writers_all_commit_one_at_a_time(impatient_sqlite):
     assert User.objects.filter(username__startswith="writer-").count() == WRITERS * TRANSACTIONS_EACH
     # Serialised: no two transactions held the lock at once...
     held.sort()
-    assert all(end <= next_began for (_, end), (next_began, _) in zip(held, held[1:]))
+    assert all(end <= next_began for (_, end), (next_began, _) in pairwise(held))
     # ...and the queue wasted little time between them (SQLite's busy handler sleeps in steps
     # of up to 100 ms; a loaded machine adds its own delays, hence the margin).
     assert time.monotonic() - started < WRITERS * TRANSACTIONS_EACH * HOLD_SECONDS * 3 + 1
+
+
+def take_turns_after(failing: Callable[[], None]) -> float:
+    """Seconds a transaction in another thread waited for its turn after ``failing()`` ran in a
+    thread whose connection stays open meanwhile (a worker's does)."""
+    failed, next_done = threading.Event(), threading.Event()
+    waited: list[float] = []
+
+    def turn(index: int) -> None:
+        if index == 0:
+            failing()
+            failed.set()
+            assert next_done.wait(timeout=30)
+        else:
+            assert failed.wait(timeout=10)
+            began = time.monotonic()
+            with transaction.atomic():  # the transactions queue, single statements do not
+                User.objects.create(username=f"next-{failing.__name__}")
+            waited.append(time.monotonic() - began)
+            next_done.set()
+
+    assert in_threads(turn, 2) == []
+    return waited[0]
 
 
 def test_a_writer_that_fails_or_hangs_up_lets_the_next_one_in_at_once(impatient_sqlite):
@@ -106,25 +130,8 @@ def test_a_writer_that_fails_or_hangs_up_lets_the_next_one_in_at_once(impatient_
             connection.close()
 
     for failing in (rolled_back, hung_up):
-        failed, next_done = threading.Event(), threading.Event()
-        waited: list[float] = []
-
-        def first(index: int, failing: Callable[[], None] = failing) -> None:
-            if index == 0:
-                failing()
-                failed.set()
-                # This thread's connection stays open (a worker's does) while the next one writes.
-                assert next_done.wait(timeout=30)
-            else:
-                assert failed.wait(timeout=10)
-                began = time.monotonic()
-                with transaction.atomic():  # the transactions queue, single statements do not
-                    User.objects.create(username=f"next-{failing.__name__}")
-                waited.append(time.monotonic() - began)
-                next_done.set()
-
-        assert in_threads(first, 2) == []
+        waited = take_turns_after(failing)
         # Well under the queue's own timeout (20 s), which a turn never given back would cost.
-        assert waited and waited[0] < 2
+        assert waited < 2
     assert set(User.objects.values_list("username", flat=True)) == {"next-rolled_back", "next-hung_up"}
     assert not base._write_queue.locked()
