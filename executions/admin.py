@@ -20,7 +20,6 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import CharField, Q, QuerySet, Value
@@ -28,18 +27,20 @@ from django.db.models.functions import Cast, Replace
 from django.db.models.lookups import Contains
 from django.forms import Media
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http.response import HttpResponseBase
 from django.urls import URLPattern, path, reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.views.decorators.http import require_POST
+from rest_framework.exceptions import APIException
 
-from executions.admin_streams import progress_events
+from executions.admin_streams import MAY_NOT_VIEW, USE_GET, progress_stream
 from executions.models import Execution, ExecutionStatus
 from executions.services import execution_cancel, executions_cancel_many, executions_retry_many
 from project.durations import format_duration
-from project.errors import Conflict
-from project.sse import EventStreamResponse
+from project.errors import BadRequest, Conflict, ErrorStyle, MethodNotAllowed, error_response
+from project.sse import staff_check
 
 # The progress endpoints answer for one changelist page at most; more ids is a client bug.
 PROGRESS_MAX_IDS = 200
@@ -439,53 +440,36 @@ class ExecutionAdmin(admin.ModelAdmin):
             reverse("admin:executions_execution_change", args=[execution.pk])
         )
 
-    @staticmethod
-    def _json_error(message: str, status: int) -> JsonResponse:
-        return JsonResponse({"detail": message}, status=status)
-
-    def _progress_denied(self, request: HttpRequest) -> JsonResponse | None:
-        """Why this request may not see live progress, as a JSON error, or None when it may.
+    def progress_view(self, request: HttpRequest) -> JsonResponse:
+        """``GET progress/?ids=a,b`` -> the current snapshot of each of those executions.
 
         Neither progress endpoint is wrapped in ``admin_view`` (which is sync-only, and would
         redirect): a script following progress needs a 403, not the login page, when the session
         ends.
         """
-        user = request.user
-        if not (user.is_active and user.is_staff):
-            return self._json_error("Staff only.", 403)
-        if not self.has_view_permission(request):
-            return self._json_error("You may not view executions.", 403)
-        return None
-
-    def progress_view(self, request: HttpRequest) -> JsonResponse:
-        """``GET progress/?ids=a,b`` -> the current snapshot of each of those executions."""
-        if request.method != "GET":
-            return self._json_error("Use GET.", 405)
-        denied = self._progress_denied(request)
-        if denied is not None:
-            return denied
         try:
-            ids = parse_progress_ids(request.GET.get("ids", ""))
-        except ValueError as exc:
-            return self._json_error(str(exc), 400)
+            if request.method != "GET":
+                raise MethodNotAllowed(request.method or "", allow="GET", detail=USE_GET)
+            staff_check(request, may_view=self.has_view_permission, refusal=MAY_NOT_VIEW)
+            try:
+                ids = parse_progress_ids(request.GET.get("ids", ""))
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from None
+        except APIException as exc:
+            return error_response(exc, style=ErrorStyle.EXECUTIONS)
         response = JsonResponse({"executions": progress_snapshots(ids)})
         add_never_cache_headers(response)
         return response
 
-    async def progress_stream_view(self, request: HttpRequest) -> HttpResponse:
+    async def progress_stream_view(self, request: HttpRequest) -> HttpResponseBase:
         """``GET progress/stream/?ids=a,b`` -> SSE: a ``snapshot`` of each execution at once and
         whenever its events move, until none of them is active (``executions.admin_streams``)."""
-        if request.method != "GET":
-            return self._json_error("Use GET.", 405)
-        # The permission check reads the session and the user's permissions: sync ORM.
-        denied = await sync_to_async(self._progress_denied)(request)
-        if denied is not None:
-            return denied
-        try:
-            ids = parse_progress_ids(request.GET.get("ids", ""))
-        except ValueError as exc:
-            return self._json_error(str(exc), 400)
-        return EventStreamResponse(progress_events(ids, snapshots=progress_snapshots))
+        return await progress_stream(
+            request,
+            may_view=self.has_view_permission,
+            parse_ids=parse_progress_ids,
+            snapshots=progress_snapshots,
+        )
 
     # --- views -------------------------------------------------------------------------------------
 

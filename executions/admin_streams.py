@@ -8,6 +8,7 @@ that execution's events move, a ``gone`` event for an id that does not exist (an
 once none of the executions is active.
 
 Snapshots carry no SSE id: a reconnecting page asks again and gets fresh snapshots of everything.
+Staff only, and one of the user's open streams (``project.sse``), like the API's.
 """
 
 from __future__ import annotations
@@ -19,13 +20,29 @@ from typing import Any
 from uuid import UUID
 
 from asgiref.sync import sync_to_async
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 
 from executions.models import ExecutionStatus
 from executions.streams import execution_channel
+from project.errors import BadRequest
 from project.event_hub import Watcher, hub, wait_event
-from project.sse import HEARTBEAT, HEARTBEAT_INTERVAL, sse_event
+from project.sse import (
+    HEARTBEAT,
+    HEARTBEAT_INTERVAL,
+    EventStreamResponse,
+    event_stream_view,
+    sse_event,
+    staff_stream_user,
+    stream_open,
+)
 
 SnapshotReader = Callable[[list[str]], list[dict[str, Any]]]
+IdsParser = Callable[[str], list[UUID]]
+
+# The refusals of the admin's progress endpoints (this stream and the polling JSON).
+USE_GET = "Use GET."
+MAY_NOT_VIEW = "You may not view executions."
 
 # How often everything followed is read again even without a wake-up: keeps running durations
 # current, and bounds the delay of a wake-up the event hub missed.
@@ -123,3 +140,25 @@ async def progress_events(ids: list[UUID], *, snapshots: SnapshotReader) -> Asyn
         # Also on disconnect (CancelledError): the hub must not keep waking a closed stream.
         for execution_id in list(watchers):
             unwatch(execution_id)
+
+
+@event_stream_view(method_not_allowed=USE_GET)
+async def progress_stream(
+    request: HttpRequest,
+    *,
+    may_view: Callable[[HttpRequest], bool],
+    parse_ids: IdsParser,
+    snapshots: SnapshotReader,
+) -> HttpResponseBase:
+    """``GET progress/stream/?ids=a,b``: ``may_view(request)`` is the admin's view permission,
+    ``parse_ids`` turns ``?ids=`` into ids (``ValueError`` with a message for staff)."""
+    user = await staff_stream_user(request, may_view=may_view, refusal=MAY_NOT_VIEW)
+    try:
+        ids = parse_ids(request.GET.get("ids", ""))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+    async def start() -> HttpResponseBase:
+        return EventStreamResponse(progress_events(ids, snapshots=snapshots))
+
+    return await stream_open(user, start)

@@ -14,14 +14,22 @@ import time
 from collections.abc import AsyncIterator
 from uuid import UUID
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 
 from executions.models import Execution, ExecutionEvent, ExecutionStatus
 from project.async_db import in_executor
-from project.auth import raw_key_from_headers, user_for_api_key
+from project.errors import BadRequest, NotFound
 from project.event_hub import channel_name, register_kind, watch
-from project.sse import HEARTBEAT, HEARTBEAT_INTERVAL, EventStreamResponse, sse_event
-from project.stream_limits import hold_slot, stream_slot, too_many_streams
+from project.sse import (
+    HEARTBEAT,
+    HEARTBEAT_INTERVAL,
+    EventStreamResponse,
+    event_stream_view,
+    sse_event,
+    stream_client,
+    stream_open,
+)
 
 CHANNEL_KIND = "execution"
 
@@ -37,23 +45,12 @@ def execution_channel(execution_id: UUID | str) -> str:
     return channel_name(CHANNEL_KIND, execution_id)
 
 
-async def _stream_user(request: HttpRequest):
-    raw_key = raw_key_from_headers(request.headers)
-    if raw_key is not None:
-        return await in_executor(user_for_api_key)(raw_key), False
-    user = await request.auser()
-    if user.is_authenticated:
-        # Staff following a page of the admin see every execution, as the admin does.
-        return user, user.is_staff
-    return None, False
-
-
-def _last_event_id(request: HttpRequest) -> int | None:
+def _last_event_id(request: HttpRequest) -> int:
     raw = request.headers.get("Last-Event-ID") or request.GET.get("last_event_id") or "0"
     try:
         return max(0, int(raw))
     except ValueError:
-        return None
+        raise BadRequest("Last-Event-ID must be an event sequence number.") from None
 
 
 def _frame(event: ExecutionEvent) -> bytes:
@@ -95,25 +92,22 @@ async def _follow(execution_id: UUID, after_seq: int) -> AsyncIterator[bytes]:
                 last_write = time.monotonic()
 
 
-async def execution_events(request: HttpRequest, pk: str) -> HttpResponse:
-    if request.method != "GET":
-        return JsonResponse({"detail": f'Method "{request.method}" not allowed.'}, status=405)
-    user, sees_all = await _stream_user(request)
-    if user is None:
-        return JsonResponse({"detail": "Authentication credentials were not provided."}, status=401)
+@event_stream_view()
+async def execution_events(request: HttpRequest, pk: str) -> HttpResponseBase:
+    client = await stream_client(request)
     after_seq = _last_event_id(request)
-    if after_seq is None:
-        return JsonResponse({"detail": "Last-Event-ID must be an event sequence number."}, status=400)
     try:
         execution_id = UUID(pk)
     except ValueError:
-        return JsonResponse({"detail": "Not found."}, status=404)
+        raise NotFound() from None
     visible = Execution.objects.filter(pk=execution_id)
-    if not sees_all:
-        visible = visible.filter(owner=user)
+    # Staff following a page of the admin see every execution, as the admin does.
+    if not (client.by_session and client.user.is_staff):
+        visible = visible.filter(owner=client.user)
     if not await in_executor(visible.exists)():
-        return JsonResponse({"detail": "Not found."}, status=404)
-    release = await stream_slot(user.pk)
-    if release is None:
-        return too_many_streams()
-    return hold_slot(EventStreamResponse(_follow(execution_id, after_seq)), release)
+        raise NotFound()
+
+    async def start() -> HttpResponseBase:
+        return EventStreamResponse(_follow(execution_id, after_seq))
+
+    return await stream_open(client.user, start)

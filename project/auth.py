@@ -11,6 +11,8 @@ from rest_framework import authentication, exceptions
 
 from accounts.models import APIKey, hash_api_key
 
+INVALID_API_KEY = "Invalid or revoked API key."
+
 # Writing last_used_at on every request would turn each read into a write; once a minute is plenty.
 LAST_USED_RESOLUTION_SECONDS = 60
 
@@ -75,7 +77,7 @@ class APIKeyAuthentication(authentication.BaseAuthentication):
             return None
         user = user_for_api_key(raw_key)
         if user is None:
-            raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
+            raise exceptions.AuthenticationFailed(INVALID_API_KEY)
         return (user, raw_key)
 
     def authenticate_header(self, request) -> str:

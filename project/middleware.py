@@ -7,6 +7,8 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from project.errors import ErrorStyle, RequestTooLarge, error_response
+
 
 class RequestBodyLimitMiddleware:
     """413 with a JSON body for request bodies over ``DATA_UPLOAD_MAX_MEMORY_SIZE``.
@@ -39,8 +41,9 @@ class RequestBodyLimitMiddleware:
 
     @staticmethod
     def _too_large(limit: int) -> JsonResponse:
-        return JsonResponse(
-            {"detail": f"Request body is larger than the limit of {limit // 1024} KB."}, status=413
+        return error_response(
+            RequestTooLarge(f"Request body is larger than the limit of {limit // 1024} KB."),
+            style=ErrorStyle.EXECUTIONS,
         )
 
 

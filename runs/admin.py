@@ -14,18 +14,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.contrib import admin, messages
-from django.db import connections
 from django.db.models import Count, OuterRef, QuerySet, Subquery
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from project.sse import EventStreamResponse
 from runs import services
-from runs.admin_streams import parse_run_ids, run_status_events, run_status_snapshot
+from runs.admin_streams import run_status_snapshot, run_status_stream
 from runs.models import Assistant, AssistantVersion, CancelAction, Run, RunEvent, RunStatus, Thread
 
 EVENTS_SHOWN = 200
@@ -208,34 +206,11 @@ class RunAdmin(ReadOnlyAdmin):
             *super().get_urls(),
         ]
 
-    def _status_denied(self, request: HttpRequest) -> JsonResponse | None:
-        # Not admin_view (sync-only, and it redirects): a script needs a 403 when the session ends.
-        user = request.user
-        if not (user.is_active and user.is_staff):
-            return JsonResponse({"detail": "Staff only."}, status=403)
-        if not self.has_view_permission(request):
-            return JsonResponse({"detail": "You may not view runs."}, status=403)
-        return None
-
-    def _status_denied_closing(self, request: HttpRequest) -> JsonResponse | None:
-        try:
-            return self._status_denied(request)
-        finally:
-            connections.close_all()  # the stream must not hold this request's connection
-
-    async def status_stream_view(self, request: HttpRequest) -> HttpResponse:
+    async def status_stream_view(self, request: HttpRequest) -> HttpResponseBase:
         """``GET status/stream/?ids=a,b`` -> SSE ``status`` events of those runs until none is
-        active (``runs.admin_streams``)."""
-        if request.method != "GET":
-            return JsonResponse({"detail": "Use GET."}, status=405)
-        denied = await sync_to_async(self._status_denied_closing)(request)
-        if denied is not None:
-            return denied
-        try:
-            ids = parse_run_ids(request.GET.get("ids", ""))
-        except ValueError as exc:
-            return JsonResponse({"detail": str(exc)}, status=400)
-        return EventStreamResponse(run_status_events(ids))
+        active (``runs.admin_streams``). Not ``admin_view`` (sync-only, and it redirects): a
+        script needs a 403 when the session ends."""
+        return await run_status_stream(request, may_view=self.has_view_permission)
 
     @admin.display(description="kwargs")
     def kwargs_json(self, run: Run) -> str:

@@ -5,21 +5,34 @@ A changelist may show dozens of active runs; one EventSource per row would exhau
 It sends a ``status`` event per run at once and whenever that run's channel wakes (a claim, an
 event, its end), ``gone`` for a run that does not exist (any more), re-sends running rows every
 few seconds (their duration grows), and ends with ``done`` once none is active, so the page
-closes its EventSource instead of letting the browser reconnect.
+closes its EventSource instead of letting the browser reconnect. Staff only, and one of the user's
+open streams (``project.sse``), like the API's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from uuid import UUID
 
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
+
 from project.async_db import in_executor
 from project.durations import format_duration
+from project.errors import BadRequest
 from project.event_hub import Watcher, hub, wait_event
-from project.sse import HEARTBEAT, HEARTBEAT_INTERVAL, sse_event
+from project.sse import (
+    HEARTBEAT,
+    HEARTBEAT_INTERVAL,
+    EventStreamResponse,
+    event_stream_view,
+    sse_event,
+    staff_stream_user,
+    stream_open,
+)
 from runs.models import Run, RunStatus
 from runs.wakeups import run_channel
 
@@ -102,3 +115,20 @@ async def run_status_events(ids: list[UUID]) -> AsyncIterator[bytes]:
         # Also on disconnect: the hub must not keep waking a closed stream.
         for watcher in watchers.values():
             current_hub.remove(watcher)
+
+
+@event_stream_view(method_not_allowed="Use GET.")
+async def run_status_stream(
+    request: HttpRequest, *, may_view: Callable[[HttpRequest], bool]
+) -> HttpResponseBase:
+    """``GET status/stream/?ids=a,b``; ``may_view(request)`` is the admin's view permission."""
+    user = await staff_stream_user(request, may_view=may_view, refusal="You may not view runs.")
+    try:
+        ids = parse_run_ids(request.GET.get("ids", ""))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+    async def start() -> HttpResponseBase:
+        return EventStreamResponse(run_status_events(ids))
+
+    return await stream_open(user, start)

@@ -1,4 +1,5 @@
-"""Errors of the LangGraph-compatible API, rendered as ``{"detail": "..."}`` like the real server."""
+"""Errors of the LangGraph-compatible API; ``project.errors`` renders them as ``{"detail": "..."}``,
+like the real server."""
 
 from rest_framework import status
 from rest_framework.exceptions import APIException

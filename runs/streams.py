@@ -17,10 +17,11 @@ strings: events whose id is greater than ``Last-Event-ID`` are replayed, so ``0`
 real server's ``0`` / ``-1`` / ``-`` still sort before every id. One id space serves run and
 thread streams, since a thread's runs are written one after another (see ``RunEvent``).
 
-Limits, answered as JSON before the stream starts: a user holds at most ``STREAMS_MAX_PER_USER``
-open streams (``project.stream_limits``, shared with the executions' streams; the slot is given
-back when the response closes, however it ends), and the two creating endpoints take the "create"
-throttle, ``Idempotency-Key`` and the cap on active runs like every other create.
+Before the stream starts (``project.sse``, as for the executions' and the admin's streams): who
+asks (API key, or a session with its CSRF check on POST), the user's cap of ``STREAMS_MAX_PER_USER``
+open streams (the slot is given back when the response closes, however it ends), and for the two
+creating endpoints the "create" throttle, ``Idempotency-Key`` and the cap on active runs like
+every other create. Their refusals are JSON ``{"detail": ...}`` (``project.errors``).
 
 Database use: every read runs in the shared executor and gives its connection back at once, so an
 idle stream holds no connection (with PostgreSQL's pool, one open stream does not pin one of its
@@ -29,30 +30,32 @@ connections), and however many streams wake at once, the executor bounds the con
 
 from __future__ import annotations
 
+import functools
 import json
-import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 from uuid import UUID
 
-from asgiref.sync import sync_to_async
-from django.db import connections
 from django.db.models import Max
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.middleware.csrf import CsrfViewMiddleware
-from django.views.decorators.csrf import csrf_exempt
-from rest_framework.exceptions import APIException, Throttled
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 
 from project.async_db import in_executor
-from project.auth import raw_key_from_headers, user_for_api_key
+from project.errors import ErrorStyle
 from project.event_hub import watch
-from project.sse import HEARTBEAT, HEARTBEAT_INTERVAL, EventStreamResponse, sse_event
-from project.stream_limits import hold_slot, stream_slot, too_many_streams
-from project.throttling import CreateRateThrottle
+from project.sse import (
+    HEARTBEAT,
+    HEARTBEAT_INTERVAL,
+    EventStreamResponse,
+    event_stream_view,
+    sse_event,
+    stream_client,
+    stream_create_throttle,
+    stream_open,
+)
 from runs import services
 from runs.errors import Unprocessable
 from runs.models import DiscardedRun, Run, RunEvent, RunStatus, Thread
@@ -269,70 +272,6 @@ async def single_event_body(event: str, data: Any) -> AsyncIterator[bytes]:
 # --- views ---------------------------------------------------------------------------------------
 
 
-class _CsrfCheck(CsrfViewMiddleware):
-    def _reject(self, request: HttpRequest, reason: str) -> str:  # type: ignore[override]
-        return reason
-
-
-def _detail(detail: str, status: int, headers: dict[str, str] | None = None) -> JsonResponse:
-    return JsonResponse({"detail": detail}, status=status, headers=headers)
-
-
-def _api_error(exc: APIException) -> JsonResponse:
-    detail = exc.detail
-    if isinstance(detail, (list, dict)):
-        detail = json.dumps(detail)
-    wait = getattr(exc, "wait", None)
-    return _detail(str(detail), exc.status_code, {"Retry-After": str(math.ceil(wait))} if wait else None)
-
-
-def _create_throttle(request: HttpRequest, user: Any) -> None:
-    """The "create" throttle of the API views (on the shared cache), for these plain
-    views: raises ``Throttled`` over the rate."""
-    throttle = CreateRateThrottle()
-    # The throttle keys on request.user; here that is the API key's user, not the session's.
-    if not throttle.allow_request(
-        SimpleNamespace(user=user, META=request.META), SimpleNamespace(throttle_scope="create")
-    ):
-        raise Throttled(throttle.wait())
-
-
-_UNAUTHENTICATED = {"WWW-Authenticate": 'Bearer realm="api"'}
-
-
-async def _authenticate(request: HttpRequest, *, unsafe: bool) -> Any:
-    """The API user of an SSE request, or the JsonResponse refusing it.
-
-    API keys as everywhere in the API; a logged-in session too (a browser on the same origin), with
-    Django's CSRF check on POSTs as DRF's session authentication does.
-    """
-    raw_key = raw_key_from_headers(request.headers)
-    if raw_key is not None:
-        user = await in_executor(user_for_api_key)(raw_key)
-        if user is None:
-            return _detail("Invalid or revoked API key.", 401, _UNAUTHENTICATED)
-        return user
-    user = await request.auser()
-    # The session lookup ran in this request's own thread: give that connection back now rather
-    # than hold it for the whole stream.
-    await sync_to_async(connections.close_all)()
-    if not user.is_authenticated:
-        return _detail("Authentication credentials were not provided.", 401, _UNAUTHENTICATED)
-    if unsafe:
-        check = _CsrfCheck(lambda _request: None)
-        check.process_request(request)
-        reason = check.process_view(request, None, (), {})
-        if reason:
-            return _detail(f"CSRF Failed: {reason}", 403)
-    return user
-
-
-def _method_not_allowed(request: HttpRequest, allowed: str) -> JsonResponse | None:
-    if request.method == allowed:
-        return None
-    return _detail("Method Not Allowed", 405, {"Allow": allowed})
-
-
 def _run_stream_response(
     stream: AsyncIterator[bytes], *, location: str | None, content_location: str | None
 ) -> EventStreamResponse:
@@ -344,52 +283,25 @@ def _run_stream_response(
     return response
 
 
-async def _with_stream_slot(user: Any, start: Callable[[], Awaitable[HttpResponse]]) -> HttpResponse:
-    """The response ``start()`` makes, holding one of the user's open-stream slots until it
-    closes; the 429 of the per-user cap instead when every slot is taken. An error response
-    (JSON, before any event) gives its slot back at once."""
-    release = await stream_slot(user.pk)
-    if release is None:
-        return too_many_streams()
-    try:
-        response = await start()
-    except BaseException:
-        await sync_to_async(release)()
-        raise
-    if not isinstance(response, EventStreamResponse):
-        await sync_to_async(release)()
-        return response
-    return hold_slot(response, release)
-
-
-async def _create_and_stream(request: HttpRequest, thread_id: str | None) -> HttpResponse:
-    refused = _method_not_allowed(request, "POST")
-    if refused is not None:
-        return refused
-    user = await _authenticate(request, unsafe=True)
-    if isinstance(user, HttpResponse):
-        return user
+async def _create_and_stream(request: HttpRequest, thread_id: str | None) -> HttpResponseBase:
+    user = (await stream_client(request, unsafe=True)).user
     stateless = thread_id is None
-    try:
-        await in_executor(_create_throttle)(request, user)
-        schema = "RunCreateStreamingStateless" if stateless else "RunCreateStreamingStateful"
-        body = parse_json_body(request.body, schema)
-        idempotency = services.Idempotency.from_header(
-            request.headers.get("Idempotency-Key"), method="POST", path=request.path, body=body
-        )
-        # Only a replay resumes: a new run's stream starts at its first event.
-        resume_after = parse_last_event_id(request.headers.get("Last-Event-ID")) if idempotency else None
-    except APIException as exc:
-        return _api_error(exc)
+    await stream_create_throttle(request, user)
+    schema = "RunCreateStreamingStateless" if stateless else "RunCreateStreamingStateful"
+    body = parse_json_body(request.body, schema)
+    idempotency = services.Idempotency.from_header(
+        request.headers.get("Idempotency-Key"), method="POST", path=request.path, body=body
+    )
+    # Only a replay resumes: a new run's stream starts at its first event.
+    resume_after = (
+        parse_last_event_id(request.headers.get("Last-Event-ID")) if idempotency else None
+    )
 
-    async def start() -> HttpResponse:
-        try:
-            # A replay joins the first request's run: from its first event (or after Last-Event-ID).
-            run, created, discard = await in_executor(run_create_awaited)(
-                owner=user, body=body, thread_id=thread_id, idempotency=idempotency
-            )
-        except APIException as exc:
-            return _api_error(exc)
+    async def start() -> HttpResponseBase:
+        # A replay joins the first request's run: from its first event (or after Last-Event-ID).
+        run, created, discard = await in_executor(run_create_awaited)(
+            owner=user, body=body, thread_id=thread_id, idempotency=idempotency
+        )
         if isinstance(run, DiscardedRun):
             # Its events went with its thread; the stream says so, as a join of it would.
             response = EventStreamResponse(single_event_body("error", RUN_NOT_FOUND))
@@ -415,17 +327,23 @@ async def _create_and_stream(request: HttpRequest, thread_id: str | None) -> Htt
             response["Idempotent-Replayed"] = "false" if created else "true"
         return response
 
-    return await _with_stream_slot(user, start)
+    return await stream_open(user, start)
 
 
-@csrf_exempt
-async def thread_run_stream(request: HttpRequest, thread_id: str) -> HttpResponse:
+# The real server's (Starlette's) words for a wrong method, not DRF's.
+_langgraph_stream = functools.partial(
+    event_stream_view, errors=ErrorStyle.LANGGRAPH, method_not_allowed="Method Not Allowed"
+)
+
+
+@_langgraph_stream(method="POST")
+async def thread_run_stream(request: HttpRequest, thread_id: str) -> HttpResponseBase:
     """``POST /threads/{thread_id}/runs/stream``."""
     return await _create_and_stream(request, thread_id)
 
 
-@csrf_exempt
-async def stateless_run_stream(request: HttpRequest) -> HttpResponse:
+@_langgraph_stream(method="POST")
+async def stateless_run_stream(request: HttpRequest) -> HttpResponseBase:
     """``POST /runs/stream``: a run on a temporary thread, deleted after the stream unless
     ``on_completion: "keep"``."""
     return await _create_and_stream(request, None)
@@ -442,29 +360,21 @@ def _run_for_join(user: Any, thread_id: str, run_id: str) -> tuple[UUID, dict | 
     return run_pk, kwargs, _last_run_event_id(run_pk) if kwargs is not None else 0
 
 
-@csrf_exempt
-async def run_join_stream(request: HttpRequest, thread_id: str, run_id: str) -> HttpResponse:
+@_langgraph_stream(method="GET")
+async def run_join_stream(request: HttpRequest, thread_id: str, run_id: str) -> HttpResponseBase:
     """``GET /threads/{thread_id}/runs/{run_id}/stream``: live from now, or the stored events
     after ``Last-Event-ID``. Without the header a join after the run ended is an empty 200, as on
     the real server."""
-    refused = _method_not_allowed(request, "GET")
-    if refused is not None:
-        return refused
-    user = await _authenticate(request, unsafe=False)
-    if isinstance(user, HttpResponse):
-        return user
-    try:
-        modes = parse_stream_mode_filter(request)
-        resume_after = parse_last_event_id(request.headers.get("Last-Event-ID"))
-        run_pk, kwargs, last_id = await in_executor(_run_for_join)(user, thread_id, run_id)
-    except APIException as exc:
-        return _api_error(exc)
+    user = (await stream_client(request)).user
+    modes = parse_stream_mode_filter(request)
+    resume_after = parse_last_event_id(request.headers.get("Last-Event-ID"))
+    run_pk, kwargs, last_id = await in_executor(_run_for_join)(user, thread_id, run_id)
     if kwargs is None:
         # As on the real server: a 200 stream whose only event reports the missing run.
         return EventStreamResponse(single_event_body("error", RUN_NOT_FOUND))
     cancel = request.GET.get("cancel_on_disconnect", "").strip().lower() in {"1", "true", "yes", "on"}
 
-    async def start() -> HttpResponse:
+    async def start() -> HttpResponseBase:
         stream = run_stream_body(
             run_pk,
             last_id if resume_after is None else resume_after,
@@ -474,7 +384,7 @@ async def run_join_stream(request: HttpRequest, thread_id: str, run_id: str) -> 
         )
         return EventStreamResponse(stream)
 
-    return await _with_stream_slot(user, start)
+    return await stream_open(user, start)
 
 
 def _thread_for_stream(user: Any, thread_id: str) -> tuple[UUID, int]:
@@ -482,26 +392,18 @@ def _thread_for_stream(user: Any, thread_id: str) -> tuple[UUID, int]:
     return thread.pk, _last_thread_event_id(thread.pk)
 
 
-@csrf_exempt
-async def thread_stream(request: HttpRequest, thread_id: str) -> HttpResponse:
+@_langgraph_stream(method="GET")
+async def thread_stream(request: HttpRequest, thread_id: str) -> HttpResponseBase:
     """``GET /threads/{thread_id}/stream``: every run's events and a ``metadata``
     ``{"status": "run_done", "run_id"}`` after each run; live from now, or after
     ``Last-Event-ID`` (``-`` for everything stored)."""
-    refused = _method_not_allowed(request, "GET")
-    if refused is not None:
-        return refused
-    user = await _authenticate(request, unsafe=False)
-    if isinstance(user, HttpResponse):
-        return user
-    try:
-        modes = parse_thread_stream_modes(request)
-        resume_after = parse_last_event_id(request.headers.get("Last-Event-ID"))
-        thread_pk, last_id = await in_executor(_thread_for_stream)(user, thread_id)
-    except APIException as exc:
-        return _api_error(exc)
+    user = (await stream_client(request)).user
+    modes = parse_thread_stream_modes(request)
+    resume_after = parse_last_event_id(request.headers.get("Last-Event-ID"))
+    thread_pk, last_id = await in_executor(_thread_for_stream)(user, thread_id)
     after_id = last_id if resume_after is None else resume_after
 
-    async def start() -> HttpResponse:
+    async def start() -> HttpResponseBase:
         return EventStreamResponse(follow_thread(thread_pk, after_id, modes=modes))
 
-    return await _with_stream_slot(user, start)
+    return await stream_open(user, start)

@@ -15,11 +15,10 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from project.errors import INVALID_JSON
 from runs.errors import Unprocessable
 
 SCHEMA_FILE = Path(__file__).resolve().parent / "schema" / "langgraph_api.json"
-
-INVALID_JSON = "Invalid JSON in request body"
 
 
 @lru_cache(maxsize=1)

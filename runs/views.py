@@ -8,19 +8,19 @@ against the API's schema, call one service, render with ``runs.serializers``. Ev
 
 from __future__ import annotations
 
-import json
-import math
+from collections.abc import Callable
 from importlib import metadata as package_metadata
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.http import Http404, HttpResponse, HttpResponseBase, StreamingHttpResponse
-from rest_framework import exceptions, status, viewsets
+from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
+from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from project.errors import langgraph_exception_handler
 from project.throttling import CreateRateThrottle
 from runs import services
 from runs.errors import NotFound, Unprocessable
@@ -38,16 +38,12 @@ from runs.serializers import (
     thread_json,
 )
 from runs.services.waiting import run_create_awaited, run_result_chunks
-from runs.validation import INVALID_JSON, parse_json_body, validate_body
+from runs.validation import parse_json_body, validate_body
 
 IDEMPOTENT_REPLAYED = "Idempotent-Replayed"
 # Ids are matched as plain strings so a malformed one gets the real server's 422 from the
 # service that parses it, not a 404 from the resolver.
 ID_PATTERN = "[^/]+"
-
-
-def _detail_response(detail: str, status_code: int, headers: dict | None = None) -> Response:
-    return Response({"detail": detail}, status=status_code, headers=headers)
 
 
 class LangGraphViewSet(viewsets.ViewSet):
@@ -66,28 +62,8 @@ class LangGraphViewSet(viewsets.ViewSet):
     def get_throttles(self) -> list:
         return [CreateRateThrottle()] if self.action in self.create_actions else []
 
-    def handle_exception(self, exc: Exception) -> Response:
-        if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
-            auth_header = self.get_authenticate_header(self.request)
-            if auth_header:
-                exc.auth_header = auth_header
-            else:
-                exc.status_code = status.HTTP_403_FORBIDDEN
-        if isinstance(exc, Http404):
-            return _detail_response("Not Found", 404)
-        if isinstance(exc, exceptions.ParseError):
-            return _detail_response(INVALID_JSON, 422)
-        if isinstance(exc, exceptions.APIException):
-            headers = {}
-            if getattr(exc, "auth_header", None):
-                headers["WWW-Authenticate"] = exc.auth_header
-            if getattr(exc, "wait", None):
-                headers["Retry-After"] = str(math.ceil(exc.wait))
-            detail = exc.detail
-            if isinstance(detail, (list, dict)):
-                detail = json.dumps(detail)
-            return _detail_response(str(detail), exc.status_code, headers)
-        return super().handle_exception(exc)
+    def get_exception_handler(self) -> Callable[[Exception, dict], Response | None]:
+        return langgraph_exception_handler
 
     def body(self, schema: str | None = None, *, required: bool = True) -> Any:
         """The request's JSON body, validated against the API component ``schema``."""

@@ -185,6 +185,29 @@ def test_bad_requests_get_a_clear_400(staff):
     assert (post.status_code, post.json()) == (405, {"detail": "Use GET."})
 
 
+def test_the_stream_counts_against_the_users_open_streams(admin_user, owner, settings):
+    from django.core.cache import cache
+
+    cache.clear()
+    settings.STREAMS_MAX_PER_USER = 1
+    ids = {"ids": ids_param(create(owner))}
+    client = logged_in(admin_user)
+
+    async def scenario() -> None:
+        first = await client.get(STREAM, ids)
+        refused = await client.get(STREAM, ids)
+        assert (first.status_code, refused.status_code) == (200, 429)
+        assert refused.json() == {
+            "detail": "You already have 1 open streams (STREAMS_MAX_PER_USER); close some first."
+        }
+        first.close()  # the page went away
+        again = await client.get(STREAM, ids)
+        assert again.status_code == 200
+        again.close()
+
+    async_to_sync(scenario)()
+
+
 # --- what it sends ------------------------------------------------------------------------------
 
 

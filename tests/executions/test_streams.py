@@ -158,10 +158,29 @@ def test_a_fresh_stream_of_an_execution_cancelled_while_running_replays_the_work
 def test_stream_auth_and_errors(alice, api, bob_api):
     execution = services.execution_create(owner=alice, type="agent", target_id="echo")
 
-    assert read_stream(events_url(execution))[0] == 401
-    assert read_stream(events_url(execution), key=bob_api.raw_key)[0] == 404
-    assert read_stream("/api/v1/executions/not-a-uuid/events", key=api.raw_key)[0] == 404
-    assert read_stream(events_url(execution), key=api.raw_key, last_event_id="x")[0] == 400
+    def error(path: str, **kwargs) -> tuple[int, dict, dict]:
+        status, response, _ = read_stream(path, **kwargs)
+        return status, response.json(), response.headers
+
+    # The API's own errors, with the headers its other views send.
+    status, body, headers = error(events_url(execution))
+    assert (status, body) == (401, {"detail": "Authentication credentials were not provided."})
+    assert headers["WWW-Authenticate"] == 'Bearer realm="api"'
+    status, body, headers = error(events_url(execution), key="not-a-key")
+    assert (status, body) == (401, {"detail": "Invalid or revoked API key."})
+    assert headers["WWW-Authenticate"] == 'Bearer realm="api"'
+    assert error(events_url(execution), key=bob_api.raw_key)[:2] == (404, {"detail": "Not found."})
+    not_a_uuid = "/api/v1/executions/not-a-uuid/events"
+    assert error(not_a_uuid, key=api.raw_key)[:2] == (404, {"detail": "Not found."})
+    assert error(events_url(execution), key=api.raw_key, last_event_id="x")[:2] == (
+        400, {"detail": "Last-Event-ID must be an event sequence number."}
+    )
+
+    post = async_to_sync(AsyncClient().post)(
+        events_url(execution), headers={"x-api-key": api.raw_key}
+    )
+    assert (post.status_code, post.json()) == (405, {"detail": 'Method "POST" not allowed.'})
+    assert post["Allow"] == "GET"
 
 
 def test_open_streams_per_user_are_capped_with_429_and_freed_when_closed(alice, bob, api, bob_api, settings):
