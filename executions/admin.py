@@ -14,7 +14,6 @@ the first paint and the updates never disagree.
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections.abc import Iterable
@@ -40,6 +39,7 @@ from executions.models import Execution, ExecutionStatus
 from executions.services import execution_cancel, executions_cancel_many, executions_retry_many
 from project.durations import format_duration
 from project.errors import BadRequest, Conflict, ErrorStyle, MethodNotAllowed, error_response
+from project.renderers import json_text
 from project.sse import staff_check
 
 # The progress endpoints answer for one changelist page at most; more ids is a client bug.
@@ -157,7 +157,7 @@ def _duration(execution: Execution) -> SafeString:
 def _pretty_json(value: Any) -> SafeString:
     if value is None:
         return format_html('<span class="exec-empty">{}</span>', "-")
-    text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+    text = json_text(value, indent=2, sort_keys=False)
     return format_html('<pre class="exec-json">{}</pre>', text)
 
 
@@ -501,7 +501,7 @@ class ExecutionAdmin(admin.ModelAdmin):
                         "at": event.at,
                         "type": event.get_type_display(),
                         "type_code": event.type,
-                        "data": json.dumps(event.data, ensure_ascii=False, sort_keys=True),
+                        "data": json_text(event.data, sort_keys=True),
                     }
                     for event in events
                 ],

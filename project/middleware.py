@@ -2,12 +2,16 @@
 
 import json
 from collections.abc import Callable
+from urllib.parse import parse_qsl
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from rest_framework import status
+from rest_framework.exceptions import APIException
 
-from project.errors import ErrorStyle, RequestTooLarge, error_response
+from project.errors import ErrorStyle, InvalidInput, RequestTooLarge, error_response
+from project.json_input import NUL, BodyProblem, body_problem
 
 
 class RequestBodyLimitMiddleware:
@@ -47,12 +51,14 @@ class RequestBodyLimitMiddleware:
         )
 
 
-class NulCharacterMiddleware:
-    """Refuse text with a NUL character (in the JSON body or the query string) with a clear 4xx.
+class StorableInputMiddleware:
+    """Refuse, with a 4xx naming the field, a request whose text the platform could not store or
+    write back: NUL in the query string, and in a JSON body NUL, lone surrogates or nesting deeper
+    than ``MAX_JSON_DEPTH`` (``project.json_input``).
 
-    PostgreSQL cannot store U+0000 in text or JSON and would fail the request with a 500 deep in
-    a query; SQLite would store it. Refusing it everywhere keeps both databases alike. The body
-    is parsed only when its bytes contain the JSON escape, so ordinary requests pay one search.
+    One check at the door for every view of both APIs (DRF views and the plain async stream views
+    alike, whatever each does with its body), so no create or update can let such text in and no
+    view has to guard its own.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
@@ -61,35 +67,31 @@ class NulCharacterMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         query = request.META.get("QUERY_STRING", "")
         if "%00" in query or "\x00" in query:
-            return self._refuse(request, "the query string")
+            return _refuse(request, BodyProblem(NUL, ""), _query_parameter_with_nul(query))
         if request.method in ("POST", "PUT", "PATCH"):
-            body = request.body
-            if b"\x00" in body or (b"\\u0000" in body and _json_has_nul(body)):
-                return self._refuse(request, "the request body")
+            problem = body_problem(request.body)
+            if problem is not None:
+                return _refuse(request, problem)
         return self.get_response(request)
 
-    @staticmethod
-    def _refuse(request: HttpRequest, where: str) -> JsonResponse:
-        # The executions API answers bad input with 400; the LangGraph API with 422, as its
-        # real server does for invalid requests.
-        status = 400 if request.path.startswith("/api/") else 422
-        return JsonResponse({"detail": f"Text may not contain the NUL character (U+0000): found in {where}."}, status=status)
+
+def _query_parameter_with_nul(query: str) -> str:
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if "\x00" in name or "\x00" in value:
+            return f"the query parameter {json.dumps(name)}"
+    return "the query string"
 
 
-def _json_has_nul(body: bytes) -> bool:
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return False  # the parser will answer the malformed JSON itself
-    stack = [document]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
+def _refuse(request: HttpRequest, problem: BodyProblem, where: str | None = None) -> JsonResponse:
+    """The API's own error for bad input: the executions API's validation error (400, ``detail``
+    and per-field ``errors``), or the LangGraph API's 422 ``{"detail": ...}``."""
+    message = f"{problem.reason}: found in {where}." if where else problem.message
+    if not request.path.startswith("/api/"):
+        unprocessable = APIException(message)
+        unprocessable.status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+        return error_response(unprocessable, style=ErrorStyle.LANGGRAPH)
+    if where or not problem.field:
+        errors = {"non_field_errors": [message]}
+    else:
+        errors = {problem.field: [f"{problem.reason}{' (in the key)' if problem.in_key else ''}."]}
+    return error_response(InvalidInput(errors), style=ErrorStyle.EXECUTIONS)

@@ -99,11 +99,14 @@ MIDDLEWARE = [
     # and back for its process_request and process_response (Django's MiddlewareMixin), ten
     # extra thread switches per request. It still runs before any view reads the body.
     "project.middleware.RequestBodyLimitMiddleware",
-    "project.middleware.NulCharacterMiddleware",
+    "project.middleware.StorableInputMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_REQUEST_BODY_BYTES", 1024 * 1024)
+# JSON bodies nested deeper than this are refused (400/422): Python's parser, and every walk of a
+# value after it, fails at about a thousand levels. Keep it well below that.
+MAX_JSON_DEPTH = env_int("MAX_JSON_DEPTH", 100)
 CSRF_FAILURE_VIEW = "project.errors.csrf_failure"
 # A redirect would turn an API POST into a GET; the API answers both spellings itself.
 APPEND_SLASH = False
@@ -307,7 +310,7 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.JSONParser",
         "project.parsers.AnyContentTypeJSONParser",
     ],
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["project.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "project.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",

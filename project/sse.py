@@ -19,6 +19,7 @@ The framing is byte-compatible with the LangGraph server (CRLF, compact JSON).
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any, NamedTuple
@@ -58,7 +59,12 @@ HEARTBEAT_INTERVAL = 5.0
 
 
 def encode_data(data: Any) -> bytes:
-    return orjson.dumps(data, default=str, option=orjson.OPT_NON_STR_KEYS)
+    try:
+        return orjson.dumps(data, default=str, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        # What orjson refuses, e.g. a lone surrogate in text stored before the API refused it:
+        # json writes it as an escape rather than failing the stream.
+        return json.dumps(data, default=str, ensure_ascii=True, separators=(",", ":")).encode()
 
 
 def sse_event(event: str, data: Any = None, *, event_id: str | int | None = None, raw: bytes | None = None) -> bytes:

@@ -11,7 +11,6 @@ stream (``status/stream/``, see ``runs.admin_streams``) and patches them in plac
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.contrib import admin, messages
@@ -22,6 +21,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
+from project.renderers import json_text
 from runs import services
 from runs.admin_streams import run_status_snapshot, run_status_stream
 from runs.models import Assistant, AssistantVersion, CancelAction, Run, RunEvent, RunStatus, Thread
@@ -32,8 +32,20 @@ EVENTS_SHOWN = 200
 def _pretty_json(value: Any) -> str:
     return format_html(
         '<pre style="white-space: pre-wrap; max-height: 40em; overflow: auto">{}</pre>',
-        json.dumps(value, indent=2, ensure_ascii=False, default=str),
+        json_text(value, indent=2, default=str),
     )
+
+
+def _json_field(name: str) -> Any:
+    """A read-only display of the JSON field ``name`` as the admin shows one (compact JSON, "-"
+    when empty), which a lone surrogate stored in it cannot turn into a 500."""
+
+    @admin.display(description=name)
+    def display(model_admin: Any, obj: Any) -> str:
+        value = getattr(obj, name)
+        return json_text(value) if value not in (None, "", [], {}) else "-"
+
+    return display
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -46,8 +58,10 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 class AssistantVersionInline(admin.TabularInline):
     model = AssistantVersion
-    fields = ("version", "graph_id", "name", "config", "metadata", "created_at")
+    fields = ("version", "graph_id", "name", "config_json", "metadata_json", "created_at")
     readonly_fields = fields
+    config_json = _json_field("config")
+    metadata_json = _json_field("metadata")
     extra = 0
     can_delete = False
     ordering = ("-version",)
@@ -63,9 +77,13 @@ class AssistantAdmin(ReadOnlyAdmin):
     search_fields = ("name", "assistant_id", "graph_id")
     list_select_related = ("owner",)
     readonly_fields = (
-        "assistant_id", "owner", "graph_id", "name", "description", "version", "config",
-        "context", "metadata", "created_at", "updated_at",
+        "assistant_id", "owner", "graph_id", "name", "description", "version", "config_json",
+        "context_json", "metadata_json", "created_at", "updated_at",
     )
+    fields = readonly_fields
+    config_json = _json_field("config")
+    context_json = _json_field("context")
+    metadata_json = _json_field("metadata")
     inlines = [AssistantVersionInline]
 
 
@@ -76,10 +94,11 @@ class ThreadAdmin(ReadOnlyAdmin):
     search_fields = ("thread_id", "owner__username")
     list_select_related = ("owner",)
     readonly_fields = (
-        "thread_id", "owner", "status", "metadata", "created_at", "updated_at",
+        "thread_id", "owner", "status", "metadata_json", "created_at", "updated_at",
         "state_updated_at", "error_json", "state_viewer",
     )
     fields = readonly_fields
+    metadata_json = _json_field("metadata")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         latest = Run.objects.filter(thread=OuterRef("pk")).order_by("-created_at")
@@ -160,9 +179,11 @@ class RunAdmin(ReadOnlyAdmin):
     readonly_fields = (
         "run_id", "status_badge", "duration", "thread_link", "assistant_name", "owner",
         "multitask_strategy", "created_at", "started_at", "ended_at", "heartbeat_at", "worker",
-        "attempts", "cancel_action", "metadata", "kwargs_json", "result_json", "error",
+        "attempts", "cancel_action", "metadata_json", "kwargs_json", "result_json", "error_json",
     )
     fields = readonly_fields
+    metadata_json = _json_field("metadata")
+    error_json = _json_field("error")
     inlines = [RunEventInline]
 
     class Media:
