@@ -137,6 +137,11 @@ class Execution(models.Model):
         null=True, blank=True, help_text="A retry waiting for its backoff: not claimed before this."
     )
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    request_hash = models.CharField(
+        max_length=64, blank=True, default="", editable=False,
+        help_text="SHA-256 of the create request (path and body) that carried the key: the same "
+        "key with another request is a conflict.",
+    )
     retry_of = models.ForeignKey(
         "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="retries"
     )

@@ -8,7 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 from rest_framework import serializers
 
@@ -17,6 +17,7 @@ from executions.queueing import enqueue_execution_on_commit
 from executions.registry import InputsInvalid, TargetNotFound, registry
 from executions.transitions import execution_transition
 from project.errors import Conflict, InvalidInput, TooManyActive
+from project.idempotency import Idempotency, create_once
 
 
 def _validated(type_: str, target_id: str, inputs: Any) -> dict:
@@ -84,7 +85,7 @@ def execution_create(
     inputs: dict | None = None,
     config: dict | None = None,
     retry_of: Execution | None = None,
-    idempotency_key: str | None = None,
+    idempotency: Idempotency | None = None,
 ) -> Execution:
     """Validate, store and queue a new execution. Workers get the id when the row commits."""
     inputs = inputs if inputs is not None else {}
@@ -99,8 +100,8 @@ def execution_create(
             inputs=validated_inputs,
             config=config,
             retry_of=retry_of,
-            idempotency_key=idempotency_key,
             event_seq=1,
+            **(idempotency.stored() if idempotency else {}),
         )
         execution.events.create(
             seq=1,
@@ -112,30 +113,19 @@ def execution_create(
 
 
 def execution_create_idempotent(
-    *, owner, idempotency_key: str, type: str, target_id: str, inputs: dict | None = None,
+    *, owner, idempotency: Idempotency, type: str, target_id: str, inputs: dict | None = None,
     config: dict | None = None,
 ) -> tuple[Execution, bool]:
-    """Like ``execution_create``, but the same key from the same owner returns the execution it
-    first created instead of starting a second one. Returns (execution, created)."""
-    if len(idempotency_key) > 255:
-        raise InvalidInput({"Idempotency-Key": ["Ensure this header has no more than 255 characters."]})
-    existing = Execution.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
-    if existing is None:
-        try:
-            with transaction.atomic():
-                created = execution_create(
-                    owner=owner, type=type, target_id=target_id, inputs=inputs, config=config,
-                    idempotency_key=idempotency_key,
-                )
-            return created, True
-        except IntegrityError:  # the same key won a race a moment ago
-            existing = Execution.objects.get(owner=owner, idempotency_key=idempotency_key)
-    if (existing.type, existing.target_id) != (type, target_id):
-        raise Conflict(
-            f"Idempotency-Key '{idempotency_key}' was already used for {existing.type} "
-            f"'{existing.target_id}' (execution {existing.pk})."
-        )
-    return existing, False
+    """Like ``execution_create``, but a retry of the request with the same key from the same owner
+    returns the execution it first created instead of starting a second one; the same key with
+    another request is a ``Conflict`` (``project.idempotency``). Returns (execution, created)."""
+    return create_once(
+        Execution, owner=owner, idempotency=idempotency, what="execution",
+        create=lambda: execution_create(
+            owner=owner, type=type, target_id=target_id, inputs=inputs, config=config,
+            idempotency=idempotency,
+        ),
+    )
 
 
 def execution_cancel(*, execution: Execution) -> Execution:

@@ -22,6 +22,7 @@ from executions.serializers import (
     ExecutionSerializer,
     TargetListSerializer,
 )
+from project.idempotency import Idempotency
 from project.throttling import CreateRateThrottle
 
 ERRORS_401 = {401: ErrorResponseSerializer}
@@ -78,8 +79,9 @@ class ExecutionViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
         parameters=[
             OpenApiParameter(
                 "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER,
-                description="Retrying with the same key returns the execution the first request "
-                "created (header Idempotent-Replayed: true) instead of starting another.",
+                description="Retrying the same request with the same key returns the execution the "
+                "first one created (header Idempotent-Replayed: true) instead of starting another; "
+                "the same key with another request (method, path or body) is a 409.",
             )
         ],
         responses={
@@ -91,10 +93,12 @@ class ExecutionViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
         params = ExecutionCreateSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         headers = {}
-        idempotency_key = request.headers.get("Idempotency-Key")
-        if idempotency_key:
+        idempotency = Idempotency.from_header(
+            request.headers.get("Idempotency-Key"), method="POST", path=request.path, body=request.data
+        )
+        if idempotency is not None:
             execution, created = services.execution_create_idempotent(
-                owner=request.user, idempotency_key=idempotency_key, **params.validated_data
+                owner=request.user, idempotency=idempotency, **params.validated_data
             )
             headers["Idempotent-Replayed"] = "false" if created else "true"
         else:

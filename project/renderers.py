@@ -33,6 +33,10 @@ def json_text(value: Any, **dumps_options: Any) -> str:
     return lone_surrogates_escaped(json.dumps(value, ensure_ascii=False, **dumps_options))
 
 
+class _ASCIIJSONRenderer(renderers.JSONRenderer):
+    ensure_ascii = True
+
+
 class JSONRenderer(renderers.JSONRenderer):
     """DRF's renderer (UTF-8, unescaped), falling back to ASCII escapes for a response that holds
     a lone surrogate instead of failing with a 500."""
@@ -41,6 +45,4 @@ class JSONRenderer(renderers.JSONRenderer):
         try:
             return super().render(data, accepted_media_type, renderer_context)
         except UnicodeEncodeError:
-            ascii_renderer = type(self)()
-            ascii_renderer.ensure_ascii = True
-            return renderers.JSONRenderer.render(ascii_renderer, data, accepted_media_type, renderer_context)
+            return _ASCIIJSONRenderer().render(data, accepted_media_type, renderer_context)

@@ -68,21 +68,25 @@ def test_ordinary_bodies_pass(raw: bytes) -> None:
     assert body_problem(raw) is None
 
 
+LONE = "Text may not contain a lone UTF-16 surrogate"
+NUL = "Text may not contain the NUL character"
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        (fill('{"inputs": {"text": @}}', SURROGATE), ("Text may not contain a lone UTF-16 surrogate", "inputs.text")),
-        ('{"inputs": {"text": "\\uDFFF"}}', ("Text may not contain a lone UTF-16 surrogate", "inputs.text")),
-        ('{"pair reversed": "\\ude00\\ud83d"}', ("Text may not contain a lone UTF-16 surrogate", '["pair reversed"]')),
-        ('{"ok": "\\ud83d\\ude00", "high then A": "\\ud83d\\u0041"}', ("Text may not contain a lone UTF-16 surrogate", '["high then A"]')),
-        (fill('{"a": [1, {"b": ["ok", @]}]}', SURROGATE), ("Text may not contain a lone UTF-16 surrogate", "a[1].b[1]")),
-        (fill('{"metadata": {@: 1}}', SURROGATE), ("Text may not contain a lone UTF-16 surrogate", 'the key metadata["a\\ud800b"]')),
-        (b'{"inputs": {"text": "a\xed\xa0\x80b"}}', ("Text may not contain a lone UTF-16 surrogate", "inputs.text")),
-        ('{"config": {"x": "a\\u0000b"}}', ("Text may not contain the NUL character", "config.x")),
-        ('{"config": {"a\\u0000": "x"}}', ("Text may not contain the NUL character", 'the key config["a\\u0000"]')),
-        ('[{"input": {"odd key": "\\u0000"}}]', ("Text may not contain the NUL character", '[0].input["odd key"]')),
-        (b'{"a": "\x00"}', ("Text may not contain the NUL character", "the request body")),
-        ('"\\ud800"', ("Text may not contain a lone UTF-16 surrogate", "the request body")),
+        (fill('{"inputs": {"text": @}}', SURROGATE), (LONE, "inputs.text")),
+        ('{"inputs": {"text": "\\uDFFF"}}', (LONE, "inputs.text")),
+        ('{"pair reversed": "\\ude00\\ud83d"}', (LONE, '["pair reversed"]')),
+        ('{"ok": "\\ud83d\\ude00", "high then A": "\\ud83d\\u0041"}', (LONE, '["high then A"]')),
+        (fill('{"a": [1, {"b": ["ok", @]}]}', SURROGATE), (LONE, "a[1].b[1]")),
+        (fill('{"metadata": {@: 1}}', SURROGATE), (LONE, 'the key metadata["a\\ud800b"]')),
+        (b'{"inputs": {"text": "a\xed\xa0\x80b"}}', (LONE, "inputs.text")),
+        ('{"config": {"x": "a\\u0000b"}}', (NUL, "config.x")),
+        ('{"config": {"a\\u0000": "x"}}', (NUL, 'the key config["a\\u0000"]')),
+        ('[{"input": {"odd key": "\\u0000"}}]', (NUL, '[0].input["odd key"]')),
+        (b'{"a": "\x00"}', (NUL, "the request body")),
+        ('"\\ud800"', (LONE, "the request body")),
     ],
 )
 def test_unstorable_text_is_found_with_its_path(raw: str | bytes, expected: tuple[str, str]) -> None:
@@ -172,25 +176,35 @@ def test_every_create_and_update_operation_refuses_it_naming_the_field(
     assert _counts() == before
 
 
+EXECUTION = '{"type": "agent", "target_id": "echo", @}'
+MESSAGE = '{"messages": [{"role": "user", "content": @}]}'
+RUN_WITH = '{"assistant_id": "echo", @}'
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "named"),
     [
-        ("POST", "/api/v1/executions", fill('{"type": "agent", "target_id": "echo", "inputs": {"text": @}}', SURROGATE), "inputs.text"),
-        ("POST", "/api/v1/executions", fill('{"type": "agent", "target_id": "echo", "inputs": {@: "x"}}', SURROGATE), 'inputs["a\\ud800b"]'),
-        ("POST", "/api/v1/executions", '{"type": "agent", "target_id": "echo", "config": {"model": "a\\u0000"}}', "config.model"),
-        ("POST", "/api/v1/executions", fill('{"type": "agent", "target_id": "echo", "inputs": {"text": @}}', nested(LIMIT)), "inputs.text.a"),
+        ("POST", "/api/v1/executions", fill(EXECUTION, fill('"inputs": {"text": @}', SURROGATE)), "inputs.text"),
+        ("POST", "/api/v1/executions", fill(EXECUTION, fill('"inputs": {@: "x"}', SURROGATE)), 'inputs["a\\ud800b"]'),
+        ("POST", "/api/v1/executions", fill(EXECUTION, '"config": {"model": "a\\u0000"}'), "config.model"),
+        ("POST", "/api/v1/executions", fill(EXECUTION, fill('"inputs": {"text": @}', nested(LIMIT))), "inputs.text.a"),
         ("POST", "/threads", fill('{"metadata": {"m": @}}', SURROGATE), "metadata.m"),
         ("PATCH", "/threads/{thread_id}", '{"metadata": {"m": "\\u0000"}}', "metadata.m"),
-        ("POST", "/threads/{thread_id}/state", fill('{"values": {"messages": [{"content": @}]}}', SURROGATE), "values.messages[0].content"),
-        ("POST", "/assistants", fill('{"graph_id": "echo", "config": {"configurable": {"x": @}}}', SURROGATE), "config.configurable.x"),
+        ("POST", "/threads/{thread_id}/state", fill('{"values": @}', fill(MESSAGE, SURROGATE)),
+         "values.messages[0].content"),
+        ("POST", "/assistants", fill('{"graph_id": "echo", "config": {"configurable": {"x": @}}}', SURROGATE),
+         "config.configurable.x"),
         ("PATCH", "/assistants/{assistant_id}", '{"name": "a\\u0000"}', "name"),
-        ("POST", "/threads/{thread_id}/runs", fill('{"assistant_id": "echo", "input": {"messages": [{"role": "user", "content": @}]}}', SURROGATE), "input.messages[0].content"),
-        ("POST", "/threads/{thread_id}/runs/wait", fill('{"assistant_id": "echo", "command": {"resume": @}}', SURROGATE), "command.resume"),
-        ("POST", "/threads/{thread_id}/runs/stream", fill('{"assistant_id": "echo", "input": @}', nested(LIMIT)), "input.a"),
-        ("POST", "/runs", '{"assistant_id": "echo", "input": {}, "metadata": {"k": "\\u0000"}}', "metadata.k"),
-        ("POST", "/runs/wait", fill('{"assistant_id": "echo", "input": {"t": @}}', SURROGATE), "input.t"),
-        ("POST", "/runs/stream", fill('{"assistant_id": "echo", "input": {"t": @}}', SURROGATE), "input.t"),
-        ("POST", "/runs/batch", fill('[{"assistant_id": "echo", "input": {}}, {"assistant_id": "echo", "input": {"t": @}}]', SURROGATE), "[1].input.t"),
+        ("POST", "/threads/{thread_id}/runs", fill(RUN_WITH, '"input": ' + fill(MESSAGE, SURROGATE)),
+         "input.messages[0].content"),
+        ("POST", "/threads/{thread_id}/runs/wait", fill(RUN_WITH, fill('"command": {"resume": @}', SURROGATE)),
+         "command.resume"),
+        ("POST", "/threads/{thread_id}/runs/stream", fill(RUN_WITH, '"input": ' + nested(LIMIT)), "input.a"),
+        ("POST", "/runs", fill(RUN_WITH, '"input": {}, "metadata": {"k": "\\u0000"}'), "metadata.k"),
+        ("POST", "/runs/wait", fill(RUN_WITH, fill('"input": {"t": @}', SURROGATE)), "input.t"),
+        ("POST", "/runs/stream", fill(RUN_WITH, fill('"input": {"t": @}', SURROGATE)), "input.t"),
+        ("POST", "/runs/batch", "[" + fill(RUN_WITH, '"input": {}') + ", " + fill(RUN_WITH, fill(
+            '"input": {"t": @}', SURROGATE)) + "]", "[1].input.t"),
     ],
 )
 def test_each_create_names_the_field_of_its_own_body(
@@ -239,7 +253,7 @@ def test_a_nul_in_a_query_parameter_is_named(api: Any) -> None:
 
 # --- rows stored before the door ------------------------------------------------------------------
 
-LONE = "\ud800"
+HIGH = "\ud800"
 
 stored_before = pytest.mark.skipif(
     "connection.vendor != 'sqlite'",
@@ -256,18 +270,18 @@ def _decoded(response: Any) -> Any:
 def test_an_execution_stored_with_a_lone_surrogate_stays_readable(api: Any, alice: Any, admin_client: Any) -> None:
     assert connection.vendor == "sqlite"
     execution = Execution.objects.create(
-        owner=alice, type="agent", target_id="echo", inputs={"text": f"a{LONE}", LONE: 1},
-        outputs={"echo": LONE}, event_seq=1,
+        owner=alice, type="agent", target_id="echo", inputs={"text": f"a{HIGH}", HIGH: 1},
+        outputs={"echo": HIGH}, event_seq=1,
     )
-    execution.events.create(seq=1, type="created", data={"note": LONE})
+    execution.events.create(seq=1, type="created", data={"note": HIGH})
     fine = execution_services.execution_create(owner=alice, type="agent", target_id="echo", inputs={"text": "fine"})
 
     detail = api.get(f"/api/v1/executions/{execution.pk}")
     listed = api.get("/api/v1/executions")
 
     assert detail.status_code == listed.status_code == 200
-    assert _decoded(detail)["inputs"] == {"text": f"a{LONE}", LONE: 1}  # as stored, escaped on the wire
-    assert _decoded(detail)["outputs"] == {"echo": LONE}
+    assert _decoded(detail)["inputs"] == {"text": f"a{HIGH}", HIGH: 1}  # as stored, escaped on the wire
+    assert _decoded(detail)["outputs"] == {"echo": HIGH}
     assert {e["execution_id"] for e in _decoded(listed)["executions"]} == {str(execution.pk), str(fine.pk)}
 
     changelist = admin_client.get(reverse("admin:executions_execution_changelist"))
@@ -286,13 +300,13 @@ def test_an_execution_event_with_a_lone_surrogate_streams(api: Any, alice: Any) 
         owner=alice, type="agent", target_id="echo", status="failed", event_seq=2,
     )
     execution.events.create(seq=1, type="created", data={"status": "pending"})
-    execution.events.create(seq=2, type="status", data={"status": "failed", "note": LONE})
+    execution.events.create(seq=2, type="status", data={"status": "failed", "note": HIGH})
 
     status, _, frames = read_stream(f"/api/v1/executions/{execution.pk}/events", key=api.raw_key)
 
     assert status == 200
     assert [f["event"] for f in frames] == ["created", "status"]
-    assert json.loads(frames[1]["data"])["note"] == LONE
+    assert json.loads(frames[1]["data"])["note"] == HIGH
 
 
 @stored_before
@@ -300,9 +314,9 @@ def test_runs_api_rows_with_a_lone_surrogate_stay_readable(api: Any, alice: Any,
     thread = run_services.thread_create(owner=alice)
     run = run_services.run_create(owner=alice, body=RUN, thread_id=thread.pk)
     assistant = run_services.assistant_create(owner=alice, graph_id="echo")
-    Thread.objects.filter(pk=thread.pk).update(metadata={"m": LONE})
-    Run.objects.filter(pk=run.pk).update(kwargs={**run.kwargs, "input": {"t": LONE}}, metadata={LONE: "k"})
-    Assistant.objects.filter(pk=assistant.pk).update(metadata={"m": LONE}, config={"c": LONE})
+    Thread.objects.filter(pk=thread.pk).update(metadata={"m": HIGH})
+    Run.objects.filter(pk=run.pk).update(kwargs={**run.kwargs, "input": {"t": HIGH}}, metadata={HIGH: "k"})
+    Assistant.objects.filter(pk=assistant.pk).update(metadata={"m": HIGH}, config={"c": HIGH})
 
     reads = {
         "thread": api.get(f"/threads/{thread.pk}"),
@@ -313,9 +327,9 @@ def test_runs_api_rows_with_a_lone_surrogate_stay_readable(api: Any, alice: Any,
         "assistants": post(api, "/assistants/search", "{}"),
     }
     assert {name: r.status_code for name, r in reads.items()} == dict.fromkeys(reads, 200)
-    assert _decoded(reads["thread"])["metadata"] == {"m": LONE}
-    assert _decoded(reads["run"])["metadata"] == {LONE: "k"}
-    assert _decoded(reads["assistant"])["config"] == {"c": LONE}
+    assert _decoded(reads["thread"])["metadata"] == {"m": HIGH}
+    assert _decoded(reads["run"])["metadata"] == {HIGH: "k"}
+    assert _decoded(reads["assistant"])["config"] == {"c": HIGH}
 
     pages = [
         reverse(f"admin:runs_{name}_changelist") for name in ("thread", "run", "assistant")

@@ -306,6 +306,55 @@ def test_an_idempotency_key_reused_for_another_target_is_409(api):
     assert "k-2" in response.json()["detail"]
 
 
+def test_an_idempotency_key_reused_with_other_inputs_is_409_as_on_the_runs_api(api, alice):
+    """The runs API's rule: the same key with another request would otherwise answer with an
+    execution that does not do what the second request asked."""
+    first = api.post(URL, {"type": "agent", "target_id": "echo", "inputs": {"text": "a"}}, format="json",
+                     HTTP_IDEMPOTENCY_KEY="k-3")
+    other_inputs = api.post(URL, {"type": "agent", "target_id": "echo", "inputs": {"text": "b"}}, format="json",
+                            HTTP_IDEMPOTENCY_KEY="k-3")
+    other_config = api.post(URL, {"type": "agent", "target_id": "echo", "inputs": {"text": "a"}, "config": {"m": 1}},
+                            format="json", HTTP_IDEMPOTENCY_KEY="k-3")
+
+    assert first.status_code == 201
+    assert other_inputs.status_code == other_config.status_code == 409
+    detail = other_inputs.json()["detail"]
+    assert "Idempotency-Key 'k-3' was already used for another request" in detail
+    assert first.json()["execution_id"] in detail
+    assert list(Execution.objects.filter(owner=alice).values_list("inputs", flat=True)) == [{"text": "a"}]
+
+
+def test_the_same_request_written_otherwise_is_the_same_request(api):
+    """Key order, spacing and a trailing slash do not make another request."""
+    first = api.generic("POST", URL, '{"type": "agent", "target_id": "echo", "inputs": {"text": "a", "n": 1}}',
+                        content_type="application/json", HTTP_IDEMPOTENCY_KEY="k-4")
+    again = api.generic("POST", URL + "/", '{"inputs":{"n":1,"text":"a"},"target_id":"echo","type":"agent"}',
+                        content_type="application/json", HTTP_IDEMPOTENCY_KEY="k-4")
+    assert first.status_code == again.status_code == 201
+    assert again["Idempotent-Replayed"] == "true" and again.json() == first.json()
+
+
+def test_an_idempotency_key_over_255_characters_is_400_and_creates_nothing(api):
+    response = api.post(URL, {"type": "agent", "target_id": "echo"}, format="json", HTTP_IDEMPOTENCY_KEY="k" * 256)
+    assert response.status_code == 400
+    assert response.json() == {
+        "detail": "Idempotency-Key: Idempotency-Key is too long: 256 characters, the limit is 255.",
+        "errors": {"Idempotency-Key": ["Idempotency-Key is too long: 256 characters, the limit is 255."]},
+    }
+    assert not Execution.objects.exists()
+    assert api.post(URL, {"type": "agent", "target_id": "echo"}, format="json",
+                    HTTP_IDEMPOTENCY_KEY="k" * 255).status_code == 201
+
+
+def test_a_key_stored_before_requests_were_hashed_is_replayed_on_its_key_alone(api, alice):
+    first = api.post(URL, {"type": "agent", "target_id": "echo", "inputs": {"text": "a"}}, format="json",
+                     HTTP_IDEMPOTENCY_KEY="old")
+    Execution.objects.filter(pk=first.json()["execution_id"]).update(request_hash="")
+    again = api.post(URL, {"type": "agent", "target_id": "echo", "inputs": {"text": "b"}}, format="json",
+                     HTTP_IDEMPOTENCY_KEY="old")
+    assert again.status_code == 201 and again.json()["execution_id"] == first.json()["execution_id"]
+
+
 @pytest.mark.parametrize(
     ("config", "named"),
     [
