@@ -344,3 +344,20 @@ def test_runs_api_rows_with_a_lone_surrogate_stay_readable(api: Any, alice: Any,
         response.content.decode("utf-8")
     assistant_page = admin_client.get(reverse("admin:runs_assistant_change", args=[assistant.pk])).content.decode()
     assert "{&quot;c&quot;: &quot;\\ud800&quot;}" in assistant_page
+
+
+@stored_before
+@pytest.mark.django_db(transaction=True)  # /join reads from its own thread's connection
+def test_a_finished_run_joins_with_thread_values_holding_a_lone_surrogate(api: Any, alice: Any) -> None:
+    """The run ended without a result of its own: /join answers with its thread's values."""
+    thread = run_services.thread_create(owner=alice)
+    run = run_services.run_create(owner=alice, body=RUN, thread_id=thread.pk)
+    Run.objects.filter(pk=run.pk).update(status="success", result=None)
+    Thread.objects.filter(pk=thread.pk).update(values={"messages": [{"content": HIGH}]})
+
+    from tests.runs.test_wait import join
+
+    status, body = join(api, thread.pk, run.pk)
+
+    assert status == 200
+    assert body == {"messages": [{"content": HIGH}]}

@@ -9,7 +9,6 @@ run's temporary thread to go when the run ends (``run_disconnect_handled``).
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, NamedTuple
@@ -22,6 +21,7 @@ from django.db import connection
 from project import event_hub
 from project.async_db import in_executor
 from project.event_hub import watch
+from project.renderers import json_text
 from runs import statements
 from runs.models import CancelAction, DiscardedRun, Run, RunStatus
 from runs.selectors import run_finished_body
@@ -146,7 +146,8 @@ def _stored_json(value: Any) -> bytes | None:
 
 
 def _json_body(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+    # Text stored before the API refused lone surrogates goes out as \ud800 escapes.
+    return json_text(value, separators=(",", ":"), default=str).encode()
 
 
 async def run_result_chunks(
