@@ -78,7 +78,7 @@ def body_problem(raw: bytes) -> BodyProblem | None:
     limit = settings.MAX_JSON_DEPTH
     # Nesting cannot pass the limit with fewer brackets than that, whatever the body holds.
     if raw.count(b"[") + raw.count(b"{") > limit and _deeper_than(raw, limit):
-        return BodyProblem(f"JSON may not be nested more than {limit} levels deep", _deep_field(raw, limit))
+        return BodyProblem(_too_deep(limit), _deep_field(raw, limit))
     if _SUSPECT_ESCAPE.search(raw) is None and _SURROGATE_BYTES.search(raw) is None:
         return None
     try:
@@ -90,27 +90,35 @@ def body_problem(raw: bytes) -> BodyProblem | None:
 
 def value_problem(value: Any, field: str = "") -> BodyProblem | None:
     """The first string (key or value) in the parsed JSON ``value`` holding a lone surrogate or
-    NUL, in document order, with its path below ``field``. ``value`` must be nested within
-    ``MAX_JSON_DEPTH`` levels: the walk keeps its own stack, but others would not."""
-    stack: list[tuple[Any, str]] = [(value, field)]
+    NUL, or the first container nested past ``MAX_JSON_DEPTH``, in document order, with its path
+    below ``field``. For values that did not come through ``body_problem``, e.g. a command's
+    arguments. The walk keeps its own stack, so no nesting makes it fail."""
+    limit = settings.MAX_JSON_DEPTH
+    stack: list[tuple[Any, str, int]] = [(value, field, 1)]
     while stack:
-        item, path = stack.pop()
+        item, path, depth = stack.pop()
         if isinstance(item, str):
             reason = _text_problem(item)
             if reason:
                 return BodyProblem(reason, path)
+        elif isinstance(item, (dict, list)) and depth > limit:
+            return BodyProblem(_too_deep(limit), _shortened(path))
         elif isinstance(item, dict):
             children = []
             for key, child in item.items():
-                key_path = _join(path, key)
+                key_path = _join(path, key) if isinstance(key, str) else f"{path}[{key!r}]"
                 reason = _text_problem(key) if isinstance(key, str) else None
                 if reason:
                     return BodyProblem(reason, key_path, in_key=True)
-                children.append((child, key_path))
+                children.append((child, key_path, depth + 1))
             stack.extend(reversed(children))
         elif isinstance(item, list):
-            stack.extend((item[i], f"{path}[{i}]") for i in range(len(item) - 1, -1, -1))
+            stack.extend((item[i], f"{path}[{i}]", depth + 1) for i in range(len(item) - 1, -1, -1))
     return None
+
+
+def _too_deep(limit: int) -> str:
+    return f"JSON may not be nested more than {limit} levels deep"
 
 
 def _text_problem(text: str) -> str | None:

@@ -116,6 +116,14 @@ def test_input_flags_override_keys_of_inputs_json():
         (["--inputs-json", "{oops"], "not valid JSON"),
         (["--input", "no-equals-sign"], "expected key=value"),
         (["--input", "=1"], "expected key=value"),
+        (["--inputs-json", "[" * 1000 + "]" * 1000], "nested too deeply"),
+        # What the API refuses at its door: a terminal's bytes that are not UTF-8 decode to lone
+        # surrogates (os.fsdecode), and the JSON escapes too.
+        (["--input", "text=a\udcffb"], "not half of a pair): found in inputs.text."),
+        (["--inputs-json", '{"text": "\\ud800"}'], "lone UTF-16 surrogate"),
+        (["--input", 'text="a\\u0000"'], "Text may not contain the NUL character (U+0000): found in inputs.text."),
+        (["--inputs-json", '{"text": ' + '{"a": ' * 100 + "1" + "}" * 100 + "}"],
+         "more than 100 levels deep: found in inputs.text.a"),
     ],
 )
 def test_malformed_input_flags_are_rejected_before_anything_is_created(args, message):

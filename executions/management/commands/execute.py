@@ -18,6 +18,7 @@ from executions.registry import registry
 from executions.services import execution_cancel, execution_create
 from executions.terminal import ProgressBar, ProgressSnapshot, validation_messages
 from project.errors import Conflict, InvalidInput
+from project.json_input import value_problem
 
 POLL_INTERVAL = 0.2
 # After this long still pending, the likely cause is that no worker runs: say so once.
@@ -36,7 +37,7 @@ def input_pair(text: str) -> tuple[str, Any]:
     try:
         # NaN and Infinity are not JSON a database or an API client can take back: keep them text.
         value = json.loads(raw, parse_constant=_reject_constant)
-    except ValueError:
+    except (ValueError, RecursionError):
         value = raw
     return key, value
 
@@ -50,6 +51,8 @@ def json_object(text: str) -> dict:
         value = json.loads(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
+    except RecursionError:
+        raise argparse.ArgumentTypeError("nested too deeply") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(
             f"must be a JSON object, got {type(value).__name__}: {text!r}"
@@ -110,6 +113,11 @@ class Command(BaseCommand):
         **options: Any,
     ) -> None:
         inputs = {**inputs_json, **dict(input_pairs)}
+        # What the API refuses at its door (project.json_input); a terminal's bytes that are not
+        # UTF-8 arrive here as lone surrogates.
+        problem = value_problem(inputs, "inputs")
+        if problem is not None:
+            raise CommandError(problem.message)
         execution_type = execution_type or self._infer_type(target)
         owner = self._owner(user) if user else None
         try:
