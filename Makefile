@@ -23,7 +23,7 @@ migrate: install
 ## run: the whole platform (API, admin, a worker) on SQLite with the ORM broker
 run: migrate
 	@$(BIN)/python manage.py bootstrap_demo
-	PORT=$(PORT) exec $(BIN)/python manage.py serve --host $${HOST:-127.0.0.1} --port $(PORT)
+	PORT=$(PORT) WEBHOOK_ALLOW_PRIVATE=$${WEBHOOK_ALLOW_PRIVATE:-1} exec $(BIN)/python manage.py serve --host $${HOST:-127.0.0.1} --port $(PORT)
 
 ## test: the default test suite (no external services needed)
 # A per-test cap turns a hang into one failed test with its stack, instead of a stuck CI run.

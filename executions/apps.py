@@ -17,3 +17,9 @@ class ExecutionsConfig(AppConfig):
         from executions.recovery import start_sweeper
 
         post_spawn.connect(start_sweeper, dispatch_uid="executions-sweeper")
+
+        from executions.recovery import register_sweep
+        from webhooks.delivery import webhook_messages_enqueue_due
+
+        # Webhook retries whose backoff passed, and messages whose task or worker was lost.
+        register_sweep(webhook_messages_enqueue_due)

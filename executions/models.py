@@ -142,6 +142,10 @@ class Execution(models.Model):
         help_text="SHA-256 of the create request (path and body) that carried the key: the same "
         "key with another request is a conflict.",
     )
+    webhook = models.CharField(
+        max_length=2048, blank=True, default="",
+        help_text="URL POSTed to when the execution ends (webhooks app); empty: none.",
+    )
     retry_of = models.ForeignKey(
         "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="retries"
     )

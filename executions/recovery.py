@@ -30,6 +30,7 @@ from django.db.models import Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from executions.completion import execution_ended_notify
 from executions.models import Execution, ExecutionEventType, ExecutionStatus
 from executions.queueing import broker_queue_size, enqueue_execution
 from executions.transitions import execution_transition
@@ -58,7 +59,7 @@ def executions_reap_stale(*, heartbeat_timeout: float | None = None) -> dict[str
     cutoff = timezone.now() - timedelta(seconds=timeout)
     requeued = failed = 0
     for execution in Execution.objects.stale(before=cutoff).only(
-        "id", "config", "attempts", "worker", "heartbeat_at", "type", "target_id"
+        "id", "config", "attempts", "worker", "heartbeat_at", "type", "target_id", "webhook"
     ):
         # Conditional on the heartbeat still being old (a worker that beats meanwhile keeps its
         # job) and on the claim being the one read here: recovery reaps that attempt, never a
@@ -93,6 +94,8 @@ def executions_reap_stale(*, heartbeat_timeout: float | None = None) -> dict[str
                 status=ExecutionStatus.FAILED, error=error, completed_at=timezone.now(), heartbeat_at=None,
             )
             failed += won
+            if won and execution.webhook:
+                execution_ended_notify(execution_id=execution.pk)
     return {"requeued": requeued, "failed": failed}
 
 

@@ -31,6 +31,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django_q.exceptions import TimeoutException
 
+from executions.completion import execution_ended_notify
 from executions.models import Execution, ExecutionEventType, ExecutionStatus, ExecutionType
 from executions.registry import TargetNotFound, registry
 from executions.transitions import (
@@ -508,3 +509,5 @@ def execute(execution_id: UUID | str) -> str:
         return "completed"
     finally:
         heartbeat.stop()
+        if execution.webhook:  # whatever ended it (this worker, a cancel, recovery), once
+            execution_ended_notify(execution_id=execution.pk)

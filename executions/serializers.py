@@ -1,8 +1,10 @@
 from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
 from executions.models import Execution, ExecutionStatus, ExecutionType
+from webhooks.destinations import WebhookUrlInvalid, webhook_url_check
 
 
 class ExecutionCreateSerializer(serializers.Serializer):
@@ -10,6 +12,17 @@ class ExecutionCreateSerializer(serializers.Serializer):
     target_id = serializers.CharField(max_length=200)
     inputs = serializers.DictField(required=False, default=dict)
     config = serializers.DictField(required=False, default=dict)
+    webhook = serializers.CharField(
+        required=False, max_length=2048,
+        help_text="http(s) URL POSTed to when the execution ends: {type: execution.completed|"
+        "failed|cancelled, timestamp, data: the execution}, signed per Standard Webhooks.",
+    )
+
+    def validate_webhook(self, value: str) -> str:
+        try:
+            return webhook_url_check(value)
+        except WebhookUrlInvalid as exc:
+            raise serializers.ValidationError(str(exc)) from None
 
 
 class ProgressSerializer(serializers.Serializer):
@@ -49,6 +62,7 @@ class ExecutionSerializer(serializers.ModelSerializer):
     outputs = serializers.JSONField(allow_null=True)
     error = serializers.SerializerMethodField()
     status_url = serializers.SerializerMethodField()
+    webhook = serializers.SerializerMethodField()
 
     class Meta:
         model = Execution
@@ -68,6 +82,7 @@ class ExecutionSerializer(serializers.ModelSerializer):
             "error",
             "attempts",
             "retry_of",
+            "webhook",
             "status_url",
         ]
 
@@ -86,6 +101,10 @@ class ExecutionSerializer(serializers.ModelSerializer):
 
     def get_status_url(self, execution: Execution) -> str:
         return status_url(self.context.get("request"), execution)
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_webhook(self, execution: Execution) -> str | None:
+        return execution.webhook or None
 
 
 # The list answers one page object, not the bare array drf-spectacular assumes for list views.

@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework import serializers
 
+from executions.completion import execution_ended_notify
 from executions.models import Execution, ExecutionEventType, ExecutionStatus, ExecutionType
 from executions.queueing import enqueue_execution_on_commit
 from executions.registry import InputsInvalid, TargetNotFound, registry
@@ -86,8 +87,10 @@ def execution_create(
     config: dict | None = None,
     retry_of: Execution | None = None,
     idempotency: Idempotency | None = None,
+    webhook: str = "",
 ) -> Execution:
-    """Validate, store and queue a new execution. Workers get the id when the row commits."""
+    """Validate, store and queue a new execution. Workers get the id when the row commits.
+    ``webhook``: a URL already checked (``webhooks.destinations``), POSTed to when it ends."""
     inputs = inputs if inputs is not None else {}
     config = _validated_config(config if config is not None else {})
     validated_inputs = _validated(type, target_id, inputs)
@@ -100,6 +103,7 @@ def execution_create(
             inputs=validated_inputs,
             config=config,
             retry_of=retry_of,
+            webhook=webhook or "",
             event_seq=1,
             **(idempotency.stored() if idempotency else {}),
         )
@@ -114,7 +118,7 @@ def execution_create(
 
 def execution_create_idempotent(
     *, owner, idempotency: Idempotency, type: str, target_id: str, inputs: dict | None = None,
-    config: dict | None = None,
+    config: dict | None = None, webhook: str = "",
 ) -> tuple[Execution, bool]:
     """Like ``execution_create``, but a retry of the request with the same key from the same owner
     returns the execution it first created instead of starting a second one; the same key with
@@ -123,7 +127,7 @@ def execution_create_idempotent(
         Execution, owner=owner, idempotency=idempotency, what="execution",
         create=lambda: execution_create(
             owner=owner, type=type, target_id=target_id, inputs=inputs, config=config,
-            idempotency=idempotency,
+            idempotency=idempotency, webhook=webhook,
         ),
     )
 
@@ -146,6 +150,8 @@ def execution_cancel(*, execution: Execution) -> Execution:
         heartbeat_at=None,
     )
     execution.refresh_from_db()
+    if won and execution.webhook:
+        execution_ended_notify(execution_id=execution.pk)
     if not won and execution.status != ExecutionStatus.CANCELLED:
         raise Conflict(
             f"Execution {execution.pk} is already {execution.status} and cannot be cancelled."
@@ -164,6 +170,7 @@ def execution_retry(*, execution: Execution, owner=None) -> Execution:
         inputs=execution.inputs,
         config=execution.config,
         retry_of=execution,
+        webhook=execution.webhook,
     )
 
 

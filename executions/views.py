@@ -24,6 +24,9 @@ from executions.serializers import (
 )
 from project.idempotency import Idempotency
 from project.throttling import CreateRateThrottle
+from webhooks.models import WebhookSource
+from webhooks.selectors import webhook_messages_of
+from webhooks.serializers import WebhookListSerializer, WebhookMessageSerializer
 
 ERRORS_401 = {401: ErrorResponseSerializer}
 ERRORS_404 = {404: ErrorResponseSerializer}
@@ -119,6 +122,14 @@ class ExecutionViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         execution = services.execution_cancel(execution=self.get_object())
         return Response(ExecutionSerializer(execution, context={"request": request}).data)
+
+    @extend_schema(responses={200: WebhookListSerializer, **ERRORS_401, **ERRORS_404})
+    @action(detail=True, methods=["get"])
+    def webhooks(self, request: Request, pk: str | None = None) -> Response:
+        """The execution's webhook and every attempt to deliver it (empty without a webhook)."""
+        execution = self.get_object()
+        messages = webhook_messages_of(source=WebhookSource.EXECUTION, source_id=execution.pk)
+        return Response({"webhooks": WebhookMessageSerializer(messages, many=True).data})
 
 
 class TargetListView(APIView):

@@ -82,6 +82,7 @@ INSTALLED_APPS = [
     "checkpoints",
     "executions",
     "runs",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -346,6 +347,24 @@ SPECTACULAR_SETTINGS = {
         }
     },
 }
+
+# --- Webhooks (completion callbacks of executions and runs) ---------------------------------------
+
+# The Standard Webhooks signing secret ("whsec_" + base64); empty sends webhooks unsigned.
+WEBHOOK_SECRET = os.environ.get("WEBHOOK_SECRET", "")
+# Seconds one delivery attempt may take (connect + response).
+WEBHOOK_TIMEOUT = env_float("WEBHOOK_TIMEOUT", 10.0)
+# Attempts before a webhook is given up; the n-th retry waits WEBHOOK_RETRY_BACKOFF * 2**(n-1)
+# seconds (60 s: retries 1, 3, 7 and 15 minutes after the first attempt).
+WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 5)
+WEBHOOK_RETRY_BACKOFF = env_float("WEBHOOK_RETRY_BACKOFF", 60.0)
+# Threads per worker process that send webhooks, beside (not in) the worker's job slot.
+WEBHOOK_SENDER_THREADS = env_int("WEBHOOK_SENDER_THREADS", 4)
+# Characters of a receiver's response body kept with each attempt.
+WEBHOOK_RESPONSE_PREFIX = env_int("WEBHOOK_RESPONSE_PREFIX", 500)
+# Off: webhook URLs resolving to loopback, private or link-local addresses are refused (at create
+# and again before each attempt), so a user cannot make the workers call internal services.
+WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", False)
 
 # --- Static files, i18n ---------------------------------------------------------------------------
 

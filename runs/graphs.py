@@ -87,6 +87,30 @@ def _parse_config_file(path: str, signature: tuple[int, int, int] | None) -> dic
     return resolved
 
 
+def webhook_url_config() -> dict[str, Any]:
+    """The file's ``webhooks.url`` settings (``disable_loopback``, ``require_https``), {} without
+    a file or the key."""
+    path = os.environ.get("LANGGRAPH_CONFIG") or getattr(settings, "RUNS_LANGGRAPH_CONFIG", "")
+    if not path:
+        return {}
+    config_path = os.path.expanduser(path)
+    try:
+        stat = os.stat(config_path)
+    except OSError:
+        return {}
+    return _parse_webhook_url_config(config_path, (stat.st_mtime_ns, stat.st_size, stat.st_ino))
+
+
+@lru_cache(maxsize=8)
+def _parse_webhook_url_config(path: str, signature: tuple[int, int, int]) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    url = (data.get("webhooks") or {}).get("url") if isinstance(data, dict) else None
+    return dict(url) if isinstance(url, dict) else {}
+
+
 def graph_specs() -> dict[str, str]:
     """Graph id -> import spec, in registration order."""
     specs = dict(getattr(settings, "RUNS_GRAPHS", None) or DEFAULT_GRAPHS)

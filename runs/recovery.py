@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from executions.queueing import broker_queue_size
 from runs import dispatch
+from runs.completion import run_ended_notify
 from runs.models import Run, RunStatus
 from runs.services.threads import thread_refresh_status
 from runs.statements import events_insert
@@ -51,6 +52,7 @@ def runs_reap_stale(*, heartbeat_timeout: float | None = None) -> int:
                     final_events(run.pk, Outcome(RunStatus.ERROR, result={"__error__": error}, error=error)),
                 )
             thread_refresh_status(thread_id=run.thread_id)
+            run_ended_notify(run_id=run.pk)
             transaction.on_commit(lambda thread_id=run.thread_id: dispatch.thread_dispatch_next(thread_id))
         reaped += 1
     return reaped

@@ -41,6 +41,7 @@ from django_q.exceptions import TimeoutException
 from project.sse import encode_data
 from runs import dispatch, statements, transitions
 from runs.graphs import GraphLoadError, GraphNotFound, checkpointer, graph_get
+from runs.completion import run_ended_notify
 from runs.jsonable import to_json, to_json_encoded
 from runs.models import CancelAction, Run, RunEvent, RunStatus, Thread
 from runs.selectors import state_json
@@ -594,6 +595,10 @@ def finish(
                     cursor, [*(events or ()), *final_events(run.pk, outcome, last_seq)]
                 )
             on_completion = stored_on_completion or on_completion
+            if ended and (run.kwargs or {}).get("webhook"):
+                # Committed with the run's end; a deleted temporary thread has no values.
+                keep = thread_exists and on_completion != "delete" and outcome.state is not None
+                run_ended_notify(run_id=run.pk, values=outcome.state["values"] if keep else None)
         run_changed(run.pk, thread_id)
         if thread_exists:
             statements.thread_update(cursor, thread_id, thread_fields, busy=following is not None)

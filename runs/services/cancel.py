@@ -15,6 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from runs import dispatch, transitions
+from runs.completion import run_ended_notify
 from runs.errors import NO_MATCHING_RUNS_TO_CANCEL, NO_RUNS_TO_CANCEL, NotFound, Unprocessable
 from runs.models import CancelAction, Run, RunStatus, Thread
 from runs.services.inputs import parse_uuid
@@ -32,6 +33,8 @@ def run_cancel_locked(*, run: Run, action: str) -> bool:
         if transitions.run_rollback_pending(run_id=run.pk):
             return True
     elif transitions.run_interrupt_pending(run_id=run.pk, now=now):
+        if (run.kwargs or {}).get("webhook"):
+            run_ended_notify(run_id=run.pk)
         return True
     return transitions.run_cancel_request(run_id=run.pk, action=action, now=now)
 

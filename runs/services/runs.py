@@ -28,6 +28,7 @@ from runs.errors import (
     Conflict,
     NotFound,
 )
+from runs.completion import run_webhook_check
 from runs.graphs import checkpointer, graph_ids, system_assistants_ensure
 from runs.models import (
     Assistant,
@@ -212,6 +213,8 @@ def run_create(
     new temporary thread. Applies the multitask strategy against the thread's active runs."""
     check_json_size("metadata", body.get("metadata"))
     check_json_size("config", body.get("config"))
+    if body.get("webhook") is not None:
+        run_webhook_check(body["webhook"])
     assistant = _run_assistant(user=owner, assistant_id=body["assistant_id"])
     configurable = (body.get("config") or {}).get("configurable")
     if configurable and body.get("context"):
