@@ -28,12 +28,13 @@ EVENT_TYPES = {
 def execution_webhook_payload(*, execution: Execution) -> dict:
     from executions.serializers import ExecutionSerializer
 
-    ended_at = execution.completed_at or execution.cancelled_at or timezone.now()
+    # No request in a worker: status_url is the path, as the API would give it unproxied.
+    data = ExecutionSerializer(execution, context={"request": None}).data
     return {
         "type": EVENT_TYPES[execution.status],
-        "timestamp": ended_at,
-        # No request in a worker: status_url is the path, as the API would give it unproxied.
-        "data": ExecutionSerializer(execution, context={"request": None}).data,
+        # When it ended, written as data writes it.
+        "timestamp": data["completed_at"] or data["cancelled_at"] or timezone.now().isoformat(),
+        "data": data,
     }
 
 

@@ -328,6 +328,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Executions keep their "StatusEnum" beside the webhooks' status.
+    "ENUM_NAME_OVERRIDES": {
+        "StatusEnum": "executions.models.ExecutionStatus",
+        "WebhookStatusEnum": "webhooks.models.WebhookStatus",
+    },
     # The LangGraph operations we document are OpenAPI 3.1 (JSON Schema 2020-12) documents.
     "OAS_VERSION": "3.1.0",
     "PREPROCESSING_HOOKS": ["runs.openapi.exclude_runs_views"],

@@ -31,6 +31,7 @@ RUN_BODY = {"assistant_id": "echo", "input": {"messages": [{"role": "user", "con
 REQUESTS: dict[str, list[dict[str, Any]]] = {
     "GET /api/v1/executions/{pk}": [{}],
     "POST /api/v1/executions/{pk}/cancel": [{}],
+    "GET /api/v1/executions/{pk}/webhooks": [{}],
     "GET /api/v1/executions/{pk}/events": [{}, {"headers": {"HTTP_LAST_EVENT_ID": "0"}}],
     "GET /assistants/{assistant_id}": [{}],
     "PATCH /assistants/{assistant_id}": [{"json": {"metadata": {"taken": True}, "name": "bob's"}}],

@@ -284,6 +284,7 @@ RECIPES: dict[str, Recipe] = {
     "200 GET /api/v1/executions/{id}": lambda c: c.call("GET", f"/api/v1/executions/{c.ids['execution']}"),
     "200 POST /api/v1/executions/{id}/cancel": lambda c: c.call("POST", f"/api/v1/executions/{c.execution(target_id='sleep', inputs={'seconds': 30})}/cancel"),
     "409 POST /api/v1/executions/{id}/cancel": lambda c: c.call("POST", f"/api/v1/executions/{c.ids['execution']}/cancel"),
+    "200 GET /api/v1/executions/{id}/webhooks": lambda c: c.call("GET", f"/api/v1/executions/{c.ids['execution']}/webhooks"),
     "200 GET /api/v1/executions/{id}/events": lambda c: c.call("GET", f"/api/v1/executions/{c.ids['execution']}/events", timeout=5),
     "400 GET /api/v1/executions/{id}/events": lambda c: c.call("GET", f"/api/v1/executions/{c.ids['execution']}/events", headers={"Last-Event-ID": "abc"}),
     "200 GET /api/v1/targets": lambda c: c.call("GET", "/api/v1/targets"),
