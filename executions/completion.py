@@ -18,7 +18,7 @@ from webhooks.models import WebhookSource
 
 logger = logging.getLogger(__name__)
 
-EVENT_TYPES = {
+EVENT_TYPES: dict[str, str] = {
     ExecutionStatus.COMPLETED: "execution.completed",
     ExecutionStatus.FAILED: "execution.failed",
     ExecutionStatus.CANCELLED: "execution.cancelled",

@@ -40,8 +40,8 @@ from django_q.exceptions import TimeoutException
 
 from project.sse import encode_data
 from runs import dispatch, statements, transitions
-from runs.graphs import GraphLoadError, GraphNotFound, checkpointer, graph_get
 from runs.completion import run_ended_notify
+from runs.graphs import GraphLoadError, GraphNotFound, checkpointer, graph_get
 from runs.jsonable import to_json, to_json_encoded
 from runs.models import CancelAction, Run, RunEvent, RunStatus, Thread
 from runs.selectors import state_json

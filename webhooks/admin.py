@@ -10,8 +10,7 @@ class WebhookAttemptInline(admin.TabularInline):
     model = WebhookAttempt
     extra = 0
     can_delete = False
-    fields = ["number", "started_at", "duration_ms", "status_code", "error", "response"]
-    readonly_fields = fields
+    fields = readonly_fields = ("number", "started_at", "duration_ms", "status_code", "error", "response")
 
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False

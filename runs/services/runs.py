@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from project.errors import TooManyActive
 from runs import dispatch, statements
+from runs.completion import run_webhook_check
 from runs.errors import (
     MULTITASK_REJECTED,
     THREAD_OR_ASSISTANT_NOT_FOUND,
@@ -28,7 +29,6 @@ from runs.errors import (
     Conflict,
     NotFound,
 )
-from runs.completion import run_webhook_check
 from runs.graphs import checkpointer, graph_ids, system_assistants_ensure
 from runs.models import (
     Assistant,

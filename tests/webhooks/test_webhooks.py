@@ -216,3 +216,16 @@ def test_admin_lists_messages_with_attempts_and_redelivers(settings, receiver, m
     assert b"1 webhook queued for redelivery" in response.content
     message.refresh_from_db()
     assert message.status == WebhookStatus.PENDING and message.max_attempts == 1 + settings.WEBHOOK_MAX_ATTEMPTS
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/runs", "/runs/wait", "/runs/stream", "/runs/batch", "/threads/{t}/runs", "/threads/{t}/runs/wait"],
+)
+def test_every_run_create_refuses_an_invalid_webhook(api, settings, path):
+    settings.WEBHOOK_ALLOW_PRIVATE = False
+    thread_id = api.post("/threads", {}, format="json").json()["thread_id"]
+    body = {"assistant_id": "echo", "input": {}, "webhook": "http://127.0.0.1/hook"}
+    response = api.post(path.format(t=thread_id), [body] if path.endswith("batch") else body, format="json")
+    assert response.status_code == 422, response.content
+    assert "loopback" in response.json()["detail"]

@@ -73,10 +73,11 @@ def _execution(api, receiver_url: str, target: str, inputs: dict) -> str:
 
 
 def _ended(api, execution_id: str) -> dict:
-    return wait_for(
-        lambda: (body := api.get(f"{URL}/{execution_id}").json())["status"] in ("completed", "failed", "cancelled") and body,
-        timeout=30, message=f"execution {execution_id} to end",
-    )
+    def ended() -> dict | None:
+        body = api.get(f"{URL}/{execution_id}").json()
+        return body if body["status"] in ("completed", "failed", "cancelled") else None
+
+    return wait_for(ended, timeout=30, message=f"execution {execution_id} to end")
 
 
 def _latency(sent_at: datetime, ended_at: str) -> None:
@@ -154,7 +155,8 @@ def test_a_receiver_that_never_answers_delays_no_job(api, cluster, private_allow
         stuck.wait_for(4, timeout=20)  # every worker process now has senders waiting on it
         started = time.monotonic()
         created = [
-            api.post(URL, {"type": "agent", "target_id": "echo", "inputs": {"n": n}}, format="json").json()["execution_id"]
+            api.post(URL, {"type": "agent", "target_id": "echo", "inputs": {"n": n}}, format="json")
+            .json()["execution_id"]
             for n in range(6)
         ]
         for execution_id in created:
