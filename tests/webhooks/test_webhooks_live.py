@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
+from django.conf import settings
+from django.db import connection
 from standardwebhooks import Webhook
 
 from executions.models import Execution
@@ -41,8 +43,9 @@ def cluster(django_db_setup) -> Iterator[Cluster]:
     finally:
         started.stop()
         if LATENCIES:
+            stack = f"{connection.vendor}, {'Redis' if settings.REDIS_URL else 'ORM'} broker"
             figure(
-                f"webhook delivery latency after a job ends (SQLite, ORM broker, machine shared): "
+                f"webhook delivery latency after a job ends ({stack}, machine shared): "
                 f"p50 {statistics.median(LATENCIES) * 1000:.0f} ms over {len(LATENCIES)} jobs"
             )
 
