@@ -120,13 +120,20 @@ def _post(message: WebhookMessage) -> AttemptResult:
     at = timezone.now()
     body = _body(message, at.isoformat())
     headers = webhook_headers(webhook_id=message.webhook_id, at=at, body=body)
+    limit = max(0, settings.WEBHOOK_RESPONSE_PREFIX)
     try:
-        response = _client().post(
-            message.url, content=body, headers=headers, timeout=settings.WEBHOOK_TIMEOUT
-        )
+        with _client().stream(
+            "POST", message.url, content=body, headers=headers, timeout=settings.WEBHOOK_TIMEOUT
+        ) as response:
+            # Only the start of the body is read: a receiver answering gigabytes costs nothing.
+            start = b""
+            for chunk in response.iter_bytes():
+                start += chunk
+                if len(start) >= limit * 4:  # enough bytes for ``limit`` characters of UTF-8
+                    break
     except httpx.HTTPError as exc:
         return AttemptResult(None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, "")
-    prefix = response.text[: settings.WEBHOOK_RESPONSE_PREFIX]
+    prefix = start.decode(response.encoding or "utf-8", errors="replace")[:limit]
     error = "" if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
     return AttemptResult(response.status_code, error, prefix)
 

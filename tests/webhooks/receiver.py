@@ -20,10 +20,13 @@ class Receiver:
     """Answers the n-th POST with ``answers[n]`` (the last one for every later POST); with
     ``hang``, answers nothing until closed (at most 30 s), like a receiver that stopped."""
 
-    def __init__(self, answers: tuple[int, ...] = (200,), *, hang: bool = False) -> None:
+    def __init__(
+        self, answers: tuple[int, ...] = (200,), *, hang: bool = False, body: bytes = b""
+    ) -> None:
         self.received: list[Received] = []
         self._answers = answers
         self._hang = hang
+        self._body = body
         self._released = threading.Event()
         self._lock = threading.Lock()
         receiver = self
@@ -41,11 +44,14 @@ class Receiver:
                     receiver._released.wait(30)
                     return
                 status = receiver._answers[min(index, len(receiver._answers) - 1)]
-                reply = b"thanks" if 200 <= status < 300 else b"not now"
+                reply = receiver._body or (b"thanks" if 200 <= status < 300 else b"not now")
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
-                self.wfile.write(reply)
+                try:
+                    self.wfile.write(reply)
+                except OSError:  # the sender read what it keeps and hung up
+                    pass
 
             def log_message(self, format: str, *args: object) -> None:
                 pass

@@ -229,3 +229,43 @@ def test_every_run_create_refuses_an_invalid_webhook(api, settings, path):
     response = api.post(path.format(t=thread_id), [body] if path.endswith("batch") else body, format="json")
     assert response.status_code == 422, response.content
     assert "loopback" in response.json()["detail"]
+
+
+def test_only_a_prefix_of_the_response_is_kept(settings):
+    settings.WEBHOOK_ALLOW_PRIVATE = True
+    settings.WEBHOOK_RESPONSE_PREFIX = 100
+    chatty = Receiver(body=b"x" * 5_000_000)
+    try:
+        message = _message(chatty.url)
+        assert webhook_deliver(message_id=message.pk) == "delivered"
+    finally:
+        chatty.close()
+    assert message.deliveries.get().response == "x" * 100
+
+
+def test_cancelling_a_pending_execution_records_execution_cancelled(api, settings, receiver):
+    settings.WEBHOOK_ALLOW_PRIVATE = True
+    created = api.post(
+        "/api/v1/executions", {"type": "agent", "target_id": "echo", "webhook": receiver.url}, format="json"
+    ).json()
+    cancelled = api.post(f"/api/v1/executions/{created['execution_id']}/cancel").json()
+    message = WebhookMessage.objects.get(source=WebhookSource.EXECUTION, source_id=created["execution_id"])
+    assert message.event_type == "execution.cancelled"
+    assert message.payload["data"]["status"] == "cancelled"
+    assert message.payload["timestamp"] == cancelled["cancelled_at"]
+    assert {**message.payload["data"], "status_url": cancelled["status_url"]} == cancelled
+
+
+def test_cancelling_a_pending_run_records_its_interrupted_webhook(api, settings, receiver):
+    settings.WEBHOOK_ALLOW_PRIVATE = True
+    thread_id = api.post("/threads", {}, format="json").json()["thread_id"]
+    run = api.post(
+        f"/threads/{thread_id}/runs",
+        {"assistant_id": "echo", "input": {}, "webhook": receiver.url, "after_seconds": 600},
+        format="json",
+    ).json()
+    assert api.post(f"/threads/{thread_id}/runs/{run['run_id']}/cancel").status_code in (200, 202)
+    message = WebhookMessage.objects.get(source=WebhookSource.RUN, source_id=run["run_id"])
+    assert message.event_type == "run.interrupted"
+    assert message.payload["status"] == "interrupted" and message.payload["run_id"] == run["run_id"]
+    assert message.payload["run_started_at"] is None and message.payload["run_ended_at"]
