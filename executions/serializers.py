@@ -1,5 +1,4 @@
 from django.urls import reverse
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
@@ -102,7 +101,7 @@ class ExecutionSerializer(serializers.ModelSerializer):
     def get_status_url(self, execution: Execution) -> str:
         return status_url(self.context.get("request"), execution)
 
-    @extend_schema_field(OpenApiTypes.URI)
+    @extend_schema_field(serializers.URLField(allow_null=True))
     def get_webhook(self, execution: Execution) -> str | None:
         return execution.webhook or None
 
