@@ -37,10 +37,10 @@ from rest_framework.exceptions import APIException
 from executions.admin_streams import MAY_NOT_VIEW, USE_GET, progress_stream
 from executions.models import Execution, ExecutionStatus
 from executions.services import execution_cancel, executions_cancel_many, executions_retry_many
+from project.api.errors import BadRequest, Conflict, ErrorStyle, MethodNotAllowed, error_response
+from project.api.renderers import json_text
 from project.durations import format_duration
-from project.errors import BadRequest, Conflict, ErrorStyle, MethodNotAllowed, error_response
-from project.renderers import json_text
-from project.sse import staff_check
+from project.realtime.sse import staff_check
 
 # The progress endpoints answer for one changelist page at most; more ids is a client bug.
 PROGRESS_MAX_IDS = 200

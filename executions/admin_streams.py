@@ -8,7 +8,7 @@ that execution's events move, a ``gone`` event for an id that does not exist (an
 once none of the executions is active.
 
 Snapshots carry no SSE id: a reconnecting page asks again and gets fresh snapshots of everything.
-Staff only, and one of the user's open streams (``project.sse``), like the API's.
+Staff only, and one of the user's open streams (``project.realtime.sse``), like the API's.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from django.http.response import HttpResponseBase
 
 from executions.models import ExecutionStatus
 from executions.streams import execution_channel
-from project.errors import BadRequest
-from project.event_hub import Watcher, hub, wait_event
-from project.sse import (
+from project.api.errors import BadRequest
+from project.realtime.event_hub import Watcher, hub, wait_event
+from project.realtime.sse import (
     HEARTBEAT,
     HEARTBEAT_INTERVAL,
     EventStreamResponse,

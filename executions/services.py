@@ -17,8 +17,8 @@ from executions.models import Execution, ExecutionEventType, ExecutionStatus, Ex
 from executions.queueing import enqueue_execution_on_commit
 from executions.registry import InputsInvalid, TargetNotFound, registry
 from executions.transitions import execution_transition
-from project.errors import Conflict, InvalidInput, TooManyActive
-from project.idempotency import Idempotency, create_once
+from project.api.errors import Conflict, InvalidInput, TooManyActive
+from project.api.idempotency import Idempotency, create_once
 
 
 def _validated(type_: str, target_id: str, inputs: Any) -> dict:
@@ -122,7 +122,7 @@ def execution_create_idempotent(
 ) -> tuple[Execution, bool]:
     """Like ``execution_create``, but a retry of the request with the same key from the same owner
     returns the execution it first created instead of starting a second one; the same key with
-    another request is a ``Conflict`` (``project.idempotency``). Returns (execution, created)."""
+    another request is a ``Conflict`` (``project.api.idempotency``). Returns (execution, created)."""
     return create_once(
         Execution, owner=owner, idempotency=idempotency, what="execution",
         create=lambda: execution_create(

@@ -18,10 +18,10 @@ from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 
 from executions.models import Execution, ExecutionEvent, ExecutionStatus
-from project.async_db import in_executor
-from project.errors import BadRequest, NotFound
-from project.event_hub import channel_name, register_kind, watch
-from project.sse import (
+from project.api.errors import BadRequest, NotFound
+from project.db.async_db import in_executor
+from project.realtime.event_hub import channel_name, register_kind, watch
+from project.realtime.sse import (
     HEARTBEAT,
     HEARTBEAT_INTERVAL,
     EventStreamResponse,

@@ -32,7 +32,7 @@ from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
 from executions.models import Execution, ExecutionEvent, ExecutionStatus
-from project.event_hub import channel_name, publish_on_commit
+from project.realtime.event_hub import channel_name, publish_on_commit
 
 _EXECUTION_FIELDS = Execution._meta.concrete_fields
 

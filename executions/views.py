@@ -22,8 +22,8 @@ from executions.serializers import (
     ExecutionSerializer,
     TargetListSerializer,
 )
-from project.idempotency import Idempotency
-from project.throttling import CreateRateThrottle
+from project.api.idempotency import Idempotency
+from project.api.throttling import CreateRateThrottle
 from webhooks.models import WebhookSource
 from webhooks.selectors import webhook_messages_of
 from webhooks.serializers import WebhookListSerializer, WebhookMessageSerializer

@@ -201,7 +201,7 @@ def document_auth_and_limits(result: dict, generator: Any, request: Any, public:
                 responses.setdefault("413", _error("Request body larger than the limit (1 MB by default)."))
             takes_text = method in BODY_METHODS or any(p.get("in") == "query" for p in operation.get("parameters", []))
             if takes_text:
-                # project.middleware.StorableInputMiddleware: text no database can store (NUL,
+                # project.api.middleware.StorableInputMiddleware: text no database can store (NUL,
                 # lone surrogates) or JSON nested too deep.
                 nul_status = "400" if path.startswith("/api/") else "422"
                 responses.setdefault(nul_status, _error("Invalid input (e.g. a NUL character in the text)."))

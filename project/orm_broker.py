@@ -2,7 +2,7 @@
 
 The stock broker's pusher finds a new task on its next poll of the queue table, ``Q_POLL`` seconds
 at worst after an empty one, and that pickup was the largest share of a ``runs.wait`` without
-Redis. Here ``enqueue`` also sends a wake-up (``project.local_wakeups``) to the pushers of the same
+Redis. Here ``enqueue`` also sends a wake-up (``project.realtime.local_wakeups``) to the pushers of the same
 queue on the same database once the enqueue's transaction commits, and an idle ``dequeue`` waits on
 its own socket for up to ``Q_POLL`` instead of sleeping. The poll stays: a pusher on another machine
 (PostgreSQL shared by several hosts) still finds the task, only later.
@@ -26,7 +26,7 @@ from django_q.brokers.orm import ORM
 from django_q.conf import Conf
 from django_q.models import OrmQ
 
-from project import local_wakeups
+from project.realtime import local_wakeups
 
 
 @cache

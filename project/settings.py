@@ -99,8 +99,8 @@ MIDDLEWARE = [
     # request's one thread. Placed above async-capable ones it made each of them hop to a thread
     # and back for its process_request and process_response (Django's MiddlewareMixin), ten
     # extra thread switches per request. It still runs before any view reads the body.
-    "project.middleware.RequestBodyLimitMiddleware",
-    "project.middleware.StorableInputMiddleware",
+    "project.api.middleware.RequestBodyLimitMiddleware",
+    "project.api.middleware.StorableInputMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
@@ -108,7 +108,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_REQUEST_BODY_BYTES", 1024 * 1024)
 # JSON bodies nested deeper than this are refused (400/422): Python's parser, and every walk of a
 # value after it, fails at about a thousand levels. Keep it well below that.
 MAX_JSON_DEPTH = env_int("MAX_JSON_DEPTH", 100)
-CSRF_FAILURE_VIEW = "project.errors.csrf_failure"
+CSRF_FAILURE_VIEW = "project.api.errors.csrf_failure"
 # A redirect would turn an API POST into a GET; the API answers both spellings itself.
 APPEND_SLASH = False
 WSGI_APPLICATION = "project.wsgi.application"
@@ -147,8 +147,8 @@ else:
     }
 
 _db = DATABASES["default"]
-if _db["ENGINE"] in ("django.db.backends.sqlite3", "project.sqlite_backend"):
-    _db["ENGINE"] = "project.sqlite_backend"
+if _db["ENGINE"] in ("django.db.backends.sqlite3", "project.db.sqlite_backend"):
+    _db["ENGINE"] = "project.db.sqlite_backend"
     _db.setdefault("OPTIONS", {}).update(
         {
             # IMMEDIATE takes the write lock at BEGIN, so two writers queue on busy_timeout
@@ -195,7 +195,7 @@ if REDIS_URL:
             "LOCATION": REDIS_URL,
             # Django builds a cache client per thread, and under ASGI each request has a thread
             # of its own: without a shared pool every request opened a new Redis connection.
-            "OPTIONS": {"pool_class": "project.redis_pool.SharedConnectionPool"},
+            "OPTIONS": {"pool_class": "project.realtime.redis_pool.SharedConnectionPool"},
         }
     }
 else:
@@ -303,17 +303,17 @@ CORS_ALLOW_PRIVATE_NETWORK = True
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "project.auth.APIKeyAuthentication",
+        "project.api.auth.APIKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PARSER_CLASSES": [
         "rest_framework.parsers.JSONParser",
-        "project.parsers.AnyContentTypeJSONParser",
+        "project.api.parsers.AnyContentTypeJSONParser",
     ],
-    "DEFAULT_RENDERER_CLASSES": ["project.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["project.api.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "project.errors.api_exception_handler",
+    "EXCEPTION_HANDLER": "project.api.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     # Create endpoints are throttled per user through the shared cache (Redis when configured).
     "DEFAULT_THROTTLE_RATES": {"create": os.environ.get("API_CREATE_RATE", "6000/min")},

@@ -12,5 +12,5 @@ urlpatterns = [
     path("", include("runs.urls")),
 ]
 
-handler404 = "project.errors.not_found"
-handler500 = "project.errors.server_error"
+handler404 = "project.api.errors.not_found"
+handler500 = "project.api.errors.server_error"

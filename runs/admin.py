@@ -21,7 +21,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from project.renderers import json_text
+from project.api.renderers import json_text
 from runs import services
 from runs.admin_streams import run_status_snapshot, run_status_stream
 from runs.models import Assistant, AssistantVersion, CancelAction, Run, RunEvent, RunStatus, Thread

@@ -6,7 +6,7 @@ It sends a ``status`` event per run at once and whenever that run's channel wake
 event, its end), ``gone`` for a run that does not exist (any more), re-sends running rows every
 few seconds (their duration grows), and ends with ``done`` once none is active, so the page
 closes its EventSource instead of letting the browser reconnect. Staff only, and one of the user's
-open streams (``project.sse``), like the API's.
+open streams (``project.realtime.sse``), like the API's.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from uuid import UUID
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 
-from project.async_db import in_executor
+from project.api.errors import BadRequest
+from project.db.async_db import in_executor
 from project.durations import format_duration
-from project.errors import BadRequest
-from project.event_hub import Watcher, hub, wait_event
-from project.sse import (
+from project.realtime.event_hub import Watcher, hub, wait_event
+from project.realtime.sse import (
     HEARTBEAT,
     HEARTBEAT_INTERVAL,
     EventStreamResponse,

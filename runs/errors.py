@@ -1,4 +1,4 @@
-"""Errors of the LangGraph-compatible API; ``project.errors`` renders them as ``{"detail": "..."}``,
+"""Errors of the LangGraph-compatible API; ``project.api.errors`` renders them as ``{"detail": "..."}``,
 like the real server."""
 
 from rest_framework import status

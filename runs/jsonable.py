@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from project.sse import encode_data
+from project.realtime.sse import encode_data
 
 if TYPE_CHECKING:
     from langgraph.types import Interrupt
@@ -47,7 +47,7 @@ def to_json(value: Any) -> Any:
 
 
 def to_json_encoded(value: Any) -> bytes:
-    """``to_json(value)`` encoded as a run's events are (``project.sse.encode_data``): the same
+    """``to_json(value)`` encoded as a run's events are (``project.realtime.sse.encode_data``): the same
     bytes, without building the copy in between."""
     if value is None or type(value) in (str, int, bool):
         return encode_data(value)

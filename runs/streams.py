@@ -6,7 +6,7 @@
 - ``GET /threads/{t}/stream`` follows every run of a thread, open-ended, always with ids.
 
 The worker stores every event (``runs.models.RunEvent``) before the run's final status, and wakes
-readers through ``project.event_hub``; readers only ever read the table. A run stream ends once
+readers through ``project.realtime.event_hub``; readers only ever read the table. A run stream ends once
 the run is final (or gone) and every stored event was sent, so the SDK, which GETs the run after
 a stream closes without ``end``, finds it finished and does not reconnect.
 
@@ -17,11 +17,11 @@ strings: events whose id is greater than ``Last-Event-ID`` are replayed, so ``0`
 real server's ``0`` / ``-1`` / ``-`` still sort before every id. One id space serves run and
 thread streams, since a thread's runs are written one after another (see ``RunEvent``).
 
-Before the stream starts (``project.sse``, as for the executions' and the admin's streams): who
+Before the stream starts (``project.realtime.sse``, as for the executions' and the admin's streams): who
 asks (API key, or a session with its CSRF check on POST), the user's cap of ``STREAMS_MAX_PER_USER``
 open streams (the slot is given back when the response closes, however it ends), and for the two
 creating endpoints the "create" throttle, ``Idempotency-Key`` and the cap on active runs like
-every other create. Their refusals are JSON ``{"detail": ...}`` (``project.errors``).
+every other create. Their refusals are JSON ``{"detail": ...}`` (``project.api.errors``).
 
 Database use: every read runs in the shared executor and gives its connection back at once, so an
 idle stream holds no connection (with PostgreSQL's pool, one open stream does not pin one of its
@@ -43,10 +43,10 @@ from django.db.models import Max
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 
-from project.async_db import in_executor
-from project.errors import ErrorStyle
-from project.event_hub import watch
-from project.sse import (
+from project.api.errors import ErrorStyle
+from project.db.async_db import in_executor
+from project.realtime.event_hub import watch
+from project.realtime.sse import (
     HEARTBEAT,
     HEARTBEAT_INTERVAL,
     EventStreamResponse,

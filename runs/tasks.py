@@ -38,7 +38,7 @@ from django.db.models import Max
 from django.utils import timezone
 from django_q.exceptions import TimeoutException
 
-from project.sse import encode_data
+from project.realtime.sse import encode_data
 from runs import dispatch, statements, transitions
 from runs.completion import run_ended_notify
 from runs.graphs import GraphLoadError, GraphNotFound, checkpointer, graph_get

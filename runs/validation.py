@@ -15,7 +15,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from project.errors import INVALID_JSON
+from project.api.errors import INVALID_JSON
 from runs.errors import Unprocessable
 
 SCHEMA_FILE = Path(__file__).resolve().parent / "schema" / "langgraph_api.json"

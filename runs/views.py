@@ -20,8 +20,8 @@ from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from project.errors import langgraph_exception_handler
-from project.throttling import CreateRateThrottle
+from project.api.errors import langgraph_exception_handler
+from project.api.throttling import CreateRateThrottle
 from runs import services
 from runs.errors import NotFound, Unprocessable
 from runs.graphs import graph_get

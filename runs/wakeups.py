@@ -3,7 +3,7 @@
 Writers (the worker, cancel, delete) call ``run_changed`` / ``thread_changed`` inside the
 transaction that stored the change, and the worker ``run_progressed`` when its run started or
 stored events; stream readers ``watch`` ``run_channel`` or ``thread_channel``, and ``/wait`` and
-``/join`` ``run_status_channel``, which a run's progress does not wake (``project.event_hub``).
+``/join`` ``run_status_channel``, which a run's progress does not wake (``project.realtime.event_hub``).
 A version only has to change when something a reader waits for happened: a run's version moves
 with its newest event and its status (a pending run cancelled has no event), a run status's with
 its status, a thread's with its newest event.
@@ -15,7 +15,7 @@ from uuid import UUID
 
 from django.db.models import Max
 
-from project.event_hub import channel_name, publish_on_commit, register_kind
+from project.realtime.event_hub import channel_name, publish_on_commit, register_kind
 from runs.models import Run, RunStatus, Thread
 
 RUN_KIND = "run"

@@ -11,7 +11,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.core.handlers.asgi import ASGIHandler
 
-from project.asgi_handler import PooledThreadASGIHandler
+from project.api.asgi_handler import PooledThreadASGIHandler
 from runs.models import Run, RunStatus
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -112,7 +112,7 @@ def test_a_cancelled_request_does_not_lend_its_thread_again(api_key) -> None:
 
 
 def test_idle_threads_are_stopped_after_a_while() -> None:
-    from project.asgi_handler import ExecutorPool
+    from project.api.asgi_handler import ExecutorPool
 
     pool = ExecutorPool(idle_max=2, idle_seconds=0.2)
     executors = [pool.take() for _ in range(3)]
@@ -131,7 +131,7 @@ def test_idle_threads_are_stopped_after_a_while() -> None:
 
 
 def test_a_thread_with_work_left_goes_back_to_the_pool_only_when_that_is_done() -> None:
-    from project.asgi_handler import ExecutorPool
+    from project.api.asgi_handler import ExecutorPool
 
     pool = ExecutorPool()
     executor = pool.take()

@@ -13,8 +13,8 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import connection, connections
 
-from project import event_hub
-from project.async_db import in_executor
+from project.db.async_db import in_executor
+from project.realtime import event_hub
 
 
 @pytest.mark.skipif(not settings.REDIS_URL, reason="needs REDIS_URL (runs in CI's PostgreSQL + Redis pass)")
@@ -220,7 +220,7 @@ def test_wake_ups_do_not_wait_behind_slow_stream_reads(problems, settings):
 def test_a_watcher_cancelled_as_it_is_woken_stays_cancelled():
     # Python 3.11's wait_for returned True here and lost the cancel: a stream whose client hung up
     # as the run's next event arrived went on, and on_disconnect "cancel" never cancelled the run.
-    from project.event_hub import Watcher
+    from project.realtime.event_hub import Watcher
 
     async def go() -> str:
         watcher = Watcher("run:x")

@@ -14,7 +14,7 @@ from django.urls import reverse
 
 from executions import services as execution_services
 from executions.models import Execution
-from project.json_input import body_problem
+from project.api.json_input import body_problem
 from runs import services as run_services
 from runs.models import Assistant, Run, Thread
 

@@ -23,8 +23,8 @@ from django.utils import timezone
 from django_q.models import OrmQ
 
 from executions.models import Execution, ExecutionStatus
-from project import event_hub, local_wakeups
 from project.orm_broker import ORMBroker
+from project.realtime import event_hub, local_wakeups
 from tests.conftest import ROOT, Cluster, subprocess_env, wait_for
 
 # With Redis, Redis wakes the hubs and is the broker: the ORM broker and the hub's sockets are unused.
@@ -75,7 +75,7 @@ def test_a_listener_in_another_process_is_woken_at_once_and_only_for_its_role(wa
     role = local_wakeups.role("test", "other-process")
     child = python(
         "import sys, time\n"
-        "from project import local_wakeups\n"
+        "from project.realtime import local_wakeups\n"
         f"listener = local_wakeups.Listener.open({role!r})\n"
         "print('ready', flush=True)\n"
         "got = listener.wait(20)\n"
@@ -118,7 +118,7 @@ def test_the_socket_of_a_killed_listener_is_removed_by_the_next_sender(wakeups_d
     role = local_wakeups.role("test", "killed")
     child = python(
         "import time\n"
-        "from project import local_wakeups\n"
+        "from project.realtime import local_wakeups\n"
         f"listener = local_wakeups.Listener.open({role!r})\n"
         "print(listener.name, flush=True)\n"
         "time.sleep(60)\n",
@@ -137,7 +137,7 @@ def test_the_socket_of_a_killed_listener_is_removed_by_the_next_sender(wakeups_d
 def test_a_listener_sweeps_away_dead_sockets_of_any_role(wakeups_dir):
     child = python(
         "import os\n"
-        "from project import local_wakeups\n"
+        "from project.realtime import local_wakeups\n"
         "listener = local_wakeups.Listener.open(local_wakeups.role('test', 'forgotten'))\n"
         "os._exit(0)\n",  # no cleanup at all, as after a crash
         LOCAL_WAKEUPS_DIR=str(wakeups_dir),
@@ -203,7 +203,7 @@ def test_a_stream_reader_is_woken_by_a_publish_from_another_process(wakeups_dir,
             child = await asyncio.create_subprocess_exec(
                 sys.executable, "-c",
                 "import django, time; django.setup()\n"
-                "from project.event_hub import publish\n"
+                "from project.realtime.event_hub import publish\n"
                 "print(time.monotonic(), flush=True)\n"
                 "publish('hubtest:local')\n",
                 cwd=ROOT, env=subprocess_env(LOCAL_WAKEUPS_DIR=str(wakeups_dir)),

@@ -7,7 +7,7 @@ import threading
 import pytest
 from django.conf import settings
 
-from project.redis_pool import SharedConnectionPool
+from project.realtime.redis_pool import SharedConnectionPool
 
 pytestmark = pytest.mark.skipif(
     not settings.REDIS_URL, reason="needs REDIS_URL (runs in CI's PostgreSQL + Redis pass)"

@@ -354,7 +354,7 @@ def _generic_recipe(status: int, method: str, path: str, operation: dict[str, An
         huge = {"metadata": {"padding": "x" * (1024 * 1024 + 1)}}
         return lambda c: c.call(method.upper(), path.format(**{**fill, **dict.fromkeys(names, RANDOM)}), json=huge)
     if status in (400, 422) and (method in ("post", "put", "patch") or (method == "get" and any(p["in"] == "query" for p in operation.get("parameters", [])))):
-        # A NUL character: refused by project.middleware.StorableInputMiddleware on every operation.
+        # A NUL character: refused by project.api.middleware.StorableInputMiddleware on every operation.
         target = path.format(**{**fill, **dict.fromkeys(names, RANDOM)})
         if method == "get":
             query = next(p["name"] for p in operation["parameters"] if p["in"] == "query")

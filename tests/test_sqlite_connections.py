@@ -7,10 +7,10 @@ import os
 import threading
 
 import pytest
+from django.contrib.auth.models import User
 from django.db import connection, transaction
 
-from django.contrib.auth.models import User
-from project.sqlite_backend.base import IdleConnections
+from project.db.sqlite_backend.base import IdleConnections
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

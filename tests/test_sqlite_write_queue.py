@@ -1,4 +1,4 @@
-"""SQLite's write lock, as the process-wide write queue of ``project.sqlite_backend`` hands it out:
+"""SQLite's write lock, as the process-wide write queue of ``project.db.sqlite_backend`` hands it out:
 a burst of concurrent transactions all commit one after another, however briefly SQLite itself
 would wait, and a writer that fails or hangs up passes its turn on at once. (Single statements in
 autocommit mode take no turn: they meet SQLite's busy handler directly.)
@@ -18,7 +18,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.db import connection, connections, transaction
 
-from project.sqlite_backend import base
+from project.db.sqlite_backend import base
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

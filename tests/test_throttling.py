@@ -10,7 +10,7 @@ import pytest
 from django.core.cache import cache
 from rest_framework.throttling import ScopedRateThrottle
 
-from project.throttling import CreateRateThrottle
+from project.api.throttling import CreateRateThrottle
 
 VIEW = SimpleNamespace(throttle_scope="create")
 MINUTE = 6000 * 60.0  # the start of a minute, and of a 5 s slice

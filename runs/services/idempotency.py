@@ -1,12 +1,12 @@
-"""The runs API's ``Idempotency-Key``: the platform's one rule (``project.idempotency``), with the
+"""The runs API's ``Idempotency-Key``: the platform's one rule (``project.api.idempotency``), with the
 real server's 422 for a key over the limit."""
 
 from __future__ import annotations
 
 from rest_framework.exceptions import APIException
 
-from project import idempotency
-from project.idempotency import IDEMPOTENCY_KEY_MAX_LENGTH, create_once, key_too_long_message
+from project.api import idempotency
+from project.api.idempotency import IDEMPOTENCY_KEY_MAX_LENGTH, create_once, key_too_long_message
 from runs.errors import Unprocessable
 
 __all__ = ["IDEMPOTENCY_KEY_MAX_LENGTH", "Idempotency", "create_once"]

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from project.errors import TooManyActive
+from project.api.errors import TooManyActive
 from runs import dispatch, statements
 from runs.completion import run_webhook_check
 from runs.errors import (

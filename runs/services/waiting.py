@@ -18,10 +18,10 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
 
-from project import event_hub
-from project.async_db import in_executor
-from project.event_hub import watch
-from project.renderers import json_text
+from project.api.renderers import json_text
+from project.db.async_db import in_executor
+from project.realtime import event_hub
+from project.realtime.event_hub import watch
 from runs import statements
 from runs.models import CancelAction, DiscardedRun, Run, RunStatus
 from runs.selectors import run_finished_body

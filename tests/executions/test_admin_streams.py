@@ -24,7 +24,7 @@ from django.urls import reverse
 
 from executions import admin_streams, runtime, services
 from executions.models import Execution
-from project.event_hub import hub
+from project.realtime.event_hub import hub
 from tests.executions.test_streams import parse_sse
 
 pytestmark = pytest.mark.django_db(transaction=True)

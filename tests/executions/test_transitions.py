@@ -18,7 +18,7 @@ from django.utils import timezone
 from executions import recovery, runtime, services
 from executions.models import EXECUTION_TRANSITIONS, Execution, ExecutionEventType, ExecutionStatus
 from executions.transitions import ExecutionClaim, execution_transition
-from project.errors import Conflict
+from project.api.errors import Conflict
 
 pytestmark = pytest.mark.django_db
 

@@ -14,7 +14,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.types import Interrupt
 
-from project.sse import encode_data
+from project.realtime.sse import encode_data
 from runs.jsonable import _walk, to_json, to_json_encoded
 
 

@@ -13,7 +13,7 @@ from django.db import connections
 from django.test import AsyncClient, RequestFactory
 from langchain_core.messages import AIMessage, AIMessageChunk
 
-from project.sse import HEARTBEAT, sse_event
+from project.realtime.sse import HEARTBEAT, sse_event
 from runs import services, tasks
 from runs.errors import Unprocessable
 from runs.models import Run, RunEvent, RunStatus, Thread

@@ -150,7 +150,7 @@ def test_a_run_wakes_its_waiters_once_and_its_stream_readers_as_it_goes(alice, t
 
 
 def test_the_run_status_version_moves_with_the_status_not_with_events(alice, thread):
-    from project.event_hub import _version_probes
+    from project.realtime.event_hub import _version_probes
     from runs.wakeups import RUN_STATUS_KIND
 
     probe = _version_probes[RUN_STATUS_KIND]

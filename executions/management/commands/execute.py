@@ -17,8 +17,8 @@ from executions.models import Execution, ExecutionStatus, ExecutionType
 from executions.registry import registry
 from executions.services import execution_cancel, execution_create
 from executions.terminal import ProgressBar, ProgressSnapshot, validation_messages
-from project.errors import Conflict, InvalidInput
-from project.json_input import value_problem
+from project.api.errors import Conflict, InvalidInput
+from project.api.json_input import value_problem
 
 POLL_INTERVAL = 0.2
 # After this long still pending, the likely cause is that no worker runs: say so once.
@@ -113,7 +113,7 @@ class Command(BaseCommand):
         **options: Any,
     ) -> None:
         inputs = {**inputs_json, **dict(input_pairs)}
-        # What the API refuses at its door (project.json_input); a terminal's bytes that are not
+        # What the API refuses at its door (project.api.json_input); a terminal's bytes that are not
         # UTF-8 arrive here as lone surrogates.
         problem = value_problem(inputs, "inputs")
         if problem is not None:

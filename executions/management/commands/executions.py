@@ -14,9 +14,9 @@ from executions.models import Execution, ExecutionStatus, ExecutionType
 from executions.recovery import executions_reap_stale, executions_requeue_stranded
 from executions.services import execution_cancel, execution_retry, executions_prune
 from executions.terminal import validation_messages
+from project.api.errors import Conflict, InvalidInput
 from project.command_arguments import positive_days, positive_int
 from project.durations import format_duration
-from project.errors import Conflict, InvalidInput
 
 _LIST_FIELDS = (
     "id", "status", "type", "target_id", "percentage", "created_at", "started_at",

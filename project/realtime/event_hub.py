@@ -9,7 +9,7 @@ carries nothing but "look again", so a lost one costs latency, never an event.
 - Without Redis (embedded mode): each server process runs ONE poller that asks the database for
   the version (last event seq) of every watched job in a single query per kind, every
   ``EVENT_HUB_POLL_INTERVAL`` seconds, however many streams are open. With local wake-ups
-  (``project.local_wakeups``, on unless ``LOCAL_WAKEUPS_DIR`` is empty) writers also send the
+  (``project.realtime.local_wakeups``, on unless ``LOCAL_WAKEUPS_DIR`` is empty) writers also send the
   channel's name to every hub of this machine, each listening on a socket of its own while
   anybody watches, so readers wake at once; the poll still finds what a writer on another
   machine (PostgreSQL shared without Redis) or a lost datagram did not say.
@@ -27,8 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from django.conf import settings
 from django.db import transaction
 
-from project import local_wakeups
-from project.async_db import in_executor
+from project.db.async_db import in_executor
+from project.realtime import local_wakeups
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def publish(*channels: str) -> None:
             for channel in channels:
                 local_wakeups.send(_local_role(), channel.encode())
         return
-    from project.redis_pool import redis_client
+    from project.realtime.redis_pool import redis_client
 
     try:
         # The process's pool, not a client per thread: under ASGI that was a connection per request.

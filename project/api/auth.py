@@ -87,7 +87,7 @@ class APIKeyAuthentication(authentication.BaseAuthentication):
 class APIKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     """Tells drf-spectacular that both header forms are accepted."""
 
-    target_class = "project.auth.APIKeyAuthentication"
+    target_class = "project.api.auth.APIKeyAuthentication"
     name = ["ApiKeyAuth", "BearerAuth"]
 
     def get_security_definition(self, auto_schema):

@@ -10,8 +10,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from rest_framework import status
 from rest_framework.exceptions import APIException
 
-from project.errors import ErrorStyle, InvalidInput, RequestTooLarge, error_response
-from project.json_input import NUL, BodyProblem, body_problem
+from project.api.errors import ErrorStyle, InvalidInput, RequestTooLarge, error_response
+from project.api.json_input import NUL, BodyProblem, body_problem
 
 
 class RequestBodyLimitMiddleware:
@@ -54,7 +54,7 @@ class RequestBodyLimitMiddleware:
 class StorableInputMiddleware:
     """Refuse, with a 4xx naming the field, a request whose text the platform could not store or
     write back: NUL in the query string, and in a JSON body NUL, lone surrogates or nesting deeper
-    than ``MAX_JSON_DEPTH`` (``project.json_input``).
+    than ``MAX_JSON_DEPTH`` (``project.api.json_input``).
 
     One check at the door for every view of both APIs (DRF views and the plain async stream views
     alike, whatever each does with its body), so no create or update can let such text in and no

@@ -1,6 +1,6 @@
 """JSON written back to API clients and staff, readable whatever text a stored row holds.
 
-``project.json_input`` refuses lone UTF-16 surrogates at the door, but SQLite kept those sent
+``project.api.json_input`` refuses lone UTF-16 surrogates at the door, but SQLite kept those sent
 before (and a target's outputs may hold one): a strict UTF-8 encode of such text fails, so one
 row would fail every response that shows it, its user's whole list included. JSON can carry a lone
 surrogate as a ``\\ud800`` escape, so these writers send the value exactly as stored, escaped,

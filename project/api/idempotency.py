@@ -18,7 +18,7 @@ from typing import Any, Self, TypeVar
 from django.db import IntegrityError, models, transaction
 from rest_framework.exceptions import APIException
 
-from project.errors import Conflict, InvalidInput
+from project.api.errors import Conflict, InvalidInput
 
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
 

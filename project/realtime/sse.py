@@ -5,7 +5,7 @@ them), so they do themselves what DRF does for the other views. All of them, the
 runs' API streams and the admin pages' status streams, go through here:
 
 - ``event_stream_view`` wraps the view: a 405 for another method, and any API error raised before
-  the stream starts answered as JSON in the API's style (``project.errors``);
+  the stream starts answered as JSON in the API's style (``project.api.errors``);
 - ``stream_client`` (API key, or a logged-in session with Django's CSRF check on unsafe methods)
   and ``staff_stream_user`` (the admin's pages) say who is asking;
 - ``stream_create_throttle`` is the API's "create" throttle, for the streams that create a run;
@@ -41,15 +41,15 @@ from rest_framework.exceptions import (
     Throttled,
 )
 
-from project.async_db import in_executor
-from project.auth import (
+from project.api.auth import (
     INVALID_API_KEY,
     APIKeyAuthentication,
     raw_key_from_headers,
     user_for_api_key,
 )
-from project.errors import ErrorStyle, MethodNotAllowed, TooManyStreams, error_response
-from project.throttling import CreateRateThrottle
+from project.api.errors import ErrorStyle, MethodNotAllowed, TooManyStreams, error_response
+from project.api.throttling import CreateRateThrottle
+from project.db.async_db import in_executor
 
 HEARTBEAT = b": heartbeat\r\n\r\n"
 HEARTBEAT_INTERVAL = 5.0
