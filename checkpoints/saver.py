@@ -143,6 +143,10 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
     caller must fail the run if it fails (LangGraph chains its checkpoint saves, each waiting
     for the one before: posted, a run's saves share transactions instead of taking one each).
     Not for durability "sync", where the graph must wait for each checkpoint.
+    With a ``fence`` (``checkpoints.sql.Fence``), every checkpoint and write it stores is
+    conditional on that SQL condition, in the storing statement itself: a worker's claim of its
+    run, so that a worker that lost the run (frozen past its heartbeat timeout) writes nothing to
+    the thread. A refused checkpoint raises ``FenceClosed``; refused writes are dropped.
     """
 
     def __init__(
@@ -157,9 +161,10 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
         # the event set when there are none, made by the first wait for it.
         self._writes_in_flight = 0
         self._writes_idle: asyncio.Event | None = None
+        self._fence: sql.Fence | None = None
 
     def sole_writer(
-        self, submit: Submit | None = None, post: Post | None = None
+        self, submit: Submit | None = None, post: Post | None = None, fence: sql.Fence | None = None
     ) -> DjangoCheckpointSaver:
         assert post is None or submit is not None, "post comes with submit"
         # A copy rather than a new saver: BaseCheckpointSaver.__init__ checks its serde against
@@ -170,6 +175,7 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
         saver._memo = _LatestMemo()
         saver._submit = submit
         saver._post = post
+        saver._fence = fence
         return saver
 
     def prime(self, thread_id: str, checkpoint_ns: str = "") -> None:
@@ -527,7 +533,7 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
 
     def _store_checkpoint(self, row: CheckpointRow, run_id: str | None) -> RunnableConfig:
         # LangGraph saves the same checkpoint id again at exit (durability="exit"): last one wins.
-        sql.checkpoint_upsert(self.using, row, run_id, timezone.now())
+        sql.checkpoint_upsert(self.using, row, run_id, timezone.now(), self._fence)
         if self._memo is not None:
             # Once committed: a submitted write may share a transaction that rolls back.
             transaction.on_commit(partial(self._memo.put, row), using=self.using)
@@ -570,9 +576,9 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
         )
         with together:
             if ordinary:
-                sql.writes_insert(self.using, key, ordinary, now, replace=False)
+                sql.writes_insert(self.using, key, ordinary, now, replace=False, fence=self._fence)
             if special:
-                sql.writes_insert(self.using, key, special, now, replace=True)
+                sql.writes_insert(self.using, key, special, now, replace=True, fence=self._fence)
         if self._memo is not None:
             transaction.on_commit(
                 partial(self._memo.put_writes, (thread_id, checkpoint_ns), checkpoint_id, ordinary, special),

@@ -6,6 +6,11 @@ lookups, compilers, a model instance per row) cost more CPU than running them. E
 built once per database (vendor and alias); values go through the fields' ``get_db_prep_save``
 and ``from_db_value``, so rows are written and read exactly as the ORM would, through Django's
 cursor (query logging, error wrapping). Rows come back as named tuples, not model instances.
+
+A write may be fenced: given a ``Fence`` (an SQL condition and its parameters, such as "the run
+this worker writes for is still its own"), the write's rows are an ``INSERT … SELECT … WHERE``
+the condition, in the same statement: a writer that lost what it wrote for changes nothing, at
+no extra round trip. A fenced checkpoint that is refused raises ``FenceClosed``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,14 @@ from typing import Any, NamedTuple
 from django.db import connections
 
 from checkpoints.models import Checkpoint, CheckpointWrite
+
+
+# An SQL condition (with %s placeholders) and its parameters, checked by a fenced write.
+Fence = tuple[str, Sequence[Any]]
+
+
+class FenceClosed(Exception):
+    """A fenced write was refused: its writer no longer holds what it writes for."""
 
 
 class CheckpointRow(NamedTuple):
@@ -135,8 +148,17 @@ def checkpoint_read(
     return checkpoint, writes
 
 
+def _rows(columns: int, rows: int, fence_sql: str | None) -> str:
+    """The rows of an INSERT: ``VALUES …``, or fenced, a SELECT of them where the fence holds."""
+    row = f"({', '.join(['%s'] * columns)})"
+    if fence_sql is None:
+        return f"VALUES {', '.join([row] * rows)}"
+    # The WHERE also keeps SQLite from reading the ON CONFLICT that follows as a join's ON.
+    return f"SELECT * FROM (VALUES {', '.join([row] * rows)}) AS fenced WHERE {fence_sql}"
+
+
 @cache
-def checkpoint_upsert_sql(vendor: str, alias: str) -> str:
+def checkpoint_upsert_sql(vendor: str, alias: str, fence_sql: str | None = None) -> str:
     """``put``'s insert-or-replace, the statement ``bulk_create(update_conflicts=True)`` makes
     (SQLite and PostgreSQL both say ON CONFLICT ... DO UPDATE), written out because bulk_create
     also wraps it in a transaction of its own: a BEGIN and a COMMIT, two round trips on
@@ -151,29 +173,40 @@ def checkpoint_upsert_sql(vendor: str, alias: str) -> str:
     ]
     return (
         f"INSERT INTO {table(Checkpoint)} ({', '.join(columns)}) "
-        f"VALUES ({', '.join(['%s'] * len(columns))}) "
+        f"{_rows(len(columns), 1, fence_sql)} "
         f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {', '.join(updates)}"
     )
 
 
-def checkpoint_upsert(alias: str, row: CheckpointRow, run_id: str | None, now: datetime) -> None:
+def checkpoint_upsert(
+    alias: str, row: CheckpointRow, run_id: str | None, now: datetime, fence: Fence | None = None
+) -> None:
+    """Store ``row`` (or replace it); with a ``fence`` that does not hold, ``FenceClosed``."""
     connection = connections[alias]
     values = {**row._asdict(), "run_id": run_id, "created_at": now}
     params = [
         Checkpoint._meta.get_field(name).get_db_prep_save(values[name], connection)
         for name in _CHECKPOINT_SAVED
     ]
+    fence_sql = None
+    if fence is not None:
+        fence_sql = fence[0]
+        params += fence[1]
     with connection.cursor() as cursor:
-        cursor.execute(checkpoint_upsert_sql(connection.vendor, alias), params)
+        cursor.execute(checkpoint_upsert_sql(connection.vendor, alias, fence_sql), params)
+        # An insert or an update counts one row; a refused SELECT none.
+        if fence is not None and cursor.rowcount == 0:
+            raise FenceClosed(f"checkpoint {row.checkpoint_id} of thread {row.thread_id} refused")
 
 
 @lru_cache(maxsize=64)
-def writes_insert_sql(vendor: str, alias: str, rows: int, replace: bool) -> str:
+def writes_insert_sql(
+    vendor: str, alias: str, rows: int, replace: bool, fence_sql: str | None = None
+) -> str:
     """Writes, as many as ``rows``: kept if already there (ordinary writes: a retried task never
     duplicates them), or with ``replace`` overwritten (the special channels' fixed slots)."""
     _, table, column = _names(alias)
     columns = [column(CheckpointWrite, name) for name in _WRITE_SAVED]
-    row = f"({', '.join(['%s'] * len(columns))})"
     if replace:
         key = ", ".join(column(CheckpointWrite, name) for name in _WRITE_KEY)
         updates = ", ".join(
@@ -185,7 +218,7 @@ def writes_insert_sql(vendor: str, alias: str, rows: int, replace: bool) -> str:
         conflict = "ON CONFLICT DO NOTHING"
     return (
         f"INSERT INTO {table(CheckpointWrite)} ({', '.join(columns)}) "
-        f"VALUES {', '.join([row] * rows)} {conflict}"
+        f"{_rows(len(columns), rows, fence_sql)} {conflict}"
     )
 
 
@@ -195,9 +228,12 @@ WRITES_PER_STATEMENT = 500
 
 def writes_insert(
     alias: str, key: tuple[str, str, str], writes: Sequence[WriteRow], now: datetime, *,
-    replace: bool,
+    replace: bool, fence: Fence | None = None,
 ) -> None:
+    """Store ``writes``. With a ``fence`` that does not hold, none is stored, silently: a row
+    count cannot tell that from ordinary writes already there."""
     connection = connections[alias]
+    fence_sql, fence_params = fence if fence is not None else (None, ())
     fields = [CheckpointWrite._meta.get_field(name) for name in _WRITE_SAVED]
     created_at = fields[-1].get_db_prep_save(now, connection)
     value_field = CheckpointWrite._meta.get_field("value")
@@ -210,6 +246,7 @@ def writes_insert(
                     *key, write.task_id, write.idx, write.channel, write.task_path, write.type,
                     value_field.get_db_prep_save(write.value, connection), created_at,
                 )
+            params += fence_params
             cursor.execute(
-                writes_insert_sql(connection.vendor, alias, len(chunk), replace), params
+                writes_insert_sql(connection.vendor, alias, len(chunk), replace, fence_sql), params
             )

@@ -17,6 +17,7 @@ from langgraph.checkpoint.serde.types import ERROR
 
 from checkpoints import saver as saver_module
 from checkpoints.saver import DjangoCheckpointSaver
+from checkpoints.sql import FenceClosed
 from tests.checkpoints.test_saver import put
 
 
@@ -69,7 +70,21 @@ async def posting_sole_writer_saver() -> AsyncIterator[DjangoCheckpointSaver]:
     yield DjangoCheckpointSaver().sole_writer(submit=runner.submit, post=runner.post)
 
 
-@pytest.mark.parametrize("factory", [sole_writer_saver, posting_sole_writer_saver], ids=["plain", "posting"])
+# A fence that always holds: every write takes the fenced statements (INSERT … SELECT … WHERE).
+OPEN_FENCE = ("%s = %s", [1, 1])
+CLOSED_FENCE = ("%s = %s", [1, 0])
+
+
+@checkpointer_test(name="DjangoCheckpointSaver.sole_writer(submit, post, fence)")
+async def fenced_sole_writer_saver() -> AsyncIterator[DjangoCheckpointSaver]:
+    runner = InOrder()
+    yield DjangoCheckpointSaver().sole_writer(submit=runner.submit, post=runner.post, fence=OPEN_FENCE)
+
+
+@pytest.mark.parametrize(
+    "factory", [sole_writer_saver, posting_sole_writer_saver, fenced_sole_writer_saver],
+    ids=["plain", "posting", "fenced"],
+)
 def test_a_sole_writer_saver_passes_the_conformance_suite(saver, factory):
     failures: list[str] = []
 
@@ -357,3 +372,31 @@ def test_a_refused_posted_save_leaves_no_save_under_way(saver):
         assert read.config == kept
 
     asyncio.run(calls())
+
+
+def test_a_closed_fence_refuses_checkpoints_and_drops_writes(saver):
+    kept = put(saver, "t", values={"n": 1})
+    saver.put_writes(kept, [("ch", "before")], "task")
+    writer = saver.sole_writer(fence=CLOSED_FENCE)
+    latest = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    stored = saver.get_tuple(latest)
+
+    with pytest.raises(FenceClosed):
+        writer.put(kept, newer_checkpoint(), {"source": "loop", "step": 1}, {})
+    writer.put_writes(kept, [("ch", "after"), (ERROR, "boom")], "task-2")
+
+    assert same(saver.get_tuple(latest), stored)
+    assert stored.pending_writes == [("task", "ch", "before")]
+    # Not remembered either: its reads answer what is stored.
+    assert same(writer.get_tuple(latest), stored)
+
+
+def test_an_open_fence_stores_as_an_unfenced_saver_does(saver):
+    writer = saver.sole_writer(fence=OPEN_FENCE)
+    first = put(writer, "t", values={"n": 1})
+    latest = put(writer, "t", parent=first, values={"n": 2})
+    writer.put_writes(latest, [("ch", "x"), (ERROR, "e")], "task")
+
+    stored = saver.get_tuple({"configurable": {"thread_id": "t", "checkpoint_ns": ""}})
+    assert stored.config == latest and stored.checkpoint["channel_values"] == {"n": 2}
+    assert stored.pending_writes == [("task", ERROR, "e"), ("task", "ch", "x")]
