@@ -31,7 +31,9 @@ def runs_reap_stale(*, heartbeat_timeout: float | None = None) -> int:
     timeout = heartbeat_timeout if heartbeat_timeout is not None else settings.RUNS_HEARTBEAT_TIMEOUT
     cutoff = timezone.now() - timedelta(seconds=timeout)
     reaped = 0
-    for run in Run.objects.stale(before=cutoff).only("run_id", "thread_id", "worker", "heartbeat_at"):
+    for run in Run.objects.stale(before=cutoff).only(
+        "run_id", "thread_id", "worker", "attempts", "heartbeat_at"
+    ):
         error = {
             "error": "WorkerLost",
             "message": (
@@ -41,8 +43,10 @@ def runs_reap_stale(*, heartbeat_timeout: float | None = None) -> int:
         }
         now = timezone.now()
         with transaction.atomic():
+            # The claim read here, and only it: its worker finds its own writes refused after.
             if not run_reap(
-                run_id=run.pk, thread_id=run.thread_id, stale_before=cutoff, error=error, now=now
+                run_id=run.pk, thread_id=run.thread_id, worker=run.worker, attempt=run.attempts,
+                stale_before=cutoff, error=error, now=now,
             ):
                 continue
             # Its streams end like any failed run's: an error event, then the thread's run_done.

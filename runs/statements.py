@@ -32,6 +32,7 @@ from django.db import connection
 from django.db.models import Field, JSONField, Model
 from django.db.models.constants import OnConflict
 
+from checkpoints.sql import Fence, FenceClosed
 from runs.models import Assistant, Run, RunEvent, RunStatus, Thread, ThreadStatus
 
 # Rows per INSERT: SQLite allows 32,766 parameters a statement, PostgreSQL 65,535.
@@ -327,13 +328,16 @@ def thread_lock(
 
 @cache
 def run_end_sql(vendor: str, returning: bool) -> str:
+    """running -> an end, under the worker's claim: (run_id, status it ends from, worker,
+    attempts) in the WHERE."""
     sets = ", ".join(
         f"{column(Run, name)} = %s"
         for name in ("status", "result", "error", "ended_at", "updated_at", "heartbeat_at")
     )
     sql = (
         f"UPDATE {table(Run)} SET {sets} "
-        f"WHERE {column(Run, 'run_id')} = %s AND {column(Run, 'status')} = %s"
+        f"WHERE {column(Run, 'run_id')} = %s AND {column(Run, 'status')} = %s "
+        f"AND {column(Run, 'worker')} = %s AND {column(Run, 'attempts')} = %s"
     )
     if returning:
         sql += f" RETURNING {column(Run, 'on_completion')}"
@@ -367,29 +371,62 @@ def thread_update(cursor: Any, thread_id: Any, fields: dict[str, Any], *, busy: 
     cursor.execute(thread_update_sql(connection.vendor, tuple(fields), at_rest), params)
 
 
+# --- the fence of a worker's writes -------------------------------------------------------------
+
+
+@cache
+def claim_held_sql(vendor: str) -> str:
+    """The condition that a worker still holds its claim of a run: (run_id, running, worker,
+    attempts). Fenced INSERTs (the run's events, its checkpoints) select their rows WHERE it."""
+    run = table(Run)
+    return (
+        f"EXISTS (SELECT 1 FROM {run} WHERE {run}.{column(Run, 'run_id')} = %s "
+        f"AND {run}.{column(Run, 'status')} = %s AND {run}.{column(Run, 'worker')} = %s "
+        f"AND {run}.{column(Run, 'attempts')} = %s)"
+    )
+
+
+def claim_held_params(run_id: Any, worker: str, attempts: int) -> list[Any]:
+    return [prep(Run, "run_id", run_id), RunStatus.RUNNING.value, worker, attempts]
+
+
 # --- events -------------------------------------------------------------------------------------
 
 _EVENT_FIELDS = ("run", "seq", "event", "data", "thread_only", "created_at")
 
 
 @lru_cache(maxsize=64)
-def events_insert_sql(vendor: str, rows: int) -> str:
+def events_insert_sql(vendor: str, rows: int, fence_sql: str | None = None) -> str:
+    """The INSERT of ``rows`` events; with ``fence_sql`` (a worker's ``claim_held_sql``), of those
+    rows only where it holds: its parameters follow the rows'."""
     columns = ", ".join(column(RunEvent, name) for name in _EVENT_FIELDS)
     row = f"({', '.join(['%s'] * len(_EVENT_FIELDS))})"
-    return f"INSERT INTO {table(RunEvent)} ({columns}) VALUES {', '.join([row] * rows)}"
+    values = f"VALUES {', '.join([row] * rows)}"
+    if fence_sql is not None:
+        values = f"SELECT * FROM ({values}) AS fenced WHERE {fence_sql}"
+    return f"INSERT INTO {table(RunEvent)} ({columns}) {values}"
 
 
-def events_insert(cursor: Any, events: Iterable[EventRow]) -> None:
-    """Store events (one statement per ``EVENT_ROWS_PER_STATEMENT``)."""
+def events_insert(cursor: Any, events: Iterable[EventRow], *, fence: Fence | None = None) -> None:
+    """Store events (one statement per ``EVENT_ROWS_PER_STATEMENT``). With a ``fence`` (a
+    worker's claim: ``claim_held_sql`` and ``claim_held_params``), only while it holds: else
+    ``FenceClosed``, and the statement stored none of them."""
     run_field = RunEvent._meta.get_field("run")
     created_field = RunEvent._meta.get_field("created_at")
     batch: list[Any] = []
     count = 0
 
     def flush() -> None:
-        cursor.execute(events_insert_sql(connection.vendor, count), batch)
+        if fence is None:
+            cursor.execute(events_insert_sql(connection.vendor, count), batch)
+            return
+        cursor.execute(events_insert_sql(connection.vendor, count, fence[0]), [*batch, *fence[1]])
+        if cursor.rowcount != count:
+            raise FenceClosed(f"events of run {events_run} refused: its worker lost the run")
 
+    events_run = None
     for run_id, seq, event, data, thread_only, created_at in events:
+        events_run = run_id
         batch += (
             run_field.get_db_prep_save(run_id, connection), seq, event, data, thread_only,
             created_field.get_db_prep_save(created_at, connection),

@@ -38,6 +38,7 @@ from django.db.models import Max
 from django.utils import timezone
 from django_q.exceptions import TimeoutException
 
+from checkpoints.sql import Fence, FenceClosed
 from project.realtime.sse import encode_data
 from runs import dispatch, statements, transitions
 from runs.completion import run_ended_notify
@@ -49,9 +50,14 @@ from runs.services.runs import run_delete_checkpoints
 from runs.services.state import thread_state_fields
 from runs.services.threads import temporary_thread_discard
 from runs.stream_modes import GRAPH_MODE, MessagesV1, event_name
+from runs.transitions import RunClaim
 from runs.wakeups import run_changed, run_progressed
 
 logger = logging.getLogger(__name__)
+
+# The outcome of a run whose worker lost it (frozen past the heartbeat timeout, the run ended by
+# recovery meanwhile): nothing of this worker's is recorded, not even the end.
+SUPERSEDED = "superseded"
 
 def _cancel_check_interval() -> float:
     return float(getattr(settings, "RUNS_CANCEL_CHECK_INTERVAL", 0.2))
@@ -76,7 +82,8 @@ def _worker_name() -> str:
 
 @dataclass
 class Outcome:
-    """How a graph run ended. ``kind`` is a final RunStatus, or ``rollback`` / ``deleted``."""
+    """How a graph run ended. ``kind`` is a final RunStatus, or ``rollback`` / ``deleted``, or
+    ``superseded`` (this worker lost the run: nothing to record)."""
 
     kind: str
     result: dict | None = None
@@ -141,12 +148,18 @@ class RunWrites:
     A batch that fails is redone one piece per transaction: a write that fails fails alone, as it
     would have on its own. Events or posted writes that still cannot be stored fail the run
     rather than be lost.
+
+    With a ``fence`` (the worker's claim of the run), events are stored only while it holds, in
+    the inserting statement; the run's saver is fenced the same way. A batch the fence refused
+    is not redone: ``fenced_out`` is set and the run's writes fail with ``FenceClosed``.
     """
 
-    def __init__(self, run: Run, last_seq: int) -> None:
+    def __init__(self, run: Run, last_seq: int, *, fence: Fence | None = None) -> None:
         self.run_id = run.pk
         self.thread_id = run.thread_id
         self.seq = last_seq
+        self.fence = fence
+        self.fenced_out = False
         # The saver's connection check, run before each batch's transaction (never inside one).
         self.check_connection: Callable[[], None] = lambda: None
         self._events: list[statements.EventRow] = []
@@ -235,7 +248,7 @@ class RunWrites:
 
     def _store(self, events: list[statements.EventRow]) -> None:
         with connection.cursor() as cursor:
-            statements.events_insert(cursor, events)
+            statements.events_insert(cursor, events, fence=self.fence)
         run_progressed(self.run_id, self.thread_id)
 
     def _write(
@@ -245,6 +258,10 @@ class RunWrites:
         self.check_connection()
         try:
             return self._write_together(events, work), None
+        except FenceClosed:
+            # The worker lost the run: none of the batch may land, nor be tried again.
+            self.fenced_out = True
+            raise
         except Exception as exc:
             if not events and len(work) == 1:
                 return [(False, exc)], None
@@ -254,6 +271,9 @@ class RunWrites:
             try:
                 with transaction.atomic():
                     outcomes.append((True, fn()))
+            except FenceClosed:
+                self.fenced_out = True
+                raise
             except Exception as exc:
                 outcomes.append((False, exc))
         events_failure = None
@@ -310,6 +330,15 @@ class RunWrites:
         events, self._events = self._events, []
         return events
 
+    async def abandon(self) -> None:
+        """Drop what is not written yet and wait for the write under way, however it ends: the
+        worker lost the run, and nothing more of it may land (nor would: the writes are fenced)."""
+        self._events = []
+        self._fail_pending(FenceClosed(f"run {self.run_id}: its worker lost the run"))
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._writer = None
+
 
 # One SyncToAsync for every batch of every run (making one inspects the function).
 _write_batch = sync_to_async(RunWrites._write)
@@ -327,7 +356,11 @@ class RunDriver:
         # the end, rather than every chunk on the way).
         self._last_values: bytes | None = None
         self.interrupts: list | None = None
-        self.writes = RunWrites(run, 0)
+        # Every write of the run names this claim: one that recovery ended meanwhile (while
+        # this worker was frozen) takes none of them.
+        self.claim = RunClaim.of(run)
+        fence = self.claim.fence()
+        self.writes = RunWrites(run, 0, fence=fence)
         self.stop_reason: str | None = None
         self.saver = checkpointer()
         if hasattr(self.saver, "sole_writer"):
@@ -337,7 +370,7 @@ class RunDriver:
             # Unless each checkpoint must be stored before the graph goes on (durability "sync"),
             # its saves are posted: a one-node graph's writes then take two transactions.
             post = None if self.kwargs.get("durability") == "sync" else self.writes.post
-            self.saver = self.saver.sole_writer(submit=self.writes.submit, post=post)
+            self.saver = self.saver.sole_writer(submit=self.writes.submit, post=post, fence=fence)
             self.writes.check_connection = self.saver.check_connection
 
     def prepare(self) -> None:
@@ -356,13 +389,19 @@ class RunDriver:
 
     # --- database calls, run in asgiref's sync thread ------------------------------------------
 
-    def _poll(self, beat: bool) -> tuple[str, str] | None:
+    def _poll(self, beat: bool) -> tuple[str, str, str, int] | None:
+        """(status, cancel_action, worker, attempts) of the run; with ``beat``, after beating its
+        heartbeat under this worker's claim."""
         try:
             if beat:
-                Run.objects.filter(pk=self.run.pk, status=RunStatus.RUNNING).update(
+                Run.objects.filter(self.claim.holds(), status=RunStatus.RUNNING).update(
                     heartbeat_at=timezone.now()
                 )
-            return Run.objects.filter(pk=self.run.pk).values_list("status", "cancel_action").first()
+            return (
+                Run.objects.filter(pk=self.run.pk)
+                .values_list("status", "cancel_action", "worker", "attempts")
+                .first()
+            )
         except DatabaseFailure:  # OperationalError, and InterfaceError once the link is closed
             # A dropped connection (database restart) stays broken until closed: close it so the
             # next poll reconnects, instead of failing every poll and missing every heartbeat.
@@ -448,13 +487,22 @@ class RunDriver:
                 continue
             if row is None:
                 self.stop_reason = "deleted"
+            elif row[0] != RunStatus.RUNNING or row[2:] != (self.claim.worker, self.claim.attempt):
+                # Nobody else moves a running run's status but recovery, which ended it: this
+                # worker was frozen past its heartbeat timeout.
+                self.stop_reason = SUPERSEDED
             elif row[1]:
                 self.stop_reason = row[1]
-            elif row[0] != RunStatus.RUNNING:
-                self.stop_reason = CancelAction.INTERRUPT
             if self.stop_reason:
                 task.cancel()
                 return
+
+    async def _why_fenced_out(self) -> str:
+        """After a write the fence refused: ``deleted`` if the run's row is gone, else
+        ``superseded`` (recovery ended the run while this worker was frozen). One read, on this
+        rare path only."""
+        row = await sync_to_async(self._poll)(False)
+        return "deleted" if row is None else SUPERSEDED
 
     async def _state(self, graph: Any) -> dict:
         thread_config = {"configurable": {"thread_id": str(self.run.thread_id), "checkpoint_ns": ""}}
@@ -468,9 +516,18 @@ class RunDriver:
         try:
             outcome = await self._drive()
         except BaseException:
-            await self.writes.drain()
+            if self.writes.fenced_out:
+                await self.writes.abandon()
+            else:
+                await self.writes.drain()
             raise
-        await self.writes.close()
+        if outcome.kind != SUPERSEDED:
+            try:
+                await self.writes.close()
+            except FenceClosed:
+                outcome = Outcome(SUPERSEDED)
+        if outcome.kind == SUPERSEDED:
+            await self.writes.abandon()
         return outcome
 
     async def _drive(self) -> Outcome:
@@ -490,6 +547,8 @@ class RunDriver:
         except asyncio.CancelledError:
             if self.stop_reason is None:
                 raise
+        except FenceClosed:
+            self.stop_reason = await self._why_fenced_out()
         except TimeoutError:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -498,16 +557,27 @@ class RunDriver:
             outcome.state = await self._state(graph)
             return outcome
         except Exception as exc:
-            error = {"error": type(exc).__name__, "message": str(exc) or type(exc).__name__}
-            outcome = Outcome(RunStatus.ERROR, result={"__error__": error}, error=error)
-            outcome.state = await self._state(graph)
-            return outcome
+            if self.writes.fenced_out:  # the graph failed since its writes were refused
+                self.stop_reason = await self._why_fenced_out()
+            else:
+                error = {"error": type(exc).__name__, "message": str(exc) or type(exc).__name__}
+                outcome = Outcome(RunStatus.ERROR, result={"__error__": error}, error=error)
+                outcome.state = await self._state(graph)
+                return outcome
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
+        if self.stop_reason is None and self.writes.fenced_out:  # a refused write the graph missed
+            self.stop_reason = await self._why_fenced_out()
+        if self.stop_reason == SUPERSEDED:
+            await asyncio.gather(task, return_exceptions=True)
+            return Outcome(SUPERSEDED)
         if self.stop_reason in (CancelAction.ROLLBACK, "deleted"):
             await asyncio.gather(task, return_exceptions=True)
-            await self.writes.drain()  # no checkpoint of the run may land after the deletion
+            try:
+                await self.writes.drain()  # no checkpoint of the run may land after the deletion
+            except FenceClosed:  # the run's row is gone: the fence refused what was left
+                await self.writes.abandon()
             await sync_to_async(run_delete_checkpoints)(run_ids=[self.run.pk])
             if hasattr(saver, "forget"):
                 saver.forget()  # what it remembers was just deleted
@@ -555,7 +625,9 @@ def finish(
     run: Run, outcome: Outcome, last_seq: int | None = None, *,
     connection_used_at: float | None = None, events: list[statements.EventRow] | None = None,
 ) -> None:
-    """Record the outcome, refresh the thread and start the thread's next run, if any.
+    """Record the outcome, refresh the thread and start the thread's next run, if any, under the
+    worker's claim of the run: if recovery ended the run first, nothing is recorded (the thread
+    is another run's by now).
 
     One transaction of four statements: the thread lock with the thread's next run (which also
     says whether the thread stays busy), the run's end, its last ``events`` (not stored yet)
@@ -578,15 +650,18 @@ def finish(
     # The large values are encoded before the transaction, which holds SQLite's write lock.
     result = statements.Prepared(statements.prep(Run, "result", outcome.result))
     thread_fields = _thread_fields(outcome, now)
+    claim = RunClaim.of(run)
     with transaction.atomic(), connection.cursor() as cursor:
         thread_exists, following = statements.thread_lock(cursor, thread_id, run.pk)
         if outcome.kind in (CancelAction.ROLLBACK, "deleted"):
-            transitions.run_rollback_running(run_id=run.pk)
+            # A deleted run's row is gone already; its thread is still to be refreshed.
+            held = transitions.run_rollback_running(claim=claim) or outcome.kind == "deleted"
         else:
             ended, stored_on_completion = transitions.run_end(
-                cursor, run_id=run.pk, status=outcome.kind, result=result, error=outcome.error,
+                cursor, claim=claim, status=outcome.kind, result=result, error=outcome.error,
                 now=now,
             )
+            held = ended
             if ended:
                 # In the transaction that ends the run: a stream reader that sees the final status
                 # also sees these, and closes after them. (A run that something else ended, the
@@ -600,7 +675,7 @@ def finish(
                 keep = thread_exists and on_completion != "delete" and outcome.state is not None
                 run_ended_notify(run_id=run.pk, values=outcome.state["values"] if keep else None)
         run_changed(run.pk, thread_id)
-        if thread_exists:
+        if thread_exists and held:
             statements.thread_update(cursor, thread_id, thread_fields, busy=following is not None)
             if following is not None and following[1] <= now:
                 next_run_id = following[0]
@@ -608,7 +683,7 @@ def finish(
     if not thread_exists:
         # The thread was deleted while the graph ran; drop what the graph wrote since.
         temporary_thread_discard(thread_id=thread_id)
-    elif on_completion == "delete":
+    elif on_completion == "delete" and held:
         temporary_thread_discard(thread_id=thread_id)
 
 
@@ -714,10 +789,19 @@ def run_execute(run_id: str) -> str:
         error = {"error": "TimeoutError", "message": "The worker's time limit was hit."}
         finish(run, Outcome(RunStatus.TIMEOUT, result={"__error__": error}, error=error))
         raise
+    except FenceClosed:  # a write the fence refused outside the graph: the worker lost the run
+        outcome = Outcome(SUPERSEDED)
     except Exception as exc:  # our own failure (database, checkpointer): the run must still end
         logger.exception("run %s failed outside its graph", run_id)
         error = {"error": type(exc).__name__, "message": str(exc) or type(exc).__name__}
         outcome = Outcome(RunStatus.ERROR, result={"__error__": error}, error=error)
+    if outcome.kind == SUPERSEDED:
+        logger.warning(
+            "run %s: this worker's claim (attempt %d) was superseded while it was frozen or cut "
+            "off (recovery ended the run); its graph stopped and nothing it wrote since was kept",
+            run_id, driver.claim.attempt,
+        )
+        return SUPERSEDED
     # After a failure of our own, events that did not make it are dropped: they may be what
     # failed, and the run's end must be recorded.
     finish(

@@ -9,6 +9,11 @@ The worker's two moves (claim and end) run for every run: their statements are w
 (``runs.statements``) rather than composed by the ORM, and answer with RETURNING what the worker
 would otherwise read back. The others are rare and use the ORM.
 
+The worker's moves (end, rollback) and its other writes (heartbeat, events, checkpoints) are
+fenced by its claim (``RunClaim``: the worker and the attempt its claim counted), in the same
+WHERE: a worker that froze past the heartbeat timeout, whose run recovery ended meanwhile,
+changes nothing when it wakes up.
+
 Wake-ups: each move wakes the readers its status change concerns (``runs.wakeups``), except the
 end, whose caller wakes them once the run's last events and its thread are stored too.
 """
@@ -16,12 +21,15 @@ end, whose caller wakes them once the run's last events and its thread are store
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
 
+from checkpoints.sql import Fence
 from runs import statements
 from runs.models import RUN_DELETED, RUN_TRANSITIONS, CancelAction, Run, RunStatus
 from runs.wakeups import run_changed, run_progressed
@@ -42,6 +50,33 @@ _REAP_FROM = _from(RunStatus.RUNNING, RunStatus.ERROR)
 _INTERRUPT_PENDING_FROM = _from(RunStatus.PENDING, RunStatus.INTERRUPTED)
 _ROLLBACK_PENDING_FROM = _from(RunStatus.PENDING, RUN_DELETED)
 _ROLLBACK_RUNNING_FROM = _from(RunStatus.RUNNING, RUN_DELETED)
+
+
+@dataclass(frozen=True)
+class RunClaim:
+    """One claim of a run: the worker that took it and the attempt its claim counted. Every
+    write the worker makes for the run names it, so that once the run is no longer running under
+    this claim (recovery ended it while the worker was frozen) those writes change nothing."""
+
+    run_id: UUID
+    worker: str
+    attempt: int
+
+    @classmethod
+    def of(cls, run: Run) -> RunClaim:
+        """The claim ``run_claim`` made: the run it returned."""
+        return cls(run.pk, run.worker, run.attempts)
+
+    def holds(self) -> Q:
+        """The WHERE of an ORM write of this claim's worker, with the status it expects."""
+        return Q(pk=self.run_id, worker=self.worker, attempts=self.attempt)
+
+    def fence(self) -> Fence:
+        """The condition of a fenced INSERT (events, checkpoints): the claim still holds."""
+        return (
+            statements.claim_held_sql(connection.vendor),
+            statements.claim_held_params(self.run_id, self.worker, self.attempt),
+        )
 
 
 def run_claim(*, run_id: UUID | str, worker: str, now: datetime) -> Run | None:
@@ -71,27 +106,30 @@ def run_claim(*, run_id: UUID | str, worker: str, now: datetime) -> Run | None:
         return None
     run_progressed(run_id)
     if rows:
-        return statements.claimed_run(rows[0])
+        run = statements.claimed_run(rows[0])
+        run.worker = worker  # known: no column more to return
+        return run
     return Run.objects.select_related("assistant").get(pk=run_id)
 
 
 def run_end(
-    cursor: Any, *, run_id: UUID | str, status: str, result: Any, error: Any, now: datetime
+    cursor: Any, *, claim: RunClaim, status: str, result: Any, error: Any, now: datetime
 ) -> tuple[bool, str | None]:
-    """running -> ``status`` (success, error, timeout or interrupted), on the caller's cursor
-    inside its transaction. Returns whether this call ended it, and the run's ``on_completion``
+    """running -> ``status`` (success, error, timeout or interrupted) under ``claim``, on the
+    caller's cursor inside its transaction. Returns whether this call ended it (not if recovery
+    ended it first), and the run's ``on_completion``
     as stored now (None if the run is gone): read once the row is locked, since a stream client
     that hung up may have asked for its stateless thread to go when the run ends."""
     if status not in RunStatus.terminal():
         raise ValueError(f"a run ends in one of {RunStatus.terminal()}, not {status!r}")
     returning = statements.can_return()
     at = statements.prep(Run, "ended_at", now)
-    pk = statements.prep(Run, "run_id", run_id)
+    pk = statements.prep(Run, "run_id", claim.run_id)
     cursor.execute(
         statements.run_end_sql(connection.vendor, returning),
         [
             status, statements.prep(Run, "result", result), statements.prep(Run, "error", error),
-            at, at, None, pk, _END_FROM,
+            at, at, None, pk, _END_FROM, claim.worker, claim.attempt,
         ],
     )
     if returning:
@@ -107,12 +145,14 @@ def run_end(
 
 
 def run_reap(
-    *, run_id: UUID | str, thread_id: UUID | str, stale_before: datetime, error: dict, now: datetime
+    *, run_id: UUID | str, thread_id: UUID | str, worker: str, attempt: int,
+    stale_before: datetime, error: dict, now: datetime,
 ) -> bool:
-    """running -> error, for a run whose worker stopped beating its heartbeat before
-    ``stale_before`` (a beat since then means the worker lives: the move loses)."""
+    """running -> error, for the claim (``worker``, ``attempt``) of a run whose worker stopped
+    beating its heartbeat before ``stale_before`` (a beat since then means the worker lives: the
+    move loses). That worker's later writes, if it wakes up, change nothing."""
     won = Run.objects.filter(
-        pk=run_id, status=_REAP_FROM, heartbeat_at__lt=stale_before
+        pk=run_id, status=_REAP_FROM, heartbeat_at__lt=stale_before, worker=worker, attempts=attempt
     ).update(
         status=RunStatus.ERROR, error=error, result={"__error__": error},
         ended_at=now, updated_at=now, heartbeat_at=None,
@@ -140,11 +180,11 @@ def run_rollback_pending(*, run_id: UUID | str) -> bool:
     return bool(deleted)
 
 
-def run_rollback_running(*, run_id: UUID | str) -> bool:
+def run_rollback_running(*, claim: RunClaim) -> bool:
     """running -> (deleted): the worker's end of a run cancelled with action rollback (its
-    checkpoints are deleted by the caller). A run already ended by someone else (the reaper)
-    keeps its end."""
-    deleted, _ = Run.objects.filter(pk=run_id, status=_ROLLBACK_RUNNING_FROM).delete()
+    checkpoints are deleted by the caller), under its ``claim``. A run already ended by someone
+    else (the reaper) keeps its end."""
+    deleted, _ = Run.objects.filter(claim.holds(), status=_ROLLBACK_RUNNING_FROM).delete()
     return bool(deleted)
 
 

@@ -8,6 +8,10 @@ records nothing. Before fencing, the woken worker kept writing progress to the r
 owned (the step flipped between the two), completed it with its own outputs, and the new worker
 stopped with a ``cancelled`` nobody gave.
 
+A graph run is not run again (recovery ends it ``error``, WorkerLost), but its thread is: the
+thread's next run, on the other worker, must not see the woken worker's checkpoints, events or
+end land in the middle of it.
+
 Heartbeat every 0.5 s, lost after 2 s without one, sweeps every 0.5 s. Runs on either backend:
 SQLite with the ORM broker (the default) and PostgreSQL + Redis.
 """
@@ -18,13 +22,16 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from django.conf import settings
 from django.db import connection
 
+from checkpoints.models import Checkpoint
 from executions.models import Execution, ExecutionStatus
 from executions.registry import agent, registry
+from runs.models import Run, RunStatus, Thread
 from tests.conftest import Cluster, wait_for
 from tests.faults.conftest import figure, process_alive, wait_for_log, worker_pid
 from tests.faults.frozen import PID_STEPS, pid_steps
@@ -42,6 +49,7 @@ CLUSTER_ENV = {
     "LOG_LEVEL": "INFO",
 }
 STEPS, STEP_SECONDS = 16, 0.5
+GRAPHS_CONFIG = Path(__file__).parent / "langgraph.json"  # serves tests.faults.frozen_graph
 
 
 @pytest.fixture
@@ -158,4 +166,111 @@ def test_a_frozen_worker_woken_after_its_execution_was_reclaimed_writes_nothing(
     finally:
         if frozen_pid is not None and process_alive(frozen_pid):
             os.kill(frozen_pid, signal.SIGCONT)  # a stopped worker would hold up the cluster's stop
+        cluster.stop()
+
+
+def log_pids(log: list[str]) -> list[int]:
+    return [int(line.split(" ", 1)[0]) for line in log]
+
+
+def test_a_frozen_worker_woken_after_its_graph_run_was_reaped_writes_nothing(api, monkeypatch) -> None:
+    monkeypatch.setenv("LANGGRAPH_CONFIG", str(GRAPHS_CONFIG))  # the API of this process, too
+    cluster = Cluster(workers=2, LANGGRAPH_CONFIG=str(GRAPHS_CONFIG), **CLUSTER_ENV)
+    frozen_pid = None
+    try:
+        wait_for_log(cluster.log, "ready for work", 2)
+        thread_id = api.post("/threads", {}, format="json").json()["thread_id"]
+
+        def start_run(steps: int) -> str:
+            response = api.post(
+                f"/threads/{thread_id}/runs",
+                {"assistant_id": "faults_pid_steps",
+                 "input": {"steps": steps, "step_seconds": STEP_SECONDS, "done": 0}},
+                format="json",
+            )
+            assert response.status_code == 200, response.content
+            return response.json()["run_id"]
+
+        first_id = start_run(STEPS)
+        first = wait_for(
+            lambda: Run.objects.filter(pk=first_id, status="running").first()
+            if Checkpoint.objects.filter(run_id=first_id).count() >= 3 else None,
+            timeout=30, message=cluster.log(),
+        )
+        frozen_pid = worker_pid(first.worker)
+
+        os.kill(frozen_pid, signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        reaped = wait_for(
+            lambda: Run.objects.filter(pk=first_id).exclude(status="running").first(),
+            timeout=30, interval=0.05, message=f"the frozen worker's run to be reaped\n{cluster.log()}",
+        )
+        reaped_after = time.monotonic() - frozen_at
+        assert reaped.status == RunStatus.ERROR and reaped.error["error"] == "WorkerLost", reaped.error
+        # What the frozen worker's run left: nothing of it may change from now on.
+        checkpoints_at_reap = Checkpoint.objects.filter(run_id=first_id).count()
+        events_at_reap = list(reaped.events.order_by("seq").values_list("seq", "event"))
+        assert events_at_reap[-1][1] == "metadata"  # the thread stream's run_done
+
+        # The thread takes its next run on the other worker; the frozen one wakes in its middle.
+        second_id = start_run(6)
+        second = wait_for(
+            lambda: Run.objects.filter(pk=second_id, status="running").first()
+            if Checkpoint.objects.filter(run_id=second_id).count() >= 2 else None,
+            timeout=30, message=cluster.log(),
+        )
+        new_pid = worker_pid(second.worker)
+        assert new_pid != frozen_pid
+        # Until the second run ends, nothing writes the thread's row (its end does, with the run's
+        # in one transaction): a change seen while the run is still active is the woken worker's.
+        thread_row = Thread.objects.filter(pk=thread_id).values("status", "values", "updated_at")
+        thread_before = thread_row.get()
+        os.kill(frozen_pid, signal.SIGCONT)
+        frozen_for = time.monotonic() - frozen_at
+
+        thread_writes = samples = 0
+        deadline = time.monotonic() + 30
+        while True:
+            seen = thread_row.get()
+            status = Run.objects.filter(pk=second_id).values_list("status", flat=True).get()
+            samples += 1
+            if status not in RunStatus.active():
+                break
+            if seen != thread_before:
+                thread_writes += 1
+                thread_before = seen
+            assert time.monotonic() < deadline, cluster.log()[-4000:]
+            time.sleep(0.02)
+        done = Run.objects.get(pk=second_id)
+        wait_for_log(cluster.log, "was superseded", 1, timeout=10)
+        time.sleep(1.0)  # anything the woken worker still had to write would land by now
+
+        assert done.status == RunStatus.SUCCESS, done.error
+        first = Run.objects.get(pk=first_id)
+        assert (first.status, first.error["error"]) == (RunStatus.ERROR, "WorkerLost")
+        stale_checkpoints = Checkpoint.objects.filter(run_id=first_id).count() - checkpoints_at_reap
+        stale_events = list(first.events.order_by("seq").values_list("seq", "event"))[len(events_at_reap):]
+        assert stale_checkpoints == 0 and stale_events == []
+        assert thread_writes == 0, f"the thread's row changed {thread_writes} times during the next run"
+        # The thread's state: the first run's steps up to the freeze, then the second run's, all
+        # written by the worker that held the run at the time.
+        state = api.get(f"/threads/{thread_id}/state").json()
+        pids = log_pids(state["values"]["log"])
+        first_steps = pids[: len(pids) - 6]
+        assert set(first_steps) == {frozen_pid} and pids[len(first_steps):] == [new_pid] * 6, pids
+        assert Thread.objects.get(pk=thread_id).status == "idle"
+        statuses = {run["run_id"]: run["status"] for run in api.get(f"/threads/{thread_id}/runs").json()}
+        assert statuses == {first_id: "error", second_id: "success"}
+
+        figure(
+            f"frozen worker, a graph run on {backend()} (SIGSTOP for {frozen_for:.1f}s, heartbeat "
+            f"timeout {HEARTBEAT_TIMEOUT:g}s): reaped (error, WorkerLost) {reaped_after:.1f}s after the "
+            f"freeze; after SIGCONT, during the thread's next run on another worker, {stale_checkpoints} "
+            f"checkpoints, {len(stale_events)} events and {thread_writes} thread updates (in {samples} "
+            f"samples) of the stale worker landed; the next run "
+            f"succeeded with its own {len(pids) - len(first_steps)} steps, nobody interrupted"
+        )
+    finally:
+        if frozen_pid is not None and process_alive(frozen_pid):
+            os.kill(frozen_pid, signal.SIGCONT)
         cluster.stop()

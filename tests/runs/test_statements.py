@@ -15,6 +15,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
+from checkpoints.sql import FenceClosed
 from runs import statements, transitions
 from runs.graphs import system_assistant_id
 from runs.models import Assistant, Run, RunEvent, RunStatus, Thread, ThreadStatus
@@ -320,17 +321,18 @@ def test_a_runs_end(owner, monkeypatch, returning: bool, start: str) -> None:
         pytest.skip("this database has no UPDATE ... RETURNING")
     monkeypatch.setattr(statements, "can_return", lambda: returning)
     run = make_run(make_thread(owner), start, on_completion="delete", heartbeat_at=timezone.now())
+    claim = transitions.RunClaim.of(run)
     now = timezone.now()
     result, error = {"messages": [{"content": "é" * 10}], "n": 2**40}, {"error": "E", "message": "m"}
 
     def written() -> tuple:
         with connection.cursor() as cursor:
             return transitions.run_end(
-                cursor, run_id=run.pk, status=RunStatus.ERROR, result=result, error=error, now=now
+                cursor, claim=claim, status=RunStatus.ERROR, result=result, error=error, now=now
             )
 
     def orm() -> tuple:
-        ended = Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+        ended = Run.objects.filter(claim.holds(), status=RunStatus.RUNNING).update(
             status=RunStatus.ERROR, result=result, error=error, ended_at=now, updated_at=now,
             heartbeat_at=None,
         )
@@ -389,3 +391,43 @@ def test_events_in_batches(owner) -> None:
 
     same(written, orm, read)
     assert len(read()) == 0  # both undone
+
+
+@pytest.mark.parametrize("claim_now", ["held", "another attempt", "ended", "gone"])
+def test_fenced_events_land_only_while_the_workers_claim_holds(owner, claim_now: str) -> None:
+    run = make_run(make_thread(owner), RunStatus.RUNNING, worker="host:1", attempts=1)
+    claim = transitions.RunClaim.of(run)
+    if claim_now == "another attempt":
+        Run.objects.filter(pk=run.pk).update(worker="host:2", attempts=2)
+    elif claim_now == "ended":
+        Run.objects.filter(pk=run.pk).update(status=RunStatus.ERROR)
+    now = timezone.now()
+    count = statements.EVENT_ROWS_PER_STATEMENT + 3  # two statements
+    events = [(run.pk, seq, "values", f'{{"n":{seq}}}', seq % 7 == 0, now) for seq in range(1, count + 1)]
+    held = Run.objects.filter(claim.holds(), status=RunStatus.RUNNING)
+    if claim_now == "gone":  # the FK would refuse the rows: a run of its own, gone, is the case
+        events = [(uuid.uuid4(), *event[1:]) for event in events]
+        claim = transitions.RunClaim(events[0][0], "host:1", 1)
+        held = Run.objects.filter(claim.holds())
+
+    def written() -> str:
+        try:
+            with connection.cursor() as cursor:
+                statements.events_insert(cursor, events, fence=claim.fence())
+        except FenceClosed:
+            return "refused"
+        return "stored"
+
+    def orm() -> str:
+        if not held.exists():
+            return "refused"
+        RunEvent.objects.bulk_create(
+            RunEvent(run_id=run_id, seq=seq, event=event, data=data, thread_only=thread_only, created_at=at)
+            for run_id, seq, event, data, thread_only, at in events
+        )
+        return "stored"
+
+    def read() -> list[dict]:
+        return [{k: v for k, v in row.items() if k != "id"} for row in rows(RunEvent)]
+
+    assert same(written, orm, read) == ("stored" if claim_now == "held" else "refused")

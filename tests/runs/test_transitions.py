@@ -36,8 +36,8 @@ def _end(status: str) -> Callable[[Run], bool]:
     def end(run: Run) -> bool:
         with transaction.atomic(), connection.cursor() as cursor:
             ended, _ = transitions.run_end(
-                cursor, run_id=run.pk, status=status, result={"done": True}, error=None,
-                now=timezone.now(),
+                cursor, claim=transitions.RunClaim.of(run), status=status, result={"done": True},
+                error=None, now=timezone.now(),
             )
         return ended
 
@@ -56,8 +56,9 @@ MOVES = [
     Move(
         "reap", (RunStatus.RUNNING,), RunStatus.ERROR,
         lambda run: transitions.run_reap(
-            run_id=run.pk, thread_id=run.thread_id, stale_before=timezone.now() - LONG_AGO / 2,
-            error={"error": "WorkerLost"}, now=timezone.now(),
+            run_id=run.pk, thread_id=run.thread_id, worker=run.worker, attempt=run.attempts,
+            stale_before=timezone.now() - LONG_AGO / 2, error={"error": "WorkerLost"},
+            now=timezone.now(),
         ),
     ),
     Move(
@@ -70,7 +71,7 @@ MOVES = [
     ),
     Move(
         "rollback running", (RunStatus.RUNNING,), DELETED,
-        lambda run: transitions.run_rollback_running(run_id=run.pk),
+        lambda run: transitions.run_rollback_running(claim=transitions.RunClaim.of(run)),
     ),
 ]
 
@@ -136,7 +137,7 @@ def test_a_run_ends_only_in_a_final_status(owner) -> None:
     run = make_run(owner, RunStatus.RUNNING)
     with pytest.raises(ValueError), connection.cursor() as cursor:
         transitions.run_end(
-            cursor, run_id=run.pk, status=RunStatus.PENDING, result=None, error=None,
-            now=timezone.now(),
+            cursor, claim=transitions.RunClaim.of(run), status=RunStatus.PENDING, result=None,
+            error=None, now=timezone.now(),
         )
     assert Run.objects.get(pk=run.pk).status == RunStatus.RUNNING
