@@ -509,5 +509,7 @@ def execute(execution_id: UUID | str) -> str:
         return "completed"
     finally:
         heartbeat.stop()
-        if execution.webhook:  # whatever ended it (this worker, a cancel, recovery), once
+        # Whatever ended it (this worker, a cancel, recovery), once; a superseded worker's job
+        # has not ended, or whoever ended it notified.
+        if execution.webhook and ctx.stop_reason != SUPERSEDED:
             execution_ended_notify(execution_id=execution.pk)
