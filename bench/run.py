@@ -597,7 +597,7 @@ def report(setup: Setup, args: argparse.Namespace, results: dict[str, Any], elap
         "",
     ]
     for row in rows:
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     if warning := busy_warning(results["load_before"]):
         lines += ["", warning]
     return "\n".join(lines)
@@ -728,7 +728,7 @@ def print_phase_report(
     rows = [("figure", "value", "target", "")] + rows
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     print(f"load average before: {load_before:.2f} on {os.cpu_count()} CPUs; after: {os.getloadavg()[0]:.2f}")
     if json_path:
         json_path.write_text(json.dumps(

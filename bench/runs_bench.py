@@ -96,7 +96,7 @@ def _breakdown(thread_id: str, answered: list[float]) -> dict[str, list[float]]:
     return {
         "pickup": [1000 * (s - c).total_seconds() for c, s, _ in rows],
         "worker": [1000 * (e - s).total_seconds() for _, s, e in rows],
-        "answer": [1000 * (a - e.timestamp()) for (_, _, e), a in zip(rows, answered)],
+        "answer": [1000 * (a - e.timestamp()) for (_, _, e), a in zip(rows, answered, strict=True)],
     }
 
 
@@ -128,7 +128,7 @@ async def _concurrent(
                 i += 1
 
         await asyncio.gather(
-            *(loop(sdk, thread["thread_id"], i) for i, (sdk, thread) in enumerate(zip(sdks, threads)))
+            *(loop(sdk, thread["thread_id"], i) for i, (sdk, thread) in enumerate(zip(sdks, threads, strict=True)))
         )
         return len(latencies), last_answer[0] - started, latencies
     finally:

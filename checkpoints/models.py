@@ -15,9 +15,10 @@ class Checkpoint(models.Model):
     # uuid6 strings from LangGraph: their text order is their creation order, which is what
     # "latest" and `before` rely on.
     checkpoint_id = models.TextField()
-    parent_checkpoint_id = models.TextField(null=True, blank=True)
+    # NULL, not "": a first checkpoint has no parent, and LangGraph's API says null.
+    parent_checkpoint_id = models.TextField(null=True, blank=True)  # noqa: DJ001
     # Copied out of metadata["run_id"] so deleting a run's checkpoints (rollback) is an index scan.
-    run_id = models.TextField(null=True, blank=True, db_index=True)
+    run_id = models.TextField(null=True, blank=True, db_index=True)  # noqa: DJ001  none: not a run's
     type = models.CharField(max_length=100, help_text="Serializer tag of `checkpoint`.")
     checkpoint = models.BinaryField()
     metadata = models.JSONField(default=dict, blank=True)

@@ -86,7 +86,7 @@ def summarize_sentences(sentences: list[str], max_sentences: int) -> list[dict[s
     if not frequencies:
         return [{"index": i, "sentence": s, "score": 0.0} for i, s in enumerate(sentences[:max_sentences])]
     top = max(frequencies.values())
-    scored = []
+    scored: list[dict[str, Any]] = []
     for index, sentence in enumerate(sentences):
         words = content_words(sentence)
         score = sum(frequencies[w] / top for w in words) / len(words) if words else 0.0

@@ -18,6 +18,7 @@ its 400 messages and ``/api/v1/targets`` its field list.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,7 +67,8 @@ class Target:
     id: str
     type: str
     description: str
-    inputs: type[serializers.Serializer] | None
+    # builtins.type: in the class body, `type` names the field above.
+    inputs: builtins.type[serializers.Serializer] | None
     agent_function: AgentFunction | None = None
     static_steps: list[Step] | None = None
     # For pipelines whose steps depend on the inputs (e.g. `countdown`).

@@ -51,7 +51,7 @@ class ProgressBar:
         self._width = width
         self._interactive = stream.isatty()
         self._last_line: str | None = None
-        self._last_key: tuple | None = None
+        self._last_key: str | tuple | None = None
         self._open_line = False
 
     def update(self, snapshot: ProgressSnapshot) -> None:

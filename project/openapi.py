@@ -17,7 +17,7 @@ from typing import Any
 from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.schemas.generators import EndpointEnumerator
 
-SECURITY = [{"ApiKeyAuth": []}, {"BearerAuth": []}]
+SECURITY: list[dict[str, list[str]]] = [{"ApiKeyAuth": []}, {"BearerAuth": []}]
 BODY_METHODS = ("post", "put", "patch")
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
 # Routes that are not the API: the admin (HTML, session login) and the schema and its viewers.
@@ -64,7 +64,10 @@ def _template(regex: str) -> str:
 
 def api_routes() -> list[Route]:
     """Every route of the API (not the admin, not the schema views), as the schema names them."""
-    routes = [Route(_template(regex), name, callback) for regex, name, callback in _walk(get_resolver().url_patterns, "", "")]
+    routes = [
+        Route(_template(regex), name, callback)
+        for regex, name, callback in _walk(get_resolver().url_patterns, "", "")
+    ]
     return [route for route in routes if not NOT_API.match(route.path)]
 
 
@@ -139,7 +142,10 @@ PLAIN_VIEW_OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
                 },
             ],
             "responses": {
-                "200": {"description": "The event stream.", "content": {"text/event-stream": {"schema": EXECUTION_EVENT}}},
+                "200": {
+                    "description": "The event stream.",
+                    "content": {"text/event-stream": {"schema": EXECUTION_EVENT}},
+                },
                 "400": _error("Last-Event-ID is not a sequence number."),
                 "404": _error("No such execution for this user."),
             },

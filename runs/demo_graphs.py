@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import operator
 from collections.abc import Iterator
+from itertools import pairwise
 from typing import Annotated, Any
 
 from langchain_core.language_models import BaseChatModel
@@ -102,7 +103,7 @@ _steps_builder = StateGraph(StepsState)
 for _index, _name in enumerate(STEP_NAMES, start=1):
     _steps_builder.add_node(_name, _step(_index, _name))
 _steps_builder.add_edge(START, STEP_NAMES[0])
-for _previous, _next in zip(STEP_NAMES, STEP_NAMES[1:]):
+for _previous, _next in pairwise(STEP_NAMES):
     _steps_builder.add_edge(_previous, _next)
 _steps_builder.add_edge(STEP_NAMES[-1], END)
 steps = _steps_builder.compile()

@@ -53,7 +53,7 @@ def test_answers_as_djangos_handler_does(api_key, settings) -> None:
     ]
     ours = requests(PooledThreadASGIHandler(), api_key, calls)
     djangos = requests(ASGIHandler(), api_key, calls)
-    for (_, path, _), mine, theirs in zip(calls, ours, djangos):
+    for (_, path, _), mine, theirs in zip(calls, ours, djangos, strict=True):
         assert (mine.status_code, mine.content) == (theirs.status_code, theirs.content), path
         assert mine.headers.get("content-type") == theirs.headers.get("content-type"), path
     assert [response.status_code for response in ours] == [200, 200, 404, 422, 413, 422, 404]

@@ -35,12 +35,15 @@ class CreateRateThrottle(ScopedRateThrottle):
         self.rate = self.get_rate()
         if self.rate is None:
             return True
-        self.num_requests, self.duration = self.parse_rate(self.rate)
+        num_requests, duration = self.parse_rate(self.rate)
+        if num_requests is None or duration is None:  # parse_rate's answer to no rate
+            return True
+        self.num_requests, self.duration = num_requests, duration
         key = self.get_cache_key(request, view)
         if key is None:
             return True
         self.now = self.timer()
-        self.slice_seconds = self.duration / SLICES
+        self.slice_seconds = duration / SLICES
         current = math.floor(self.now / self.slice_seconds)
         # The SLICES + 1 slices that overlap (now - duration, now], oldest first.
         self.slices = list(range(current - SLICES, current + 1))
@@ -49,11 +52,11 @@ class CreateRateThrottle(ScopedRateThrottle):
         try:
             count = self.cache.incr(counter)
         except ValueError:  # the slice's first request
-            self.cache.add(counter, 0, timeout=self.duration + 2 * self.slice_seconds + 5)
+            self.cache.add(counter, 0, timeout=duration + 2 * self.slice_seconds + 5)
             count = self.cache.incr(counter)
         earlier = self.cache.get_many([f"{key}:{index}" for index in self.slices[:-1]])
         self.counts = [earlier.get(f"{key}:{index}", 0) for index in self.slices[:-1]] + [count]
-        if sum(self.counts) <= self.num_requests:
+        if sum(self.counts) <= num_requests:
             return True
         # Refused requests do not use up the budget (as with DRF's throttle).
         self.counts[-1] = self.cache.decr(counter)
@@ -62,7 +65,7 @@ class CreateRateThrottle(ScopedRateThrottle):
     def wait(self) -> float:
         """Seconds until the oldest slices holding enough requests have left the window."""
         excess = sum(self.counts) + 1 - self.num_requests
-        for index, count in zip(self.slices, self.counts):
+        for index, count in zip(self.slices, self.counts, strict=True):
             excess -= count
             if excess <= 0:
                 leaves_at = (index + SLICES + 1) * self.slice_seconds

@@ -1,7 +1,7 @@
 """Database reads from long-lived async views (streams)."""
 
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
@@ -10,7 +10,7 @@ from django.db import connections
 T = TypeVar("T")
 
 
-def in_executor(function: Callable[..., T], *, executor: Executor | None = None) -> Callable[..., Any]:
+def in_executor(function: Callable[..., T], *, executor: ThreadPoolExecutor | None = None) -> Callable[..., Any]:
     """``function`` as a coroutine run in a shared executor (the loop's default unless
     ``executor`` is given), closing its connection after.
 

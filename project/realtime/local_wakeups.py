@@ -317,7 +317,7 @@ class Listener:
 
     def drain(self, limit: int = 1024) -> list[bytes]:
         """The datagrams queued so far (at most ``limit``), without waiting."""
-        received = []
+        received: list[bytes] = []
         while len(received) < limit:
             try:
                 received.append(self._sock.recv(MAX_PAYLOAD_BYTES))

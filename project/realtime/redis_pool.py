@@ -27,8 +27,10 @@ class SharedConnectionPool(redis.ConnectionPool):
     """``CACHES[...]["OPTIONS"]["pool_class"]``: Django's ``RedisCache`` makes a new client, and so
     a new pool, for each thread; this hands every one of them the process's pool for the URL."""
 
+    # Not an instance of this class: the process's shared pool, whatever class that is. Django's
+    # RedisCache only calls from_url and uses what it gets as a pool.
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> redis.ConnectionPool:
+    def from_url(cls, url: str, **kwargs: Any) -> redis.ConnectionPool:  # type: ignore[override]
         key = (os.getpid(), url, tuple(sorted((name, repr(value)) for name, value in kwargs.items())))
         pool = _pools.get(key)
         if pool is None:

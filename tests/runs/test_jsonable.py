@@ -23,7 +23,7 @@ class Colour(enum.Enum):
     PAIR = (1, 2)
 
 
-class Level(str, enum.Enum):
+class Level(str, enum.Enum):  # noqa: UP042  a str mixin (not StrEnum) is the case here
     HIGH = "high"
 
 
@@ -51,7 +51,7 @@ VALUES = [
     (1, (2, 3)),
     {"set": {1}, "frozen": frozenset(["a"])},
     OrderedDict(b=1, a=2),
-    {"when": datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.timezone.utc), "day": datetime.date(2024, 5, 1)},
+    {"when": datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.UTC), "day": datetime.date(2024, 5, 1)},
     {"time": datetime.time(12, 30)},
     {"id": uuid.UUID("12345678-1234-5678-1234-567812345678")},
     {"colour": Colour.RED, "pair": Colour.PAIR, "level": Level.HIGH},

@@ -279,6 +279,8 @@ def test_without_returning_the_worker_reads_back_what_it_needs(alice, thread, mo
     assert [m["content"] for m in stored.values["messages"]] == ["one", "echo: one", "two", "echo: two"]
     assert stored.status == ThreadStatus.IDLE
 
-    stateless = services.run_create(owner=alice, body={"assistant_id": "echo", **echo_input("x")}, on_completion="delete")
+    stateless = services.run_create(
+        owner=alice, body={"assistant_id": "echo", **echo_input("x")}, on_completion="delete"
+    )
     assert tasks.run_execute(str(stateless.pk)) == RunStatus.SUCCESS
     assert not Thread.objects.filter(pk=stateless.thread_id).exists()

@@ -19,5 +19,6 @@ class Command(BaseCommand):
         user.set_password(password)
         user.save()
         _, raw_key = api_key_create(user=user, name="demo")
-        self.stdout.write(f"Admin login:  {username} / {password}  (http://127.0.0.1:{os.environ.get('PORT', '8000')}/admin/)")
+        port = os.environ.get("PORT", "8000")
+        self.stdout.write(f"Admin login:  {username} / {password}  (http://127.0.0.1:{port}/admin/)")
         self.stdout.write(f"API key:      {raw_key}")
