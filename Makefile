@@ -27,8 +27,11 @@ run: migrate
 
 ## test: the default test suite (no external services needed)
 # A per-test cap turns a hang into one failed test with its stack, instead of a stuck CI run.
+# pytest-xdist: one worker per CPU, at most 4 (each starts servers and clusters of its own);
+# a test file stays on one worker, so a module's live server starts once. TEST_WORKERS=0: serial.
+TEST_WORKERS ?= auto
 test: install
-	$(BIN)/python -m pytest -m "not slow" --timeout 300 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" --timeout 300 -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile $(PYTEST_ARGS)
 
 ## test-slow: fault and load tests (real processes killed, many jobs)
 test-slow: install

@@ -2,21 +2,81 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.db import connection
+from django.test import override_settings
 from rest_framework.test import APIClient
 
 from accounts.models import api_key_create
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- xdist: what each worker needs of its own ------------------------------------------------------
+
+
+def worker_environment(worker_id: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables that keep one xdist worker (and the servers and clusters it starts) apart
+    from the others. pytest-django already gives each its own test database.
+
+    - ``DATA_DIR``: the SQLite test database, the local wake-up sockets (a wake-up sent to
+      another worker's sockets is wasted work) and the secret key.
+    - ``Q_CLUSTER_NAME``: on Redis the broker's queue is named by it; two workers' clusters on
+      one name take each other's tasks, whose rows are in the other worker's database.
+    - ``REDIS_URL``'s database: the cache holds counters keyed by user id (create throttle, open
+      streams), and every worker's test database numbers its users from 1.
+    """
+    number = int(worker_id.removeprefix("gw"))
+    data_dir = Path(environ.get("DATA_DIR") or ROOT / "var") / f"xdist-{worker_id}"
+    env = {
+        "DATA_DIR": str(data_dir),
+        "Q_CLUSTER_NAME": f"{environ.get('Q_CLUSTER_NAME') or 'agentjobs'}-{worker_id}",
+    }
+    if environ.get("LOCAL_WAKEUPS_DIR"):  # empty turns them off: keep that
+        env["LOCAL_WAKEUPS_DIR"] = str(Path(environ["LOCAL_WAKEUPS_DIR"]) / f"xdist-{worker_id}")
+    if environ.get("REDIS_URL"):
+        url = urlsplit(environ["REDIS_URL"])
+        database = int(url.path.strip("/") or 0) + number
+        if database > 15:
+            raise pytest.UsageError(
+                f"xdist worker {worker_id} needs Redis database {database}: Redis has 16 "
+                "(0-15) unless configured otherwise; run fewer workers (-n) or start from a "
+                "lower database in REDIS_URL"
+            )
+        env["REDIS_URL"] = urlunsplit(url._replace(path=f"/{database}"))
+    return env
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_setupnodes(config: pytest.Config, specs: list) -> None:
+    # execnet sets a spec's env in the worker before pytest starts there, so settings (read once,
+    # when pytest-django sets Django up, before any conftest hook of the worker runs) and every
+    # process the worker starts see them.
+    for spec in specs:
+        spec.env.update(worker_environment(spec.id, os.environ))
+
+
+class FewRoundsPBKDF2PasswordHasher(PBKDF2PasswordHasher):
+    """Django's hasher with 1,000 rounds instead of a million: hashing a test user's password
+    took 0.3 s, paid by every test that makes a user (Django's advice for test suites). Its hashes
+    are ordinary ``pbkdf2_sha256`` ones, so a server started by a test logs such a user in."""
+
+    iterations = 1000
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    override_settings(PASSWORD_HASHERS=[f"{__name__}.FewRoundsPBKDF2PasswordHasher"]).enable()
 
 
 @pytest.fixture
@@ -105,13 +165,14 @@ class Cluster:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def stop(self) -> None:
+    def stop(self, *, grace: float = 20) -> None:
+        """SIGTERM, and after ``grace`` seconds SIGKILL: a worker finishes its task first."""
         if self.process.poll() is None:
             # Only the cluster's main process: it stops its workers itself; signalling the whole
             # group at once makes the sentinel wait on workers that are already gone.
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=20)
+                self.process.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 pass
         try:
@@ -142,6 +203,23 @@ def wait_for(predicate: Callable[[], object], *, timeout: float = 20.0, interval
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {message or predicate}")
         time.sleep(interval)
+
+
+def streams_watching() -> int:
+    """How many event-hub watchers this process has open: a stream view registers one before its
+    first database read, so once this is non-zero the stream follows what comes next."""
+    from project.realtime import event_hub
+
+    return sum(hub.open_watchers for hub in list(event_hub._hubs.values()))
+
+
+async def until(predicate: Callable[[], object], *, timeout: float = 10.0, message: str = "") -> None:
+    """``wait_for`` inside an event loop: polls without blocking the loop's other tasks."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message or predicate}")
+        await asyncio.sleep(0.01)
 
 
 # --- figures ------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from django.db import connection, connections
 
 from project.db.async_db import in_executor
 from project.realtime import event_hub
+from tests.conftest import until
 
 
 @pytest.mark.skipif(not settings.REDIS_URL, reason="needs REDIS_URL (runs in CI's PostgreSQL + Redis pass)")
@@ -27,8 +28,9 @@ def test_a_reader_that_comes_after_the_last_one_left_is_still_woken_through_redi
         # Nobody watches: the Redis listener stops within its 1 s read, the poller within 2 s.
         await asyncio.sleep(1.3)
         async with event_hub.watch("hubtest:second") as second:
+            # The listener wakes every reader once it has subscribed: from then on it hears all.
+            assert await second.wait(5)
             second.arm()
-            await asyncio.sleep(0.3)  # let the listener subscribe
             started = time.monotonic()
             await sync_to_async(event_hub.publish)("hubtest:second")
             # Only Redis can wake it: no database probe is registered for this kind, and the
@@ -46,7 +48,8 @@ def test_one_publish_through_redis_wakes_the_readers_of_each_channel_it_names():
             event_hub.watch("hubtest:run") as run, event_hub.watch("hubtest:thread") as thread,
             event_hub.watch("hubtest:other") as other,
         ):
-            await asyncio.sleep(0.3)  # let the listener subscribe (which wakes every reader)
+            # The listener wakes every reader once it has subscribed: from then on it hears all.
+            assert all([await watcher.wait(5) for watcher in (run, thread, other)])
             for watcher in (run, thread, other):
                 watcher.arm()
             await sync_to_async(event_hub.publish)("hubtest:run", "hubtest:thread")
@@ -130,7 +133,7 @@ def test_the_hub_stops_when_the_last_watcher_leaves_and_a_later_one_starts_it_ag
 
         async with event_hub.watch("hubprobe:later") as later:
             assert current.running
-            await asyncio.sleep(current._poll_interval + 0.5)  # the first poll sees version 1
+            await until(lambda: current._versions.get("hubprobe:later") == 1, message="the first poll")
             later.arm()
             versions["later"] = 2
             # Only the restarted poller can wake it (nothing publishes on Redis here).
@@ -200,7 +203,7 @@ def test_wake_ups_do_not_wait_behind_slow_stream_reads(problems, settings):
 
     async def scenario() -> None:
         async with event_hub.watch("hubbusy:x") as watcher:
-            await asyncio.sleep(0.5)  # the first poll has seen version 1
+            await until(lambda: event_hub.hub()._versions.get("hubbusy:x") == 1, message="the first poll")
             slow_reads = [in_executor(release.wait)(10) for _ in range(40)]  # more than its threads
             blocked = asyncio.gather(*slow_reads)
             try:

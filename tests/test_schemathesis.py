@@ -127,7 +127,11 @@ def _seed(base_url: str, identity: Identity) -> None:
     thread_id = thread["thread_id"]
     call(
         "POST", f"/threads/{thread_id}/runs/wait",
-        json={"assistant_id": assistant["assistant_id"], "input": {"messages": [{"role": "user", "content": identity.marker}]}, "metadata": meta},
+        json={
+            "assistant_id": assistant["assistant_id"],
+            "input": {"messages": [{"role": "user", "content": identity.marker}]},
+            "metadata": meta,
+        },
     )
     run = call("GET", f"/threads/{thread_id}/runs")[0]
     state = call("GET", f"/threads/{thread_id}/state")
@@ -353,6 +357,9 @@ def _check(tally: Tally, server: Server, minimum: int) -> None:
     assert not tally.failures, report
 
 
+# The quick form, for a change to the API: `pytest tests/test_schemathesis.py -m slow -k "not 5000"`.
+# In the slow suite beside the long one: ~20 s of fuzz the default suite should not wait for.
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_every_operation_as_two_users(stack, make_user) -> None:
     tally = fuzz_all(stack=stack, make_user=make_user, total_cases=FAST_CASES, derandomize=True)

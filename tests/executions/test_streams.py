@@ -12,6 +12,7 @@ from django.test import AsyncClient
 from executions import runtime, services, streams
 from executions.models import Execution
 from executions.registry import agent, registry
+from tests.conftest import streams_watching, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -94,7 +95,8 @@ def test_live_progress_arrives_while_the_worker_runs(alice, api):
     )
 
     def work() -> None:
-        time.sleep(0.3)  # let the reader subscribe first: it must follow, not replay
+        # The reader must follow the run, not replay it.
+        wait_for(streams_watching, timeout=10, message="the reader's stream to start")
         runtime.execute(execution.pk)
         connection.close()
 

@@ -30,29 +30,47 @@ class Server:
     """`uvicorn project.asgi:application` on a free port, on the test database."""
 
     def __init__(self, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = ROOT / "var" / f"uvicorn-{os.getpid()}-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1",
-             "--port", str(self.port), "--no-access-log"],
-            cwd=ROOT,
-            env=subprocess_env(**env),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # A free port is free when we ask, not necessarily when uvicorn binds it a second later:
+        # another test process (an xdist sibling) may have taken it. Then try another.
+        for _ in range(5):
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1",
+                 "--port", str(self.port), "--no-access-log"],
+                cwd=ROOT,
+                env=subprocess_env(**env),
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            if self._wait_until_serving():
+                return
+        raise RuntimeError(f"server did not start:\n{self.log()}")
+
+    def _wait_until_serving(self) -> bool:
+        """True once this process serves; False when another process held the port."""
+        log_start = len(self.log())
         deadline = time.monotonic() + 30
         while True:
-            try:
-                if httpx.get(f"{self.url}/ok", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
+            log = self.log()[log_start:]
+            # uvicorn says so once the port is bound: an /ok before that could be answered by
+            # whichever server holds the port.
+            if "Uvicorn running on" in log:
+                try:
+                    if httpx.get(f"{self.url}/ok", timeout=1).status_code == 200:
+                        return True
+                except httpx.TransportError:
+                    pass
+            if self.process.poll() is not None:
+                if "address already in use" in log.lower():
+                    return False
                 raise RuntimeError(f"server did not start:\n{self.log()}")
-            time.sleep(0.1)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{self.log()}")
+            time.sleep(0.05)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -18,6 +18,9 @@ CREATES_PER_PROCESS = 50
 THREADS_PER_PROCESS = 8
 
 
+# Slow: four processes making 200 creates take ~10 s. The default suite keeps the rule itself
+# (test_sdk_live.py::test_multitask_reject_and_enqueue).
+@pytest.mark.slow
 @pytest.mark.live
 def test_concurrent_reject_creates_accept_exactly_one(transactional_db, alice) -> None:
     thread = thread_create(owner=alice)

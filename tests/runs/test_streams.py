@@ -24,6 +24,7 @@ from runs.streams import (
     parse_stream_mode_filter,
     parse_thread_stream_modes,
 )
+from tests.conftest import streams_watching, until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -409,7 +410,7 @@ def test_stream_ends_when_the_run_is_deleted(api, alice) -> None:
 
     async def scenario() -> bytes:
         async def delete_soon() -> None:
-            await asyncio.sleep(0.3)
+            await until(streams_watching, message="the stream to start")
             await sync_to_async(services.thread_delete)(thread=thread)
 
         deleter = asyncio.ensure_future(delete_soon())
@@ -431,7 +432,7 @@ def test_thread_stream_of_a_thread_without_runs_ends_when_it_is_deleted(api, ali
 
     async def scenario() -> bytes:
         async def delete_soon() -> None:
-            await asyncio.sleep(0.3)
+            await until(streams_watching, message="the stream to start")
             await sync_to_async(services.thread_delete)(thread=thread)
 
         deleter = asyncio.ensure_future(delete_soon())

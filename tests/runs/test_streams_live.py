@@ -217,8 +217,12 @@ def test_thread_join_stream_carries_every_run_with_ids_and_run_done(live, client
     seen: list = []
     done = threading.Event()
 
+    opened = threading.Event()
+
     def follow() -> None:
         reader = get_sync_client(url=live.url, api_key=live.api_key)
+        # The server fixes where "now" is before it answers: with the headers, the stream is live.
+        reader.http.client.event_hooks["response"].append(lambda response: opened.set())
         stream = reader.threads.join_stream(thread_id)
         for part in stream:
             seen.append(part)
@@ -229,7 +233,7 @@ def test_thread_join_stream_carries_every_run_with_ids_and_run_done(live, client
 
     follower = threading.Thread(target=follow, daemon=True)
     follower.start()
-    time.sleep(0.5)  # the thread stream is live from the moment it opens
+    assert opened.wait(10)
     first = client.runs.wait(thread_id, "echo", input=echo_input("one"))
     assert first["messages"][-1]["content"] == "echo: one"
     second = client.runs.create(thread_id, "echo", input=echo_input("two"))
