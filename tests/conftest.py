@@ -77,6 +77,28 @@ class FewRoundsPBKDF2PasswordHasher(PBKDF2PasswordHasher):
 
 def pytest_configure(config: pytest.Config) -> None:
     override_settings(PASSWORD_HASHERS=[f"{__name__}.FewRoundsPBKDF2PasswordHasher"]).enable()
+    _flush_retries_a_deadlock()
+
+
+def _flush_retries_a_deadlock() -> None:
+    """After a transactional test the database is flushed (TRUNCATE) while the servers and
+    clusters the test started may still be writing (a webhook's retry, a run's last events). On
+    PostgreSQL the two can deadlock; it aborts one of them, and the flush is simply tried again."""
+    from django.db import OperationalError
+    from django.db.backends.base.operations import BaseDatabaseOperations
+
+    flush = BaseDatabaseOperations.execute_sql_flush
+
+    def execute_sql_flush(self: BaseDatabaseOperations, sql_list: list[str]) -> None:
+        for attempt in range(1, 6):
+            try:
+                return flush(self, sql_list)
+            except OperationalError as exc:
+                if "deadlock detected" not in str(exc) or attempt == 5:
+                    raise
+                time.sleep(0.1 * attempt)
+
+    BaseDatabaseOperations.execute_sql_flush = execute_sql_flush  # type: ignore[method-assign]
 
 
 @pytest.fixture
