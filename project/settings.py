@@ -80,6 +80,7 @@ INSTALLED_APPS = [
     "django_q",
     "accounts",
     "checkpoints",
+    "store",
     "executions",
     "runs",
     "webhooks",

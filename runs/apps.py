@@ -68,6 +68,8 @@ class RunsConfig(AppConfig):
 
         from executions.recovery import register_sweep
         from runs.recovery import sweep
+        from store.services import store_items_sweep_expired
 
         post_spawn.connect(system_assistants_at_start, dispatch_uid="runs-system-assistants-at-spawn")
         register_sweep(sweep)
+        register_sweep(store_items_sweep_expired)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     # not because it imported this module (every command and the admin do, for graph_ids).
     from langgraph.checkpoint.base import BaseCheckpointSaver
     from langgraph.pregel import Pregel
+    from langgraph.store.base import BaseStore
 
 # The real server derives system assistant ids from this namespace; clients may hard-code them.
 SYSTEM_ASSISTANT_NAMESPACE = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
@@ -152,6 +153,7 @@ _load_lock = threading.Lock()
 def _load(graph_id: str, spec: str) -> Pregel:
     from langgraph.graph import StateGraph
     from langgraph.pregel import Pregel
+    from langgraph.store.base import BaseStore
 
     with _load_lock:
         value = _import_attr(spec)
@@ -168,15 +170,20 @@ def _load(graph_id: str, spec: str) -> Pregel:
     return value
 
 
-def graph_get(graph_id: str, *, checkpointer: BaseCheckpointSaver | None = None) -> Pregel:
-    """The compiled graph ``graph_id``, bound to ``checkpointer`` when given."""
+def graph_get(
+    graph_id: str, *, checkpointer: BaseCheckpointSaver | None = None, store: BaseStore | None = None
+) -> Pregel:
+    """The compiled graph ``graph_id``, bound to ``checkpointer`` and ``store`` when given."""
     specs = graph_specs()
     if graph_id not in specs:
         raise GraphNotFound(graph_id)
     graph = _load(graph_id, specs[graph_id])
+    bound: dict[str, Any] = {}
     if checkpointer is not None:
-        graph = graph.copy(update={"checkpointer": checkpointer})
-    return graph
+        bound["checkpointer"] = checkpointer
+    if store is not None:
+        bound["store"] = store
+    return graph.copy(update=bound) if bound else graph
 
 
 @cache

@@ -73,6 +73,12 @@ STATUSES: dict[str, tuple[int, ...]] = {
     "post /runs/stream": (200, 400, 404, 409, 422, 429),
     "post /runs/batch": (200, 400, 404, 409, 422, 429),
     "post /runs/cancel": (204, 404, 422),
+    # The store: a missing item is a 200 with null, never a 404; nothing answers the spec's 400.
+    "put /store/items": (204, 422),
+    "get /store/items": (200, 422),
+    "delete /store/items": (204, 422),
+    "post /store/items/search": (200, 422),
+    "post /store/namespaces": (200, 422),
 }
 
 _ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
@@ -241,6 +247,18 @@ def _fix_components(schemas: dict[str, Any]) -> dict[str, Any]:
     version["required"] = [name for name in version["required"] if name != "updated_at"]
     version["properties"].pop("updated_at")
     schemas["AssistantVersion"] = version
+    # The real server answers the namespaces in an object, not the bare array its spec shows.
+    schemas["ListNamespaceResponse"] = {
+        "type": "object",
+        "required": ["namespaces"],
+        "properties": {"namespaces": copy.deepcopy(schemas["ListNamespaceResponse"])},
+    }
+    # Search items carry the relevance score, null without a query.
+    search_item = copy.deepcopy(schemas["Item"])
+    search_item["title"] = "SearchItem"
+    search_item["properties"]["score"] = {"type": ["number", "null"]}
+    schemas["SearchItem"] = search_item
+    schemas["SearchItemsResponse"]["properties"]["items"]["items"] = {"$ref": "#/components/schemas/SearchItem"}
     for name in SELECTABLE.values():
         selected = copy.deepcopy(schemas[name])
         selected.pop("required", None)
@@ -282,6 +300,10 @@ def _operation(route: Route, method: str, spec_op: dict[str, Any]) -> dict[str, 
         operation["responses"]["200"]["content"]["application/json"]["schema"] = {
             "type": "array", "items": {"$ref": "#/components/schemas/AssistantVersion"},
         }
+    if key == "get /store/items":
+        # A missing item is null, as on the real server.
+        content = operation["responses"]["200"]["content"]["application/json"]
+        content["schema"] = _allow_null(content["schema"])
     operation["security"] = [] if _is_public(route) else copy.deepcopy(SECURITY)
     return operation
 

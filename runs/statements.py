@@ -40,7 +40,7 @@ EVENT_ROWS_PER_STATEMENT = 500
 
 # The fields a claimed run is loaded with (RETURNING of the claim), in the model's field order;
 # every other field is deferred (read from the database if something asks for it).
-CLAIMED_FIELDS = ("run_id", "thread", "assistant", "kwargs", "attempts", "on_completion")
+CLAIMED_FIELDS = ("run_id", "thread", "assistant", "owner", "kwargs", "attempts", "on_completion")
 
 # (run_id, seq, event, data, thread_only, created_at) of a RunEvent.
 EventRow = tuple[Any, int, str, str, bool, datetime]
@@ -264,11 +264,12 @@ def claim_sql(vendor: str, returning: bool) -> str:
 def claimed_run(row: Sequence[Any]) -> Run:
     """The Run of a claim's RETURNING row: the fields a worker uses, the rest deferred, and its
     assistant's graph id."""
-    run_id, thread_id, assistant_id, kwargs, attempts, on_completion, graph_id = row
+    run_id, thread_id, assistant_id, owner_id, kwargs, attempts, on_completion, graph_id = row
     values = {
         "run_id": as_uuid(run_id),
         "thread_id": as_uuid(thread_id),
         "assistant_id": as_uuid(assistant_id),
+        "owner_id": owner_id,
         "kwargs": from_db(Run, "kwargs", kwargs),
         "attempts": attempts,
         "on_completion": on_completion,

@@ -533,7 +533,13 @@ class RunDriver:
     async def _drive(self) -> Outcome:
         saver = self.saver
         try:
-            graph = graph_get(self.run.assistant.graph_id, checkpointer=saver)
+            # The owner's store, as the real server gives every run its store (imported here:
+            # langgraph is slow to import, and only a worker running a graph needs it).
+            from store.backend import DjangoStore
+
+            graph = graph_get(
+                self.run.assistant.graph_id, checkpointer=saver, store=DjangoStore(owner_id=self.run.owner_id)
+            )
         except (GraphNotFound, GraphLoadError) as exc:
             error = {"error": type(exc).__name__, "message": f"Graph not available: {exc}"}
             return Outcome(RunStatus.ERROR, result={"__error__": error}, error=error)

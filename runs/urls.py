@@ -8,7 +8,7 @@ malformed one gets the real server's 422, not a 404. No trailing slash, as on th
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from runs import streams, views
+from runs import store_views, streams, views
 
 app_name = "runs"
 
@@ -20,6 +20,7 @@ router.register(
     f"threads/(?P<thread_id>{views.ID_PATTERN})/runs", views.ThreadRunViewSet, basename="thread-run"
 )
 router.register("runs", views.StatelessRunViewSet, basename="run")
+router.register("store", store_views.StoreViewSet, basename="store")
 
 urlpatterns = [
     path("threads/<str:thread_id>/stream", streams.thread_stream, name="thread-stream"),

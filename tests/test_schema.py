@@ -274,6 +274,12 @@ RECIPES: dict[str, Recipe] = {
     "429 GET /threads/{thread_id}/runs/{run_id}/stream": lambda c: _streams_full(c, "/threads/{thread}/runs/{run}/stream"),
     "204 POST /runs/cancel": lambda c: c.call("POST", "/runs/cancel", json={"status": "pending"}),
     "404 POST /runs/cancel": lambda c: c.call("POST", "/runs/cancel", json={"thread_id": RANDOM, "run_ids": [RANDOM]}),
+    # store
+    "204 PUT /store/items": lambda c: c.call("PUT", "/store/items", json={"namespace": ["recipes"], "key": "k", "value": {"a": 1}}),
+    "200 GET /store/items": lambda c: c.call("GET", "/store/items?namespace=recipes&key=k"),
+    "204 DELETE /store/items": lambda c: c.call("DELETE", "/store/items", json={"namespace": ["recipes"], "key": "k"}),
+    "200 POST /store/items/search": lambda c: c.call("POST", "/store/items/search", json={"namespace_prefix": ["recipes"], "filter": {"a": {"$gte": 1}}}),
+    "200 POST /store/namespaces": lambda c: c.call("POST", "/store/namespaces", json={"prefix": ["recipes"], "max_depth": 1}),
     # executions
     "200 GET /api/v1/executions": lambda c: c.call("GET", "/api/v1/executions?ordering=-created_at"),
     "400 GET /api/v1/executions": lambda c: c.call("GET", "/api/v1/executions?page_size=1000"),
