@@ -8,7 +8,7 @@ namespaces come as ``{"namespaces": [...]}``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.http import HttpResponse
 from rest_framework import status
@@ -71,6 +71,10 @@ def _check_index(index: Any) -> None:
 
 
 class StoreViewSet(LangGraphViewSet):
+    def _owner_id(self) -> int:
+        # Only authenticated users get past the API's permission: a saved user, with a pk.
+        return cast(int, self.request.user.pk)
+
     def _object_body(self) -> dict[str, Any]:
         body = self.body()
         if not isinstance(body, dict):
@@ -85,7 +89,7 @@ class StoreViewSet(LangGraphViewSet):
             raise Unprocessable(str(exc)) from None
 
     def _items(self, request: Request) -> HttpResponse:
-        owner_id = request.user.pk
+        owner_id = self._owner_id()
         if request.method == "GET":
             key = request.query_params.get("key")
             if not key:
@@ -117,7 +121,7 @@ class StoreViewSet(LangGraphViewSet):
         body = self._object_body()
         try:
             found = services.store_items_search(
-                owner_id=request.user.pk,
+                owner_id=self._owner_id(),
                 namespace_prefix=body.get("namespace_prefix") or [],
                 filter=body.get("filter"),
                 limit=body.get("limit", 10),
@@ -134,7 +138,7 @@ class StoreViewSet(LangGraphViewSet):
         body = self._object_body()
         try:
             found = services.store_namespaces_list(
-                owner_id=request.user.pk,
+                owner_id=self._owner_id(),
                 prefix=body.get("prefix"),
                 suffix=body.get("suffix"),
                 max_depth=body.get("max_depth"),

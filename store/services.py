@@ -164,7 +164,7 @@ def store_items_search(
     *,
     owner_id: int,
     namespace_prefix: Any = (),
-    filter: Any = None,  # noqa: A002  the API's and BaseStore's name
+    filter: Any = None,
     limit: Any = 10,
     offset: Any = 0,
     query: str | None = None,

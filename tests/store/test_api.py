@@ -25,7 +25,8 @@ def test_put_get_search_namespaces_delete(api) -> None:
     body = response.json()
     assert set(body) == ITEM_KEYS and body["namespace"] == ["users", "1"] and body["value"]["theme"] == "dark"
 
-    found = api.post("/store/items/search", {"namespace_prefix": ["users"], "filter": {"size": {"$gt": 3}}}, format="json").json()
+    search = {"namespace_prefix": ["users"], "filter": {"size": {"$gt": 3}}}
+    found = api.post("/store/items/search", search, format="json").json()
     assert [(i["namespace"], i["score"]) for i in found["items"]] == [(["users", "2"], None)]
     assert set(found["items"][0]) == ITEM_KEYS | {"score"}
 
@@ -101,7 +102,9 @@ def test_anonymous_is_refused(client) -> None:
     assert client.post("/store/items/search", {}, content_type="application/json").status_code == 401
 
 
-def test_store_browser_shows_every_users_items_to_staff(api, bob_api, make_user, client, django_assert_max_num_queries) -> None:
+def test_store_browser_shows_every_users_items_to_staff(
+    api, bob_api, make_user, client, django_assert_max_num_queries
+) -> None:
     _put(api, ["memories", "alice"], "fact", {"likes": "tea"})
     _put(bob_api, ["memories", "bob"], "fact", {"likes": "coffee"})
     _put(bob_api, ["notes"], "n1", {"text": "hi"})

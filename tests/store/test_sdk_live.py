@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 from langgraph_sdk import get_client, get_sync_client
 from langgraph_sdk.errors import UnprocessableEntityError
 
-from tests.conftest import Cluster
+from store.models import StoreItem
+from tests.conftest import Cluster, wait_for
 from tests.runs.conftest import LiveStack, Server
 
 pytestmark = pytest.mark.live
@@ -22,7 +25,8 @@ GRAPHS_CONFIG = Path(__file__).resolve().parent / "langgraph.json"
 @pytest.fixture(scope="module")
 def store_stack(django_db_setup) -> Iterator[tuple[Server, Cluster]]:
     server = Server(LANGGRAPH_CONFIG=str(GRAPHS_CONFIG))
-    cluster = Cluster(workers=2, LANGGRAPH_CONFIG=str(GRAPHS_CONFIG))
+    # A quick sweeper, so the TTL test sees the cluster delete expired items within a second.
+    cluster = Cluster(workers=2, LANGGRAPH_CONFIG=str(GRAPHS_CONFIG), EXECUTIONS_SWEEP_INTERVAL="0.3")
     try:
         yield server, cluster
     finally:
@@ -105,3 +109,16 @@ def test_a_graph_remembers_a_fact_across_threads(live: LiveStack) -> None:
     assert [i["value"]["fact"] for i in client.store.search_items(["memories"], limit=10)["items"]] == [
         "likes tea", "put through the API",
     ]
+
+
+def test_the_cluster_sweeps_expired_items(live: LiveStack) -> None:
+    client = get_sync_client(url=live.url, api_key=live.api_key)
+    client.store.put_item(["t"], "short", {"v": 1}, ttl=1)
+    client.store.put_item(["t"], "long", {"v": 2}, ttl=60)
+    client.store.put_item(["t"], "forever", {"v": 3})
+    assert StoreItem.objects.count() == 3
+    # A minute is long for a test: the item's expiry is moved into the past instead.
+    StoreItem.objects.filter(key="short").update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert client.store.get_item(["t"], "short") is None  # gone for readers at once
+    wait_for(lambda: not StoreItem.objects.filter(key="short").exists(), timeout=15, message="no sweep")
+    assert sorted(i["key"] for i in client.store.search_items(["t"])["items"]) == ["forever", "long"]
