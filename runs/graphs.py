@@ -153,7 +153,6 @@ _load_lock = threading.Lock()
 def _load(graph_id: str, spec: str) -> Pregel:
     from langgraph.graph import StateGraph
     from langgraph.pregel import Pregel
-    from langgraph.store.base import BaseStore
 
     with _load_lock:
         value = _import_attr(spec)
