@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from langgraph.pregel import Pregel
     from langgraph.store.base import BaseStore
 
+    from store.index import StoreIndex
+
 # The real server derives system assistant ids from this namespace; clients may hard-code them.
 SYSTEM_ASSISTANT_NAMESPACE = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
 
@@ -110,6 +112,34 @@ def _parse_webhook_url_config(path: str, signature: tuple[int, int, int]) -> dic
         return {}
     url = (data.get("webhooks") or {}).get("url") if isinstance(data, dict) else None
     return dict(url) if isinstance(url, dict) else {}
+
+
+def store_index() -> StoreIndex | None:
+    """The store's semantic index from the file's ``store.index``, None without one. A broken
+    configuration raises ``InvalidIndexConfig``, naming the problem."""
+    path = os.environ.get("LANGGRAPH_CONFIG") or getattr(settings, "RUNS_LANGGRAPH_CONFIG", "")
+    if not path:
+        return None
+    config_path = os.path.expanduser(path)
+    try:
+        stat = os.stat(config_path)
+    except OSError:
+        return None
+    return _parse_store_index(config_path, (stat.st_mtime_ns, stat.st_size, stat.st_ino))
+
+
+@lru_cache(maxsize=8)
+def _parse_store_index(path: str, signature: tuple[int, int, int]) -> StoreIndex | None:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    config = (data.get("store") or {}).get("index") if isinstance(data, dict) else None
+    if config is None:
+        return None
+    from store.index import store_index_from_config
+
+    return store_index_from_config(config, base_dir=Path(os.path.realpath(path)).parent)
 
 
 def graph_specs() -> dict[str, str]:

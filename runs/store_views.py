@@ -17,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from runs.errors import Unprocessable
+from runs.graphs import store_index
 from runs.serializers import iso
 from runs.views import LangGraphViewSet
 from store import services
@@ -61,15 +62,6 @@ def _optional_bool(body: dict[str, Any], name: str) -> bool | None:
     return value
 
 
-def _check_index(index: Any) -> None:
-    # Without a store index there is nothing to index; a well-formed value is accepted as the
-    # real server accepts it, a malformed one is refused.
-    if index is None or index is False:
-        return
-    if not isinstance(index, list) or not all(isinstance(path, str) for path in index):
-        raise Unprocessable("Invalid index: must be false, null or a list of field paths")
-
-
 class StoreViewSet(LangGraphViewSet):
     def _owner_id(self) -> int:
         # Only authenticated users get past the API's permission: a saved user, with a pk.
@@ -107,10 +99,10 @@ class StoreViewSet(LangGraphViewSet):
             if field not in body:
                 raise Unprocessable(f"Missing field: {field}")
         if request.method == "PUT":
-            _check_index(body.get("index"))
             services.store_item_put(
                 owner_id=owner_id, namespace=body.get("namespace", []), key=body["key"],
-                value=body["value"], ttl=body.get("ttl"),
+                value=body["value"], ttl=body.get("ttl"), index_fields=body.get("index"),
+                index=store_index(),
             )
         else:
             services.store_item_delete(owner_id=owner_id, namespace=body.get("namespace") or [], key=body["key"])
@@ -128,10 +120,11 @@ class StoreViewSet(LangGraphViewSet):
                 offset=body.get("offset", 0),
                 query=body.get("query"),
                 refresh_ttl=_optional_bool(body, "refresh_ttl"),
+                index=store_index(),
             )
         except services.InvalidStoreInput as exc:
             raise Unprocessable(str(exc)) from None
-        return Response({"items": [{**_item_json(item), "score": None} for item in found]})
+        return Response({"items": [{**_item_json(item), "score": item.score} for item in found]})
 
     @action(detail=False, methods=["post"], url_path="namespaces")
     def namespaces(self, request: Request) -> Response:

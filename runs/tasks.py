@@ -42,7 +42,7 @@ from checkpoints.sql import Fence, FenceClosed
 from project.realtime.sse import encode_data
 from runs import dispatch, statements, transitions
 from runs.completion import run_ended_notify
-from runs.graphs import GraphLoadError, GraphNotFound, checkpointer, graph_get
+from runs.graphs import GraphLoadError, GraphNotFound, checkpointer, graph_get, store_index
 from runs.jsonable import to_json, to_json_encoded
 from runs.models import CancelAction, Run, RunEvent, RunStatus, Thread
 from runs.selectors import state_json
@@ -538,7 +538,7 @@ class RunDriver:
             from store.backend import DjangoStore
 
             graph = graph_get(
-                self.run.assistant.graph_id, checkpointer=saver, store=DjangoStore(owner_id=self.run.owner_id)
+                self.run.assistant.graph_id, checkpointer=saver, store=DjangoStore(owner_id=self.run.owner_id, index=store_index())
             )
         except (GraphNotFound, GraphLoadError) as exc:
             error = {"error": type(exc).__name__, "message": f"Graph not available: {exc}"}

@@ -26,6 +26,7 @@ from langgraph.store.base import (
 )
 
 from store import services
+from store.index import StoreIndex
 
 
 def _item(stored: services.StoredItem) -> Item:
@@ -38,18 +39,20 @@ def _item(stored: services.StoredItem) -> Item:
 def _search_item(stored: services.StoredItem) -> SearchItem:
     return SearchItem(
         namespace=stored.namespace, key=stored.key, value=stored.value,
-        created_at=stored.created_at, updated_at=stored.updated_at, score=None,
+        created_at=stored.created_at, updated_at=stored.updated_at, score=stored.score,
     )
 
 
 class DjangoStore(BaseStore):
-    """The items of user ``owner_id``. ``ttl`` in minutes; reads refresh TTLs unless told not."""
+    """The items of user ``owner_id``. ``ttl`` in minutes; reads refresh TTLs unless told not;
+    with ``index`` (the server's ``store.index``), puts embed and a search ``query`` ranks."""
 
     supports_ttl = True
     ttl_config = TTLConfig(refresh_on_read=True)
 
-    def __init__(self, *, owner_id: int) -> None:
+    def __init__(self, *, owner_id: int, index: StoreIndex | None = None) -> None:
         self.owner_id = owner_id
+        self.index = index
 
     def _run(self, op: Op) -> Result:
         if isinstance(op, GetOp):
@@ -63,6 +66,7 @@ class DjangoStore(BaseStore):
                 for stored in services.store_items_search(
                     owner_id=self.owner_id, namespace_prefix=op.namespace_prefix, filter=op.filter,
                     limit=op.limit, offset=op.offset, query=op.query, refresh_ttl=op.refresh_ttl,
+                    index=self.index,
                 )
             ]
         if isinstance(op, PutOp):
@@ -71,7 +75,7 @@ class DjangoStore(BaseStore):
             else:
                 services.store_item_put(
                     owner_id=self.owner_id, namespace=op.namespace, key=op.key, value=dict(op.value),
-                    ttl=op.ttl,
+                    ttl=op.ttl, index_fields=op.index, index=self.index,
                 )
             return None
         if isinstance(op, ListNamespacesOp):

@@ -47,6 +47,8 @@ class StoreItem(models.Model):
     updated_at = models.DateTimeField(default=timezone.now)
     ttl_minutes = models.FloatField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
+    # With a store index (store.index): a vector per indexed text of the value, for ``query``.
+    vectors = models.JSONField(null=True, blank=True, editable=False)
 
     objects = StoreItemQuerySet.as_manager()
 

@@ -17,6 +17,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from store.filters import InvalidFilter, filter_check, value_matches
+from store.index import StoreIndex, cosine, item_vectors
 from store.models import NAMESPACE_SEPARATOR, StoreItem
 
 # Rows read per query while filtering in Python, so a search of a large namespace streams.
@@ -33,6 +34,10 @@ class SemanticSearchUnavailable(InvalidStoreInput):
     pass
 
 
+# Rows scored per query (their value and vectors held in memory at once) in a semantic search.
+SEMANTIC_SEARCH_MAX_ROWS = 100_000
+
+
 @dataclass(frozen=True)
 class StoredItem:
     """An item as readers see it (``langgraph.store.base.Item``'s fields, without langgraph)."""
@@ -42,10 +47,11 @@ class StoredItem:
     value: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    score: float | None = None
 
     @classmethod
-    def from_row(cls, row: StoreItem) -> StoredItem:
-        return cls(row.namespace_tuple, row.key, row.value, row.created_at, row.updated_at)
+    def from_row(cls, row: StoreItem, score: float | None = None) -> StoredItem:
+        return cls(row.namespace_tuple, row.key, row.value, row.created_at, row.updated_at, score)
 
 
 def namespace_check(namespace: Any, *, allow_empty: bool = True, what: str = "namespace") -> tuple[str, ...]:
@@ -84,18 +90,40 @@ def _ttl_check(ttl: Any) -> float | None:
     return float(ttl)
 
 
+def _index_fields(index_fields: Any) -> list[str] | bool | None:
+    if index_fields is None or index_fields is False:
+        return index_fields
+    if not isinstance(index_fields, list | tuple) or not all(isinstance(path, str) for path in index_fields):
+        raise InvalidStoreInput("index must be false, null or a list of field paths")
+    return list(index_fields)
+
+
 def store_item_put(
-    *, owner_id: int, namespace: Any, key: Any, value: Any, ttl: Any = None
+    *,
+    owner_id: int,
+    namespace: Any,
+    key: Any,
+    value: Any,
+    ttl: Any = None,
+    index_fields: Any = None,
+    index: StoreIndex | None = None,
 ) -> None:
-    """Create or replace the item (the upsert keeps ``created_at``); ``ttl`` in minutes."""
+    """Create or replace the item (the upsert keeps ``created_at``); ``ttl`` in minutes. With a
+    store ``index``, the value's texts at ``index_fields`` (the index's fields when None; none
+    when False) are embedded and kept for semantic search."""
     namespace = namespace_check(namespace, allow_empty=False)
     key = _key_check(key)
     if not isinstance(value, dict):
         raise InvalidStoreInput("value must be an object")
     minutes = _ttl_check(ttl)
+    paths = _index_fields(index_fields)
+    vectors = None
+    if index is not None and paths is not False:
+        vectors = item_vectors(index, value, paths if isinstance(paths, list) else None)
     now = timezone.now()
     fields = {
         "value": value,
+        "vectors": vectors,
         "updated_at": now,
         "ttl_minutes": minutes,
         "expires_at": None if minutes is None else now + timedelta(minutes=minutes),
@@ -169,22 +197,32 @@ def store_items_search(
     offset: Any = 0,
     query: str | None = None,
     refresh_ttl: bool | None = None,
+    index: StoreIndex | None = None,
 ) -> list[StoredItem]:
     """Live items under ``namespace_prefix`` whose value passes ``filter``, latest update
     first. Without a filter, paging is the database's; with one, values are matched here, reading
-    the namespace in chunks until the page is full."""
+    the namespace in chunks until the page is full. A ``query`` (with a store ``index``) ranks
+    them by cosine similarity instead; items stored without vectors come last, score None."""
     prefix = namespace_check(namespace_prefix or (), what="namespace_prefix")
     try:
         conditions = filter_check(filter)
     except InvalidFilter as exc:
         raise InvalidStoreInput(str(exc)) from None
     limit, offset = _paging(limit, offset, maximum=1000)
-    if query is not None and query != "":
-        raise SemanticSearchUnavailable(
-            "Semantic search (query) needs a store index, and none is configured "
-            "(store.index in langgraph.json is not supported on this server yet)"
-        )
+    if query is not None and not isinstance(query, str):
+        raise InvalidStoreInput("query must be a string or null")
     rows = StoreItem.objects.live().under_prefix(prefix).filter(owner_id=owner_id).order_by("-updated_at", "-pk")
+    if query:
+        if index is None:
+            raise SemanticSearchUnavailable(
+                "Semantic search (query) needs a store index: configure store.index "
+                "(dims, embed, fields) in langgraph.json"
+            )
+        ranked = _ranked(rows, conditions, index.embed_query(query))
+        page = ranked[offset:offset + limit]
+        if refresh_ttl is not False and page:
+            _refresh([row for row, _ in page])
+        return [StoredItem.from_row(row, score) for row, score in page]
     found: list[StoreItem]
     if not conditions:
         found = list(rows[offset:offset + limit]) if limit else []
@@ -209,6 +247,23 @@ def store_items_search(
     if refresh_ttl is not False and found:
         _refresh(found)
     return [StoredItem.from_row(row) for row in found]
+
+
+def _ranked(rows: Any, conditions: dict[str, Any], query_vector: list[float]) -> list[tuple[StoreItem, float | None]]:
+    scored: list[tuple[StoreItem, float | None]] = []
+    for row in rows[:SEMANTIC_SEARCH_MAX_ROWS].iterator(chunk_size=_SEARCH_CHUNK):
+        if conditions and not value_matches(row.value, conditions):
+            continue
+        vectors = row.vectors or []
+        # Vectors of another size were made under another index configuration: not comparable.
+        score = max(
+            (cosine(query_vector, vector) for vector in vectors if len(vector) == len(query_vector)),
+            default=None,
+        )
+        scored.append((row, score))
+    # Best first; unscored items after every scored one, newest first among themselves (stable).
+    scored.sort(key=lambda pair: (pair[1] is None, -(pair[1] or 0.0)))
+    return scored
 
 
 def _matches(namespace: tuple[str, ...], pattern: tuple[str, ...], *, from_end: bool) -> bool:
