@@ -44,6 +44,7 @@ from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 
 from project.api.errors import ErrorStyle
+from project.booleans import parse_bool
 from project.db.async_db import in_executor
 from project.realtime.event_hub import watch
 from project.realtime.sse import (
@@ -372,7 +373,7 @@ async def run_join_stream(request: HttpRequest, thread_id: str, run_id: str) -> 
     if kwargs is None:
         # As on the real server: a 200 stream whose only event reports the missing run.
         return EventStreamResponse(single_event_body("error", RUN_NOT_FOUND))
-    cancel = request.GET.get("cancel_on_disconnect", "").strip().lower() in {"1", "true", "yes", "on"}
+    cancel = parse_bool(request.GET.get("cancel_on_disconnect", ""))
 
     async def start() -> HttpResponseBase:
         stream = run_stream_body(
