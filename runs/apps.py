@@ -73,3 +73,10 @@ class RunsConfig(AppConfig):
         post_spawn.connect(system_assistants_at_start, dispatch_uid="runs-system-assistants-at-spawn")
         register_sweep(sweep)
         register_sweep(store_items_sweep_expired)
+
+        from django.conf import settings
+
+        if settings.IS_WORKER:
+            from runs.graphs import langgraph_preload
+
+            langgraph_preload()

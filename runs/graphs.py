@@ -199,6 +199,20 @@ def _load(graph_id: str, spec: str) -> Pregel:
     return value
 
 
+def langgraph_preload() -> None:
+    """Import what loading and running a graph takes (about a second, several on a loaded
+    machine), for a process that will run graphs: a cluster, before it forks its workers, so that
+    none of them imports it inside its first run, between the claim and the first heartbeat."""
+    # Loaded, not used here (ruff flags the last import of each package name).
+    import langchain_core.messages  # noqa: F401
+    import langgraph.errors
+    import langgraph.graph
+    import langgraph.pregel
+    import langgraph.types  # noqa: F401
+
+    import checkpoints.saver  # noqa: F401
+
+
 def graph_get(
     graph_id: str, *, checkpointer: BaseCheckpointSaver | None = None, store: BaseStore | None = None
 ) -> Pregel:
