@@ -211,6 +211,7 @@ def langgraph_preload() -> None:
     import langgraph.types  # noqa: F401
 
     import checkpoints.saver  # noqa: F401
+    import store.backend  # noqa: F401
 
 
 def graph_get(
