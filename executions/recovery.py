@@ -14,6 +14,10 @@ without counting on the ORM broker. Here the row decides:
 Every worker process runs a sweeper thread (started on django-q2's ``post_spawn``) that does
 this every ``EXECUTIONS_SWEEP_INTERVAL`` seconds; several sweepers are safe for the same reason.
 Other apps add their own sweeps with ``register_sweep``.
+
+A worker that dies does not wait for the heartbeat timeout: its cluster's sentinel, its parent,
+sees it exit and calls ``worker_jobs_reap`` (``executions.cluster``), which requeues or fails its
+executions the same way, and reaps the jobs of other apps through ``register_worker_reap``.
 """
 
 from __future__ import annotations
@@ -22,11 +26,11 @@ import logging
 import random
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -38,12 +42,20 @@ from executions.transitions import execution_transition
 logger = logging.getLogger(__name__)
 
 _sweeps: list[Callable[[], object]] = []
+_worker_reaps: list[Callable[..., object]] = []
 
 
 def register_sweep(sweep: Callable[[], object]) -> None:
     """Have every worker's sweeper call ``sweep()`` each interval (it must be idempotent)."""
     if sweep not in _sweeps:
         _sweeps.append(sweep)
+
+
+def register_worker_reap(reap: Callable[..., object]) -> None:
+    """Have ``worker_jobs_reap`` call ``reap(worker=…, claimed_before=…, cause=…)`` too (it must be
+    idempotent: a reap that failed is tried again)."""
+    if reap not in _worker_reaps:
+        _worker_reaps.append(reap)
 
 
 def max_attempts(execution: Execution) -> int:
@@ -57,16 +69,31 @@ def executions_reap_stale(*, heartbeat_timeout: float | None = None) -> dict[str
     """Finish or requeue running executions whose worker stopped beating its heartbeat."""
     timeout = heartbeat_timeout if heartbeat_timeout is not None else settings.EXECUTIONS_HEARTBEAT_TIMEOUT
     cutoff = timezone.now() - timedelta(seconds=timeout)
+    # Conditional on the heartbeat still being old: a worker that beats meanwhile keeps its job.
+    return _reap(
+        Execution.objects.stale(before=cutoff), still_lost=Q(heartbeat_at__lt=cutoff),
+        cause=lambda execution: f"stopped beating its heartbeat (last at {execution.heartbeat_at.isoformat()})",
+    )
+
+
+def executions_reap_worker(*, worker: str, claimed_before: datetime, cause: str) -> dict[str, int]:
+    """Finish or requeue the running executions of ``worker`` (host:pid), a process known to have
+    died (``cause`` says how), that it claimed before ``claimed_before``: a later claim under the
+    same name is a new process that was given the dead one's pid."""
+    held = Q(worker=worker, started_at__lte=claimed_before)
+    return _reap(Execution.objects.filter(held, status=ExecutionStatus.RUNNING), still_lost=held,
+                 cause=lambda execution: cause)
+
+
+def _reap(lost: QuerySet, *, still_lost: Q, cause: Callable[[Execution], str]) -> dict[str, int]:
     requeued = failed = 0
-    for execution in Execution.objects.stale(before=cutoff).only(
+    for execution in lost.only(
         "id", "config", "attempts", "worker", "heartbeat_at", "type", "target_id", "webhook"
     ):
-        # Conditional on the heartbeat still being old (a worker that beats meanwhile keeps its
-        # job) and on the claim being the one read here: recovery reaps that attempt, never a
-        # newer claim of the row. Its worker, if it wakes up, finds its own writes refused.
-        still_stale = Q(
-            heartbeat_at__lt=cutoff, worker=execution.worker, attempts=execution.attempts
-        )
+        # Conditional on the row still being lost and on the claim being the one read here:
+        # recovery reaps that attempt, never a newer claim of the row. Its worker, if it wakes
+        # up, finds its own writes refused.
+        still_stale = still_lost & Q(worker=execution.worker, attempts=execution.attempts)
         if execution.attempts < max_attempts(execution):
             won = _transition_if(
                 execution, still_stale,
@@ -81,8 +108,7 @@ def executions_reap_stale(*, heartbeat_timeout: float | None = None) -> dict[str
                 enqueue_execution(execution)
         else:
             message = (
-                f"The worker {execution.worker or '(unknown)'} stopped beating its heartbeat "
-                f"(last at {execution.heartbeat_at.isoformat()}) after {execution.attempts} "
+                f"The worker {execution.worker or '(unknown)'} {cause(execution)} after {execution.attempts} "
                 f"attempt{'s' if execution.attempts != 1 else ''}."
             )
             error = {"type": "worker_lost", "message": message, "details": {"worker": execution.worker}}
@@ -97,6 +123,14 @@ def executions_reap_stale(*, heartbeat_timeout: float | None = None) -> dict[str
             if won and execution.webhook:
                 execution_ended_notify(execution_id=execution.pk)
     return {"requeued": requeued, "failed": failed}
+
+
+def worker_jobs_reap(*, worker: str, claimed_before: datetime, cause: str) -> None:
+    """Every job the dead worker process ``worker`` (host:pid) held: its executions, and those of
+    the apps that registered a reap. Called by the worker's cluster when it sees it exit."""
+    executions_reap_worker(worker=worker, claimed_before=claimed_before, cause=cause)
+    for reap in _worker_reaps:
+        reap(worker=worker, claimed_before=claimed_before, cause=cause)
 
 
 def _transition_if(execution: Execution, where: Q, *, event_data: dict, **fields) -> bool:

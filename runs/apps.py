@@ -66,12 +66,13 @@ class RunsConfig(AppConfig):
 
         from django_q.signals import post_spawn
 
-        from executions.recovery import register_sweep
-        from runs.recovery import sweep
+        from executions.recovery import register_sweep, register_worker_reap
+        from runs.recovery import runs_reap_worker, sweep
         from store.services import store_items_sweep_expired
 
         post_spawn.connect(system_assistants_at_start, dispatch_uid="runs-system-assistants-at-spawn")
         register_sweep(sweep)
+        register_worker_reap(runs_reap_worker)
         register_sweep(store_items_sweep_expired)
 
         from django.conf import settings

@@ -1,9 +1,10 @@
 """Recovery of runs from their rows, run by every worker's sweeper (``executions.recovery``).
 
-- A ``running`` run whose heartbeat is older than ``RUNS_HEARTBEAT_TIMEOUT`` lost its worker. A
-  graph run is not retried on its own (it would apply its input to the thread a second time), so
-  it ends ``error`` with a message naming the lost worker; its thread is refreshed and its next
-  pending run dispatched, so the thread accepts new runs at once.
+- A ``running`` run whose heartbeat is older than ``RUNS_HEARTBEAT_TIMEOUT`` lost its worker, as
+  did one whose worker process its cluster saw die (``runs_reap_worker``, at once). A graph run
+  is not retried on its own (it would apply its input to the thread a second time), so it ends
+  ``error`` with a message naming the lost worker; its thread is refreshed and its next pending
+  run dispatched, so the thread accepts new runs at once.
 - Pending runs whose messages were lost (broker down, Redis restarted) are dispatched again once
   they are older than ``EXECUTIONS_REQUEUE_AFTER`` and the broker queue is empty; the claim is a
   conditional UPDATE, so a duplicate message never runs a graph twice.
@@ -11,10 +12,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from executions.queueing import broker_queue_size
@@ -30,23 +33,34 @@ from runs.transitions import run_reap
 def runs_reap_stale(*, heartbeat_timeout: float | None = None) -> int:
     timeout = heartbeat_timeout if heartbeat_timeout is not None else settings.RUNS_HEARTBEAT_TIMEOUT
     cutoff = timezone.now() - timedelta(seconds=timeout)
+    return _reap(
+        Run.objects.stale(before=cutoff), still_lost=Q(heartbeat_at__lt=cutoff),
+        cause=lambda run: (
+            f"stopped beating its heartbeat (last at {run.heartbeat_at and run.heartbeat_at.isoformat()})"
+        ),
+    )
+
+
+def runs_reap_worker(*, worker: str, claimed_before: datetime, cause: str) -> int:
+    """End the running runs of ``worker`` (host:pid), a process known to have died, that it
+    claimed before ``claimed_before`` (registered with ``executions.recovery.register_worker_reap``)."""
+    held = Q(worker=worker, started_at__lte=claimed_before)
+    return _reap(Run.objects.filter(held, status=RunStatus.RUNNING), still_lost=held, cause=lambda run: cause)
+
+
+def _reap(lost: QuerySet, *, still_lost: Q, cause: Callable[[Run], str]) -> int:
     reaped = 0
-    for run in Run.objects.stale(before=cutoff).only(
-        "run_id", "thread_id", "worker", "attempts", "heartbeat_at"
-    ):
+    for run in lost.only("run_id", "thread_id", "worker", "attempts", "heartbeat_at"):
         error = {
             "error": "WorkerLost",
-            "message": (
-                f"The worker {run.worker or '(unknown)'} running this run stopped beating its "
-                f"heartbeat (last at {run.heartbeat_at.isoformat()})."
-            ),
+            "message": f"The worker {run.worker or '(unknown)'} running this run {cause(run)}.",
         }
         now = timezone.now()
         with transaction.atomic():
             # The claim read here, and only it: its worker finds its own writes refused after.
             if not run_reap(
                 run_id=run.pk, thread_id=run.thread_id, worker=run.worker, attempt=run.attempts,
-                stale_before=cutoff, error=error, now=now,
+                where=still_lost, error=error, now=now,
             ):
                 continue
             # Its streams end like any failed run's: an error event, then the thread's run_done.

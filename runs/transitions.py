@@ -146,13 +146,14 @@ def run_end(
 
 def run_reap(
     *, run_id: UUID | str, thread_id: UUID | str, worker: str, attempt: int,
-    stale_before: datetime, error: dict, now: datetime,
+    where: Q, error: dict, now: datetime,
 ) -> bool:
-    """running -> error, for the claim (``worker``, ``attempt``) of a run whose worker stopped
-    beating its heartbeat before ``stale_before`` (a beat since then means the worker lives: the
-    move loses). That worker's later writes, if it wakes up, change nothing."""
+    """running -> error, for the claim (``worker``, ``attempt``) of a run whose worker is lost, if
+    ``where`` still holds: its heartbeat still old (a beat since means the worker lives: the move
+    loses), or its claim one a worker process seen dead made. That worker's later writes, if it
+    wakes up, change nothing."""
     won = Run.objects.filter(
-        pk=run_id, status=_REAP_FROM, heartbeat_at__lt=stale_before, worker=worker, attempts=attempt
+        where, pk=run_id, status=_REAP_FROM, worker=worker, attempts=attempt
     ).update(
         status=RunStatus.ERROR, error=error, result={"__error__": error},
         ended_at=now, updated_at=now, heartbeat_at=None,

@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from runs import transitions
@@ -57,7 +58,7 @@ MOVES = [
         "reap", (RunStatus.RUNNING,), RunStatus.ERROR,
         lambda run: transitions.run_reap(
             run_id=run.pk, thread_id=run.thread_id, worker=run.worker, attempt=run.attempts,
-            stale_before=timezone.now() - LONG_AGO / 2, error={"error": "WorkerLost"},
+            where=Q(heartbeat_at__lt=timezone.now() - LONG_AGO / 2), error={"error": "WorkerLost"},
             now=timezone.now(),
         ),
     ),
