@@ -53,6 +53,35 @@ def test_a_job_that_keeps_losing_its_worker_fails_after_its_attempts_naming_the_
     assert execution.events.order_by("-seq").first().data["attempt"] == 1
 
 
+def claimed_by(worker: str, **config) -> Execution:
+    execution = services.execution_create(type="agent", target_id="echo", config=config)
+    assert runtime.claim(execution.pk) is not None
+    Execution.objects.filter(pk=execution.pk).update(worker=worker)
+    return execution
+
+
+def test_the_executions_of_a_worker_seen_dead_are_reaped_at_once_and_only_once():
+    requeued, last_attempt, others = claimed_by("host:1"), claimed_by("host:1", max_attempts=1), claimed_by("host:2")
+    seen_dead_at = timezone.now()
+    # Claimed after the death was seen: a new process that was given the dead one's pid.
+    reused = claimed_by("host:1")
+    Execution.objects.filter(pk=reused.pk).update(started_at=seen_dead_at + timedelta(milliseconds=1))
+
+    recovery.worker_jobs_reap(worker="host:1", claimed_before=seen_dead_at, cause="was killed by SIGKILL")
+
+    statuses = dict(Execution.objects.values_list("pk", "status"))
+    assert statuses == {requeued.pk: "pending", last_attempt.pk: "failed", others.pk: "running", reused.pk: "running"}
+    last = requeued.events.order_by("-seq").first()
+    assert last.data == {"status": "pending", "reason": "worker_lost", "worker": "host:1"}
+    last_attempt.refresh_from_db()
+    assert last_attempt.error["type"] == "worker_lost"
+    assert last_attempt.error["message"] == "The worker host:1 was killed by SIGKILL after 1 attempt."
+    # Reaped again (a reaper that retried): nothing more happens.
+    again = recovery.executions_reap_worker(worker="host:1", claimed_before=seen_dead_at, cause="was killed by SIGKILL")
+    assert again == {"requeued": 0, "failed": 0}
+    assert requeued.events.filter(data__reason="worker_lost").count() == 1
+
+
 def test_a_live_heartbeat_is_left_alone():
     execution = running_with_old_heartbeat(seconds_ago=5)
 

@@ -51,6 +51,24 @@ def test_a_running_run_whose_worker_stopped_beating_ends_in_error_and_frees_its_
     assert second.status_code == 200  # nothing active left: reject lets it in
 
 
+def test_a_run_of_a_worker_seen_dead_ends_in_error_at_once(api):
+    from executions.recovery import worker_jobs_reap
+
+    lost, kept = start_run(api), start_run(api)
+    for run, worker in ((lost, "host:7"), (kept, "host:8")):
+        assert claim(run["run_id"])
+        Run.objects.filter(pk=run["run_id"]).update(worker=worker)
+
+    worker_jobs_reap(worker="host:7", claimed_before=timezone.now(), cause="was killed by SIGKILL")
+    worker_jobs_reap(worker="host:7", claimed_before=timezone.now(), cause="was killed by SIGKILL")
+
+    row = Run.objects.get(pk=lost["run_id"])
+    assert row.status == RunStatus.ERROR
+    assert row.error == {"error": "WorkerLost", "message": "The worker host:7 running this run was killed by SIGKILL."}
+    assert row.events.filter(event="error").count() == 1
+    assert Run.objects.get(pk=kept["run_id"]).status == RunStatus.RUNNING
+
+
 def test_a_live_heartbeat_is_left_alone(api):
     run = start_run(api)
     assert claim(run["run_id"])
