@@ -1,11 +1,12 @@
-"""django-q2's ORM broker, with the pushers woken by a datagram when a task is queued.
+"""django-q2's ORM broker, with the processes that dequeue woken by a datagram when a task is queued.
 
 The stock broker's pusher finds a new task on its next poll of the queue table, ``Q_POLL`` seconds
 at worst after an empty one, and that pickup was the largest share of a ``runs.wait`` without
-Redis. Here ``enqueue`` also sends a wake-up (``project.realtime.local_wakeups``) to the pushers of the same
-queue on the same database once the enqueue's transaction commits, and an idle ``dequeue`` waits on
-its own socket for up to ``Q_POLL`` instead of sleeping. The poll stays: a pusher on another machine
-(PostgreSQL shared by several hosts) still finds the task, only later.
+Redis. Here ``enqueue`` also sends a wake-up (``project.realtime.local_wakeups``) to the processes
+that dequeue from the same queue on the same database (each worker of ``executions.cluster``; the
+role keeps django-q2's name, "pusher") once the enqueue's transaction commits, and an idle
+``dequeue`` waits on its own socket for up to ``Q_POLL`` instead of sleeping. The poll stays: a
+worker on another machine (PostgreSQL shared by several hosts) still finds the task, only later.
 
 The queue statements are django-q2's, written out: composing them through the ORM cost several
 times what SQLite takes to run them (~450 of ~480 µs per dequeue), three times per task. Same
@@ -104,8 +105,10 @@ class ORMBroker(ORM):
             # Wake-ups sent before this point are for tasks committed before the query below,
             # which finds them; one sent during or after it stays queued and ends the wait.
             listener.drain()
-        tasks = self._lease()
-        if tasks:
+        tasks, contended = self._lease()
+        if tasks or contended:
+            # Another worker woken by the same datagram leased what we saw: there may be more
+            # queued, so the caller looks again at once rather than after a wait.
             return tasks
         if listener is not None:
             listener.wait(Conf.POLL)
@@ -113,9 +116,10 @@ class ORMBroker(ORM):
             sleep(Conf.POLL)
         return None
 
-    def _lease(self) -> list[tuple[int, str]]:
+    def _lease(self) -> tuple[list[tuple[int, str]], bool]:
         """Up to ``Conf.BULK`` queued tasks whose lock has passed, each leased by moving its lock
-        forward, unless another cluster moved it first (django-q2's dequeue without its sleep)."""
+        forward, unless another process moved it first (django-q2's dequeue without its sleep);
+        and whether that happened."""
         self.get_connection()  # the pusher is long-lived: drop a stale or broken connection first
         statements = _statements(Conf.ORM)
         connection = connections[Conf.ORM]
@@ -128,7 +132,7 @@ class ORMBroker(ORM):
                 cursor.execute(statements["lease"], [self._at(self.timeout(task_id)), task_id, lock])
                 if cursor.rowcount == 1:
                     leased.append((task_id, payload))
-        return leased
+        return leased, len(leased) < len(rows)
 
     def delete(self, task_id: int) -> None:
         self.get_connection()  # the monitor is long-lived too

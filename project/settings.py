@@ -77,13 +77,15 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
-    "django_q",
     "accounts",
     "checkpoints",
     "store",
     "executions",
     "runs",
     "webhooks",
+    # After executions: an app listed earlier wins a management command's name, and
+    # executions' `qcluster` (executions.cluster) replaces django-q2's.
+    "django_q",
 ]
 
 MIDDLEWARE = [
@@ -249,6 +251,8 @@ EXECUTIONS_MAX_ATTEMPTS = env_int("EXECUTIONS_MAX_ATTEMPTS", 3)
 EXECUTIONS_REQUEUE_AFTER = env_float("EXECUTIONS_REQUEUE_AFTER", 30.0)
 # Seconds between recovery sweeps in each worker process (0 turns them off).
 EXECUTIONS_SWEEP_INTERVAL = env_float("EXECUTIONS_SWEEP_INTERVAL", 5.0)
+# A worker idle in its read of the broker this long (seconds) is wedged: its cluster replaces it.
+EXECUTIONS_WORKER_STALL_TIMEOUT = env_float("EXECUTIONS_WORKER_STALL_TIMEOUT", 30.0)
 # Pending + running executions one user may have at once (429 beyond); 0 = no limit.
 EXECUTIONS_MAX_ACTIVE_PER_USER = env_int("EXECUTIONS_MAX_ACTIVE_PER_USER", 1000)
 # Seconds between cancellation checks made by ctx.cancelled / ctx.sleep.

@@ -1,0 +1,74 @@
+"""The qcluster of ``executions.cluster``, as real processes: workers that share no lock.
+
+The slow, repeated versions (20 idle kills, 10 busy kills, on PostgreSQL + Redis) are in
+``tests/faults/test_single_worker_kill.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from executions.models import Execution, ExecutionStatus
+from tests.conftest import Cluster, wait_for
+from tests.faults.conftest import process_alive
+
+pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
+
+
+def live_workers(cluster: Cluster) -> list[int]:
+    pids = {int(pid) for pid in re.findall(r"ready for work at (\d+)", cluster.log())}
+    return sorted(pid for pid in pids if process_alive(pid))
+
+
+def run_echoes(api, count: int, *, timeout: float) -> None:
+    ids = []
+    for index in range(count):
+        response = api.post("/api/v1/executions", {"type": "agent", "target_id": "echo", "inputs": {"n": index}},
+                            format="json")
+        assert response.status_code == 201, response.content
+        ids.append(response.json()["execution_id"])
+    wait_for(lambda: Execution.objects.filter(pk__in=ids, status=ExecutionStatus.COMPLETED).count() == count,
+             timeout=timeout, message=f"{count} echo executions to complete")
+
+
+def test_a_killed_idle_worker_is_replaced_and_the_others_go_on_working(api):
+    cluster = Cluster(workers=2, LOG_LEVEL="INFO")
+    try:
+        wait_for(lambda: len(live_workers(cluster)) == 2, timeout=30, message=cluster.log())
+        run_echoes(api, 2, timeout=30)
+        for victim in live_workers(cluster):  # each of them once, whichever was reading the queue
+            time.sleep(0.2)
+            os.kill(victim, signal.SIGKILL)
+            started = time.monotonic()
+            run_echoes(api, 5, timeout=20)
+            assert time.monotonic() - started < 5
+            wait_for(lambda victim=victim: len(live_workers(cluster)) == 2 and victim not in live_workers(cluster),
+                     timeout=10, message=cluster.log())
+        assert cluster.log().count("reincarnated worker") == 2
+        # SIGTERM still stops the whole cluster.
+        cluster.process.send_signal(signal.SIGTERM)
+        cluster.process.wait(timeout=20)
+        wait_for(lambda: not live_workers(cluster), timeout=10)
+    finally:
+        cluster.stop()
+
+
+def test_a_worker_wedged_in_its_read_of_the_broker_is_replaced(api):
+    cluster = Cluster(workers=2, LOG_LEVEL="INFO", EXECUTIONS_WORKER_STALL_TIMEOUT="3")
+    try:
+        wait_for(lambda: len(live_workers(cluster)) == 2, timeout=30, message=cluster.log())
+        wedged = live_workers(cluster)[0]
+        os.kill(wedged, signal.SIGSTOP)  # as a read that never returns: its process makes no progress
+        stopped_at = time.monotonic()
+        wait_for(lambda: not process_alive(wedged), timeout=15, message=cluster.log())
+        assert 3 <= time.monotonic() - stopped_at < 8
+        assert "stuck in its read of the broker" in cluster.log()
+        wait_for(lambda: len(live_workers(cluster)) == 2, timeout=10, message=cluster.log())
+        run_echoes(api, 4, timeout=20)
+    finally:
+        cluster.stop()
