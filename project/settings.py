@@ -227,6 +227,8 @@ Q_CLUSTER = {
 }
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
+    # django-q2's Redis broker, taking each message so that a worker killed meanwhile loses none.
+    Q_CLUSTER["broker_class"] = "project.redis_broker.RedisBroker"
 else:
     Q_CLUSTER["orm"] = "default"
     # The ORM broker whose pushers are woken by a local datagram on enqueue (LOCAL_WAKEUPS_DIR).
