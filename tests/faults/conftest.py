@@ -24,7 +24,9 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from executions.registry import agent, registry
 from tests.conftest import ROOT, figure, subprocess_env  # figure: the fault tests import it from here
+from tests.faults.silent import SILENT_SLEEP, silent_sleep
 from tests.runs.conftest import free_port
 
 ON_POSTGRES_AND_REDIS = (
@@ -132,6 +134,16 @@ def reconnect_test_process() -> None:
     connection.close()
     if hasattr(connection, "close_pool"):  # PostgreSQL
         connection.close_pool()
+
+
+@pytest.fixture
+def silent_sleep_registered() -> Iterator[None]:
+    """The agent of ``tests.faults.silent`` in this process too, so the API accepts it."""
+    agent(SILENT_SLEEP)(silent_sleep)
+    try:
+        yield
+    finally:
+        registry.unregister("agent", SILENT_SLEEP)
 
 
 # --- shared services ----------------------------------------------------------------------------

@@ -13,13 +13,11 @@ Heartbeat every 0.5 s, a job without one for 3 s counts as lost, sweeps every 0.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 from django.db import connection
 
 from executions.models import Execution, ExecutionStatus
-from executions.registry import agent, registry
 from runs.models import Run, RunStatus
 from tests.conftest import Cluster, wait_for
 from tests.faults.conftest import (
@@ -28,7 +26,7 @@ from tests.faults.conftest import (
     reconnect_test_process,
     wait_for_log,
 )
-from tests.faults.silent import SILENT_SLEEP, silent_sleep
+from tests.faults.silent import SILENT_SLEEP
 
 pytestmark = [pytest.mark.slow, pytest.mark.live, needs_postgres_and_redis, pytest.mark.django_db(transaction=True)]
 
@@ -42,15 +40,6 @@ CLUSTER_ENV = {
     "LOG_LEVEL": "INFO",
 }
 JOB_SECONDS = 8
-
-
-@pytest.fixture
-def silent_sleep_registered() -> Iterator[None]:
-    agent(SILENT_SLEEP)(silent_sleep)
-    try:
-        yield
-    finally:
-        registry.unregister("agent", SILENT_SLEEP)
 
 
 def terminate_other_sessions() -> int:
