@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -67,8 +68,24 @@ def test_a_worker_wedged_in_its_read_of_the_broker_is_replaced(api):
         stopped_at = time.monotonic()
         wait_for(lambda: not process_alive(wedged), timeout=15, message=cluster.log())
         assert 3 <= time.monotonic() - stopped_at < 8
-        assert "stuck in its read of the broker" in cluster.log()
+        assert "has not come back from its read of the broker" in cluster.log()
         wait_for(lambda: len(live_workers(cluster)) == 2, timeout=10, message=cluster.log())
         run_echoes(api, 4, timeout=20)
+    finally:
+        cluster.stop()
+
+
+def test_workers_whose_sentinel_was_killed_stop_taking_jobs(api):
+    cluster = Cluster(workers=2, LOG_LEVEL="INFO")
+    try:
+        wait_for(lambda: len(live_workers(cluster)) == 2, timeout=30, message=cluster.log())
+        main = cluster.process.pid
+        (sentinel,) = (int(pid) for pid in Path(f"/proc/{main}/task/{main}/children").read_text().split())
+        os.kill(sentinel, signal.SIGKILL)
+        # No one would replace them or enforce their timeouts: they leave rather than go on alone.
+        wait_for(lambda: not live_workers(cluster), timeout=10, message=cluster.log())
+        response = api.post("/api/v1/executions", {"type": "agent", "target_id": "echo", "inputs": {}}, format="json")
+        time.sleep(1.5)
+        assert Execution.objects.get(pk=response.json()["execution_id"]).status == ExecutionStatus.PENDING
     finally:
         cluster.stop()

@@ -1,9 +1,9 @@
 """kill -9 of a worker in the middle of 20 long jobs (executions and graph runs), on PostgreSQL + Redis.
 
 Two clusters share the Redis queue, like two worker machines. One of them is killed with SIGKILL
-(sentinel, pusher, monitor and every worker process at once) while it runs jobs of both kinds and
-holds prefetched messages: on the Redis broker all of them are gone from the queue, so only the
-rows can bring them back.
+(sentinel and every worker process at once) while it runs jobs of both kinds: with no sentinel
+left to reap them or to put back a message Redis handed a dying worker, only the rows can bring
+its jobs back.
 
 Timeouts are shortened through the environment, to values a real deployment could use: heartbeat
 every 1 s, declared lost after 5 s without one (default 30 s), recovery sweeps every 1 s (default
@@ -53,7 +53,8 @@ STALE_GRACE = HEARTBEAT_TIMEOUT + 2.5 * SWEEP_INTERVAL + 1.0
 EXECUTIONS_URL = "/api/v1/executions"
 
 
-# Both clusters' pushers wait in BLPOP, so Redis hands messages to them in turn: this order gives
+# The workers of both clusters wait in the same blocking read, so Redis hands messages to them in
+# turn (not strictly alternating clusters, as their two pushers once did): this order gives
 # each cluster executions and first runs of threads (R), then the rest.
 ORDER = "REERREER" + "ERERERER" + "EEEE"
 
