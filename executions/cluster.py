@@ -89,22 +89,24 @@ class BrokerLink:
     recording happens outside the timer lock that django-q2's worker holds around ``put``.
     """
 
-    def __init__(self, broker: Broker, *, stop: Any, polled: Any) -> None:
+    def __init__(self, broker: Broker, *, stop: Any, reading: Any) -> None:
         self._broker = broker
         self._stop = stop  # a shared flag without a lock (RawValue)
-        self._polled = polled  # when the worker last asked for a task or read the broker (RawValue)
+        # When the worker's current wait for a task began, 0 while it holds one (RawValue): a task
+        # without a timeout leaves django-q2's timer at "idle", so the timer cannot tell.
+        self._reading = reading
         self._parent = os.getpid()  # built in the sentinel, used in its child
         self._leased: list[dict] = []
         self._finished: list[dict] = []
 
     def get(self) -> dict | str:
-        self._polled.value = time.monotonic()
+        self._reading.value = time.monotonic()
         self.flush()
         while not self._leased:
             # A worker whose sentinel is gone has no one to replace it or to enforce timeouts.
             if self._stop.value or os.getppid() != self._parent:
                 return "STOP"
-            self._polled.value = time.monotonic()
+            self._reading.value = time.monotonic()
             try:
                 leased = self._broker.dequeue()
             except Exception:  # noqa: BLE001  a broker or database down: read again, as the pusher did
@@ -113,6 +115,7 @@ class BrokerLink:
                 time.sleep(1.0)
                 continue
             self._leased.extend(self._unpack(leased or ()))
+        self._reading.value = 0.0
         return self._leased.pop(0)
 
     def _unpack(self, leased: Any) -> Iterator[dict]:
@@ -235,11 +238,11 @@ class Sentinel(django_q_cluster.Sentinel):
 
     def spawn_worker(self) -> None:
         timer = _mp().Value("f", IDLE)
-        polled = _mp().RawValue(ctypes.c_double, time.monotonic())
-        link = BrokerLink(self.broker, stop=self.stopping, polled=polled)
+        reading = _mp().RawValue(ctypes.c_double, time.monotonic())  # from its start to its first read
+        link = BrokerLink(self.broker, stop=self.stopping, reading=reading)
         process = _mp().Process(target=_work, args=(link, timer, self.timeout), name=f"Process-{uuid.uuid4().hex}")
         process.daemon = Conf.DAEMONIZE_WORKERS
-        process.timer, process.polled = timer, polled
+        process.timer, process.reading = timer, reading
         self.pool.append(process)
         process.start()
 
@@ -295,7 +298,7 @@ class Sentinel(django_q_cluster.Sentinel):
                 self.terminated.append((process, time.monotonic()))
                 if replace:
                     self._replace(process, "after timeout")
-            elif idle and time.monotonic() - process.polled.value > self.stall_timeout:
+            elif idle and 0 < process.reading.value < time.monotonic() - self.stall_timeout:
                 logger.critical(
                     "worker %s, idle, has not come back from its read of the broker for over %.0fs: killed",
                     process.name, self.stall_timeout,

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from django_q.models import Task
+from django_q.tasks import async_task
 
 from executions.models import Execution, ExecutionStatus
 from tests.conftest import Cluster, wait_for
@@ -71,6 +73,12 @@ def test_a_worker_wedged_in_its_read_of_the_broker_is_replaced(api):
         assert "has not come back from its read of the broker" in cluster.log()
         wait_for(lambda: len(live_workers(cluster)) == 2, timeout=10, message=cluster.log())
         run_echoes(api, 4, timeout=20)
+
+        # A task without a timeout leaves django-q2's timer at "idle" while it runs: it is busy,
+        # not wedged, however long it takes.
+        task_id = async_task("time.sleep", 5, timeout=-1, save=True)
+        wait_for(lambda: Task.objects.filter(id=task_id, success=True).exists(), timeout=30, message=cluster.log())
+        assert cluster.log().count("has not come back from its read of the broker") == 1
     finally:
         cluster.stop()
 
