@@ -72,7 +72,7 @@ def test_the_executions_of_a_worker_seen_dead_are_reaped_at_once_and_only_once()
     statuses = dict(Execution.objects.values_list("pk", "status"))
     assert statuses == {requeued.pk: "pending", last_attempt.pk: "failed", others.pk: "running", reused.pk: "running"}
     last = requeued.events.order_by("-seq").first()
-    assert last.data == {"status": "pending", "reason": "worker_lost", "worker": "host:1"}
+    assert last.data == {"status": "pending", "reason": "worker_lost", "worker": "host:1", "attempt": 1}
     last_attempt.refresh_from_db()
     assert last_attempt.error["type"] == "worker_lost"
     assert last_attempt.error["message"] == "The worker host:1 was killed by SIGKILL after 1 attempt."
