@@ -89,8 +89,9 @@ class BrokerLink:
     recording happens outside the timer lock that django-q2's worker holds around ``put``.
     """
 
-    def __init__(self, broker: Broker, *, stop: Any, reading: Any) -> None:
+    def __init__(self, broker: Broker, *, stop: Any, reading: Any, taker: str) -> None:
         self._broker = broker
+        self._taker = taker  # the name of the worker's list of taken messages (project.redis_broker)
         self._stop = stop  # a shared flag without a lock (RawValue)
         # When the worker's current wait for a task began, 0 while it holds one (RawValue): a task
         # without a timeout leaves django-q2's timer at "idle", so the timer cannot tell.
@@ -100,6 +101,9 @@ class BrokerLink:
         self._finished: list[dict] = []
 
     def get(self) -> dict | str:
+        if self._taker and hasattr(self._broker, "take_as"):
+            self._broker.take_as(self._taker)  # in the worker: its copy of the sentinel's broker
+            self._taker = ""
         self._reading.value = time.monotonic()
         self.flush()
         while not self._leased:
@@ -179,13 +183,13 @@ def _exit_cause(exitcode: int | None) -> str:
     return f"exited with status {exitcode}"
 
 
-def _reap_jobs_of(broker: Broker, pid: int, claimed_before: datetime, cause: str) -> None:
+def _reap_jobs_of(broker: Broker, pid: int, taker: str, claimed_before: datetime, cause: str) -> None:
     """A short-lived process: the message a dead worker was being handed put back in the queue
     (``project.redis_broker``), and the jobs it held requeued or ended."""
     requeue_taken = getattr(broker, "requeue_taken", None)
     for delay in (*REAP_RETRY_DELAYS, None):
         try:
-            if requeue_taken is not None and requeue_taken(pid):
+            if requeue_taken is not None and requeue_taken(taker):
                 logger.warning("put back the message worker %s was handed as it died", pid)
             worker_jobs_reap(worker=worker_name(pid), claimed_before=claimed_before, cause=cause)
             break
@@ -239,10 +243,11 @@ class Sentinel(django_q_cluster.Sentinel):
     def spawn_worker(self) -> None:
         timer = _mp().Value("f", IDLE)
         reading = _mp().RawValue(ctypes.c_double, time.monotonic())  # from its start to its first read
-        link = BrokerLink(self.broker, stop=self.stopping, reading=reading)
+        taker = f"{socket.gethostname()}:{uuid.uuid4().hex}"
+        link = BrokerLink(self.broker, stop=self.stopping, reading=reading, taker=taker)
         process = _mp().Process(target=_work, args=(link, timer, self.timeout), name=f"Process-{uuid.uuid4().hex}")
         process.daemon = Conf.DAEMONIZE_WORKERS
-        process.timer, process.reading = timer, reading
+        process.timer, process.reading, process.taker = timer, reading, taker
         self.pool.append(process)
         process.start()
 
@@ -330,7 +335,7 @@ class Sentinel(django_q_cluster.Sentinel):
             cause = f"{cause} after its task's timeout"
         db.connections.close_all()
         reaper = _mp().Process(
-            target=_reap_jobs_of, args=(self.broker, process.pid, timezone.now(), cause),
+            target=_reap_jobs_of, args=(self.broker, process.pid, process.taker, timezone.now(), cause),
             name=f"Reaper-{process.pid}", daemon=True,
         )
         reaper.start()
