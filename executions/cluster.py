@@ -47,7 +47,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from multiprocessing.process import BaseProcess, current_process
 from multiprocessing.sharedctypes import Synchronized
-from typing import Any
+from typing import Any, Protocol, cast
 
 from django import db
 from django.conf import settings
@@ -77,8 +77,25 @@ TERMINATE_GRACE = 5.0
 REAP_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
 
 
-def _mp():
+def _mp() -> Any:  # the fork context where there is one, as django-q2's
     return django_q_cluster.get_mp_context()
+
+
+class WorkerProcess(Protocol):
+    """A worker's Process, with what the sentinel keeps on it (django-q2 keeps ``timer`` so)."""
+
+    pid: int | None
+    name: str
+    daemon: bool
+    exitcode: int | None
+    timer: Synchronized  # django-q2's: seconds left of its task, or IDLE, TIMED_OUT, RECYCLED
+    reading: Any  # RawValue: when its current wait for a task began, 0 while it holds one
+    taker: str  # the name of its list of taken messages (project.redis_broker)
+
+    def start(self) -> None: ...
+    def is_alive(self) -> bool: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
 
 
 class BrokerLink:
@@ -203,7 +220,7 @@ def _reap_jobs_of(broker: Broker, pid: int, taker: str, claimed_before: datetime
 
 
 @contextlib.contextmanager
-def _timer_locked(process: BaseProcess) -> Iterator[Synchronized | None]:
+def _timer_locked(process: WorkerProcess) -> Iterator[Synchronized | None]:
     """The worker's timer, locked; None when the lock stays taken (by the worker, or by a worker
     that died holding it: the caller finds that out from its exit)."""
     lock = process.timer.get_lock()
@@ -225,14 +242,14 @@ class Sentinel(django_q_cluster.Sentinel):
         # A read of the broker returns every second or so (Redis BLPOP, or the ORM poll at most).
         self.stall_timeout = max(float(settings.EXECUTIONS_WORKER_STALL_TIMEOUT), 3 * max(float(Conf.POLL), 1.0))
         self.reapers: list[BaseProcess] = []
-        self.terminated: list[tuple[BaseProcess, float]] = []  # stopped for their timeout, not yet gone
+        self.terminated: list[tuple[WorkerProcess, float]] = []  # stopped for their timeout, not yet gone
         if start:
             self.start()
 
     # --- processes --------------------------------------------------------------------------
 
     def spawn_cluster(self) -> None:
-        self.pool = []
+        self.pool: list[WorkerProcess] = []
         Stat(self).save()
         db.connections.close_all()  # a forked child must not share the sentinel's connections
         for _ in range(self.pool_size):
@@ -245,7 +262,9 @@ class Sentinel(django_q_cluster.Sentinel):
         reading = _mp().RawValue(ctypes.c_double, time.monotonic())  # from its start to its first read
         taker = f"{socket.gethostname()}:{uuid.uuid4().hex}"
         link = BrokerLink(self.broker, stop=self.stopping, reading=reading, taker=taker)
-        process = _mp().Process(target=_work, args=(link, timer, self.timeout), name=f"Process-{uuid.uuid4().hex}")
+        process = cast(WorkerProcess, _mp().Process(
+            target=_work, args=(link, timer, self.timeout), name=f"Process-{uuid.uuid4().hex}"
+        ))
         process.daemon = Conf.DAEMONIZE_WORKERS
         process.timer, process.reading, process.taker = timer, reading, taker
         self.pool.append(process)
@@ -317,7 +336,7 @@ class Sentinel(django_q_cluster.Sentinel):
                 process.kill()
         self.reapers = [reaper for reaper in self.reapers if reaper.is_alive()]
 
-    def _replace(self, process: BaseProcess, why: str) -> None:
+    def _replace(self, process: WorkerProcess, why: str) -> None:
         db.connections.close_all()
         self.spawn_worker()
         self.reincarnations += 1
@@ -326,7 +345,7 @@ class Sentinel(django_q_cluster.Sentinel):
         else:
             logger.critical("reincarnated worker %s %s", process.name, why)
 
-    def _after_death(self, process: BaseProcess) -> None:
+    def _after_death(self, process: WorkerProcess) -> None:
         """The jobs the dead worker held, reaped by a process of their own."""
         if process.timer.get_obj().value == RECYCLED:
             return  # it ended its last task and left

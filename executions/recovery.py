@@ -72,7 +72,9 @@ def executions_reap_stale(*, heartbeat_timeout: float | None = None) -> dict[str
     # Conditional on the heartbeat still being old: a worker that beats meanwhile keeps its job.
     return _reap(
         Execution.objects.stale(before=cutoff), still_lost=Q(heartbeat_at__lt=cutoff),
-        cause=lambda execution: f"stopped beating its heartbeat (last at {execution.heartbeat_at.isoformat()})",
+        cause=lambda execution: (
+            f"stopped beating its heartbeat (last at {execution.heartbeat_at and execution.heartbeat_at.isoformat()})"
+        ),
     )
 
 

@@ -158,7 +158,7 @@ def test_killing_any_idle_worker_never_stalls_the_cluster(api) -> None:
             f"(10 of the worker reading the next task, 10 random); victims' wchan {waits_of_victims}; "
             f"{BATCH} echo executions after each kill done in p50 {statistics.median(batch_seconds):.2f}s, "
             f"max {max(batch_seconds):.2f}s (limit {BATCH_LIMIT:g}s; machine shared, timings noisy); "
-            f"{cluster.log().count('put back the message')} messages handed to a dying worker put back"
+            f"messages handed to a dying worker and put back: {cluster.log().count('put back the message')}"
             if batch_seconds else f"idle-worker kill -9: {len(stalls)} stalls in {len(victims)} kills"
         )
         assert not stalls, "\n".join(stalls)
