@@ -49,10 +49,11 @@ def test_a_killed_idle_worker_is_replaced_and_the_others_go_on_working(api):
             os.kill(victim, signal.SIGKILL)
             started = time.monotonic()
             run_echoes(api, 5, timeout=20)
-            assert time.monotonic() - started < 5
+            # A few seconds at most, however loaded the machine (a stalled cluster never gets there).
+            assert time.monotonic() - started < 10, cluster.log()[-3000:]
             wait_for(lambda victim=victim: len(live_workers(cluster)) == 2 and victim not in live_workers(cluster),
                      timeout=10, message=cluster.log())
-        assert cluster.log().count("reincarnated worker") == 2
+        assert cluster.log().count("reincarnated worker") == 2, cluster.log()[-3000:]
         # SIGTERM still stops the whole cluster.
         cluster.process.send_signal(signal.SIGTERM)
         cluster.process.wait(timeout=20)
