@@ -17,24 +17,21 @@ These run several times per execution, so they cost as few statements as the dat
 The UPDATE returns the bumped counter (and, for a claim, the whole row) with ``RETURNING``
 instead of a SELECT after it. On PostgreSQL the UPDATE and the event INSERT are one statement
 (data-modifying CTEs): one round trip, atomic on its own. On SQLite they are two statements in
-one transaction. A database without ``UPDATE … RETURNING`` takes the plain ORM path.
+one transaction. A database without ``UPDATE … RETURNING`` takes the plain ORM path. The SQL
+itself is in ``executions.statements``.
 """
 
-import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from django.db import connections, router, transaction
-from django.db.models import F, FloatField, Q
-from django.db.models.sql import UpdateQuery
-from django.utils import timezone
+from django.db.models import F, Q
 
+from executions import statements
 from executions.models import Execution, ExecutionEvent, ExecutionStatus
 from project.realtime.event_hub import channel_name, publish_on_commit
-
-_EXECUTION_FIELDS = Execution._meta.concrete_fields
 
 
 @dataclass(frozen=True)
@@ -71,80 +68,6 @@ def _allowed_statuses(allowed: Iterable[str] | None, fields: dict[str, Any]) -> 
     return allowed
 
 
-def _supports_update_returning(connection) -> bool:
-    if connection.vendor == "postgresql":
-        return True
-    # UPDATE … RETURNING came to SQLite in 3.35, with INSERT … RETURNING (which Django detects).
-    return connection.vendor == "sqlite" and connection.features.can_return_columns_from_insert
-
-
-def _update_sql(
-    connection, execution_id: UUID | str, allowed: Iterable[str] | None, where: Q | None,
-    fields: dict[str, Any],
-) -> tuple[str, list[Any]]:
-    """The conditional UPDATE that bumps ``event_seq``, compiled by the ORM, so ``fields`` and
-    ``where`` may hold any expression."""
-    queryset = Execution.objects.filter(where or Q(), pk=execution_id)
-    if allowed is not None:
-        queryset = queryset.filter(status__in=list(allowed))
-    query = queryset.query.chain(UpdateQuery)
-    query.add_update_values({"event_seq": F("event_seq") + 1, **fields})
-    compiler = query.get_compiler(connection=connection)
-    compiler.pre_sql_setup()
-    sql, params = compiler.as_sql()
-    return sql, list(params)
-
-
-def _event_values(connection, event_type: str, data: dict[str, Any]) -> list[Any]:
-    meta = ExecutionEvent._meta
-    return [
-        event_type,
-        meta.get_field("data").get_db_prep_save(data, connection),
-        meta.get_field("at").get_db_prep_save(timezone.now(), connection),
-    ]
-
-
-def _as_float(value: Any, expression: Any, connection: Any) -> Any:
-    return float(value) if isinstance(value, int) else value
-
-
-_readers: "weakref.WeakKeyDictionary[Any, Callable[[Sequence[Any]], Execution]]" = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _row_reader(connection) -> Callable[[Sequence[Any]], Execution]:
-    """Turns a returned row (all of Execution's columns, in field order) into an Execution,
-    converting values the way the ORM does (JSON text, SQLite's datetime strings, UUIDs)."""
-    reader = _readers.get(connection)
-    if reader is not None:
-        return reader
-    table = Execution._meta.db_table
-    converters = []
-    for field in _EXECUTION_FIELDS:
-        column = field.get_col(table)
-        column_converters = [
-            *connection.ops.get_db_converters(column), *column.get_db_converters(connection)
-        ]
-        if isinstance(field, FloatField):
-            # SQLite stores whole REAL values as integers and, unlike a SELECT, RETURNING hands
-            # them back as such: 0 where the ORM reads 0.0.
-            column_converters.append(_as_float)
-        converters.append((column, column_converters))
-    attnames = [field.attname for field in _EXECUTION_FIELDS]
-
-    def read(row: Sequence[Any]) -> Execution:
-        values = []
-        for value, (column, column_converters) in zip(row, converters, strict=True):
-            for converter in column_converters:
-                value = converter(value, column, connection)
-            values.append(value)
-        return Execution.from_db(connection.alias, attnames, values)
-
-    _readers[connection] = read
-    return read
-
-
 def _apply(
     *,
     execution_id: UUID | str,
@@ -159,41 +82,23 @@ def _apply(
     allowed = _allowed_statuses(allowed, fields)
     alias = router.db_for_write(Execution)
     connection = connections[alias]
-    if not _supports_update_returning(connection):
+    if not statements.supports_update_returning(connection):
         return _apply_with_orm(
             execution_id=execution_id, allowed=allowed, event_type=event_type,
             event_data=event_data, where=where, fields=fields, fetch_row=fetch_row, alias=alias,
         )
-    qn = connection.ops.quote_name
-    # The row's columns if asked for, then always its id and its bumped event counter.
-    returning = ", ".join(
-        [
-            *(qn(field.column) for field in _EXECUTION_FIELDS if fetch_row),
-            f"{qn('id')} AS job_id", f"{qn('event_seq')} AS job_seq",
-        ]
+    update_sql, update_params = statements.update_sql(
+        connection, execution_id=execution_id, allowed=allowed, where=where, fields=fields
     )
-    update_sql, update_params = _update_sql(connection, execution_id, allowed, where, fields)
-    insert_event = f"INSERT INTO {qn(ExecutionEvent._meta.db_table)} (execution_id, seq, type, data, at)"
-    event_params = _event_values(connection, event_type, event_data)
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"WITH u AS ({update_sql} RETURNING {returning}), "
-                f"e AS ({insert_event} SELECT job_id, job_seq, %s, %s, %s FROM u) "
-                f"SELECT * FROM u",
-                [*update_params, *event_params],
-            )
-            row = cursor.fetchone()
-    else:
-        with transaction.atomic(using=alias), connection.cursor() as cursor:
-            cursor.execute(f"{update_sql} RETURNING {returning}", update_params)
-            row = cursor.fetchone()
-            if row is not None:
-                cursor.execute(f"{insert_event} VALUES (%s, %s, %s, %s, %s)", [*row[-2:], *event_params])
+    row = statements.update_and_append_event(
+        connection, alias=alias, update_sql=update_sql, update_params=update_params,
+        event_params=statements.event_values(connection, event_type, event_data),
+        fetch_row=fetch_row,
+    )
     if row is None:
         return None
     publish_on_commit(channel_name("execution", execution_id))
-    return row[-1], _row_reader(connection)(row[:-2]) if fetch_row else None
+    return row[-1], statements.row_reader(connection)(row[:-2]) if fetch_row else None
 
 
 def _apply_with_orm(
