@@ -50,9 +50,10 @@ the ORM directly; each async method runs its sync twin in **one** ``sync_to_asyn
 Threads we do not control need connection hygiene Django only does around requests: an async
 call first drops its thread's connection if it is broken or past ``CONN_MAX_AGE`` (never inside
 a transaction; checked when the connection sat unused for ``CONNECTION_RECHECK_SECONDS`` or
-after an error, not before every call of a running graph); a sync call that had to open a connection closes it again, because sync graphs
-call ``put``/``put_writes`` from short-lived pool threads whose connections would otherwise
-linger until garbage collection (or hold a PostgreSQL pool slot).
+after an error, not before every call of a running graph); a sync call that had to open a
+connection closes it again, because sync graphs call ``put``/``put_writes`` from short-lived
+pool threads whose connections would otherwise linger until garbage collection (or hold a
+PostgreSQL pool slot).
 
 ``prune(strategy="keep_latest")`` leaves alone a namespace whose latest checkpoint records
 un-snapshotted ``DeltaChannel`` updates (``counters_since_delta_snapshot`` in its metadata):

@@ -24,7 +24,6 @@ from django.db import connections
 
 from checkpoints.models import Checkpoint, CheckpointWrite
 
-
 # An SQL condition (with %s placeholders) and its parameters, checked by a fenced write.
 Fence = tuple[str, Sequence[Any]]
 
@@ -168,7 +167,7 @@ def checkpoint_upsert_sql(vendor: str, alias: str, fence_sql: str | None = None)
     key = [column(Checkpoint, name) for name in _CHECKPOINT_KEY]
     updates = [
         f"{quoted} = EXCLUDED.{quoted}"
-        for name, quoted in zip(_CHECKPOINT_SAVED, columns)
+        for name, quoted in zip(_CHECKPOINT_SAVED, columns, strict=True)
         if name not in _CHECKPOINT_KEY and name != "created_at"
     ]
     return (

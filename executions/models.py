@@ -136,7 +136,9 @@ class Execution(models.Model):
     not_before = models.DateTimeField(
         null=True, blank=True, help_text="A retry waiting for its backoff: not claimed before this."
     )
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    idempotency_key = models.CharField(  # noqa: DJ001 NULL = no key: the partial unique index skips it
+        max_length=255, null=True, blank=True
+    )
     request_hash = models.CharField(
         max_length=64, blank=True, default="", editable=False,
         help_text="SHA-256 of the create request (path and body) that carried the key: the same "

@@ -486,7 +486,7 @@ def execute(execution_id: UUID | str) -> str:
             return "failed" if finished else _stopped(ctx)
         except TargetFailed as exc:
             return execution_fail_or_retry(ctx=ctx, error=_error("TargetFailed", str(exc)))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 the worker must survive whatever a target raises
             return execution_fail_or_retry(
                 ctx=ctx,
                 error=_error(

@@ -162,7 +162,10 @@ def execution_cancel(*, execution: Execution) -> Execution:
 def execution_retry(*, execution: Execution, owner=None) -> Execution:
     """Start a new execution with the same target, inputs and config as a finished one."""
     if execution.status not in ExecutionStatus.terminal():
-        raise Conflict(f"Execution {execution.pk} is still {execution.status}; only finished executions can be retried.")
+        raise Conflict(
+            f"Execution {execution.pk} is still {execution.status}; "
+            "only finished executions can be retried."
+        )
     return execution_create(
         owner=owner if owner is not None else execution.owner,
         type=execution.type,

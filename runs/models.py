@@ -127,7 +127,9 @@ class IdempotentCreate(models.Model):
     (owner, idempotency_key) makes that hold for concurrent retries too."""
 
     # Up to 255 characters from the header, plus "/batch/<n>" for the runs of a batch.
-    idempotency_key = models.CharField(max_length=300, null=True, blank=True, editable=False)
+    idempotency_key = models.CharField(  # noqa: DJ001 NULL = no key: the partial unique index skips it
+        max_length=300, null=True, blank=True, editable=False
+    )
     request_hash = models.CharField(
         max_length=64, blank=True, default="", editable=False,
         help_text="SHA-256 of the create request (path and body) that carried the key: the same "
@@ -158,7 +160,8 @@ class Assistant(IdempotentCreate):
     )
     graph_id = models.CharField(max_length=200)
     name = models.CharField(max_length=500, default="Untitled")
-    description = models.TextField(null=True, blank=True)
+    # The API's description is null when none was given, which is not "".
+    description = models.TextField(null=True, blank=True)  # noqa: DJ001
     config = models.JSONField(default=dict, blank=True)
     context = models.JSONField(default=dict, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
@@ -197,7 +200,8 @@ class AssistantVersion(models.Model):
     version = models.PositiveIntegerField()
     graph_id = models.CharField(max_length=200)
     name = models.CharField(max_length=500)
-    description = models.TextField(null=True, blank=True)
+    # The API's description is null when none was given, which is not "".
+    description = models.TextField(null=True, blank=True)  # noqa: DJ001
     config = models.JSONField(default=dict, blank=True)
     context = models.JSONField(default=dict, blank=True)
     metadata = models.JSONField(default=dict, blank=True)

@@ -183,7 +183,11 @@ def state_json(snapshot: Any) -> dict[str, Any]:
                 "error": None if task.error is None else str(task.error),
                 "interrupts": [interrupt_json(i) for i in task.interrupts],
                 "checkpoint": _checkpoint_ref(task_state) if isinstance(task_state, dict) else None,
-                "state": state_json(task_state) if task_state is not None and not isinstance(task_state, dict) else None,
+                "state": (
+                    state_json(task_state)
+                    if task_state is not None and not isinstance(task_state, dict)
+                    else None
+                ),
                 "result": to_json(task.result),
             }
         )

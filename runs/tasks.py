@@ -237,7 +237,7 @@ class RunWrites:
                         future.set_exception(exc)
                 self._fail_pending(exc)
                 raise
-            for (_, _, future, posted), (ok, value) in zip(work, outcomes):
+            for (_, _, future, posted), (ok, value) in zip(work, outcomes, strict=True):
                 if not future.done():
                     future.set_result(value) if ok else future.set_exception(value)
                 if posted and not ok and failure is None:
@@ -262,7 +262,7 @@ class RunWrites:
             # The worker lost the run: none of the batch may land, nor be tried again.
             self.fenced_out = True
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 a failed batch is retried piece by piece below
             if not events and len(work) == 1:
                 return [(False, exc)], None
         # One piece failed and took the others down with it: each again, in its own transaction.
@@ -274,14 +274,14 @@ class RunWrites:
             except FenceClosed:
                 self.fenced_out = True
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 handed to the piece's caller, who raises it
                 outcomes.append((False, exc))
         events_failure = None
         if events:
             try:
                 with transaction.atomic():
                     self._store(events)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 returned, raised by the flusher to every waiter
                 events_failure = exc
         return outcomes, events_failure
 
@@ -538,7 +538,9 @@ class RunDriver:
             from store.backend import DjangoStore
 
             graph = graph_get(
-                self.run.assistant.graph_id, checkpointer=saver, store=DjangoStore(owner_id=self.run.owner_id, index=store_index())
+                self.run.assistant.graph_id,
+                checkpointer=saver,
+                store=DjangoStore(owner_id=self.run.owner_id, index=store_index()),
             )
         except (GraphNotFound, GraphLoadError) as exc:
             error = {"error": type(exc).__name__, "message": f"Graph not available: {exc}"}
@@ -562,7 +564,7 @@ class RunDriver:
             outcome = Outcome(RunStatus.TIMEOUT, result={"__error__": error}, error=error)
             outcome.state = await self._state(graph)
             return outcome
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 whatever a graph raises ends its run as an error
             if self.writes.fenced_out:  # the graph failed since its writes were refused
                 self.stop_reason = await self._why_fenced_out()
             else:

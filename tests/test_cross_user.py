@@ -124,15 +124,23 @@ def alices(clients: tuple[APIClient, APIClient]) -> dict[str, str]:
     thread_id = thread.json()["thread_id"]
     run = api.post(
         f"/threads/{thread_id}/runs",
-        {"assistant_id": assistant.json()["assistant_id"], "input": {"messages": [{"role": "user", "content": MARKER}]}, "metadata": meta},
+        {
+            "assistant_id": assistant.json()["assistant_id"],
+            "input": {"messages": [{"role": "user", "content": MARKER}]},
+            "metadata": meta,
+        },
         format="json",
     )
     assert run.status_code == 200, run.content
     state = api.post(
-        f"/threads/{thread_id}/state", {"values": {"messages": [{"role": "user", "content": MARKER}]}}, format="json"
+        f"/threads/{thread_id}/state",
+        {"values": {"messages": [{"role": "user", "content": MARKER}]}},
+        format="json",
     )
     assert state.status_code == 200, state.content
-    execution = api.post("/api/v1/executions", {"type": "agent", "target_id": "echo", "inputs": meta}, format="json")
+    execution = api.post(
+        "/api/v1/executions", {"type": "agent", "target_id": "echo", "inputs": meta}, format="json"
+    )
     assert execution.status_code == 201, execution.content
     return {
         "assistant_id": assistant.json()["assistant_id"],
@@ -146,9 +154,19 @@ def alices(clients: tuple[APIClient, APIClient]) -> dict[str, str]:
 
 def _rows() -> list[Any]:
     return [
-        sorted(Thread.objects.values_list("pk", "owner_id", "metadata", "status", "values", "updated_at")),
-        sorted(Run.objects.values_list("pk", "thread_id", "status", "cancel_requested_at", "updated_at")),
-        sorted(Assistant.objects.values_list("pk", "owner_id", "version", "metadata", "updated_at")),
+        sorted(
+            Thread.objects.values_list(
+                "pk", "owner_id", "metadata", "status", "values", "updated_at"
+            )
+        ),
+        sorted(
+            Run.objects.values_list(
+                "pk", "thread_id", "status", "cancel_requested_at", "updated_at"
+            )
+        ),
+        sorted(
+            Assistant.objects.values_list("pk", "owner_id", "version", "metadata", "updated_at")
+        ),
         sorted(Execution.objects.values_list("pk", "status", "cancelled_at")),
     ]
 
@@ -161,7 +179,9 @@ def test_every_route_with_an_id_is_covered() -> None:
 
 
 @pytest.mark.parametrize("route", _id_routes(), ids=lambda route: route.path)
-def test_another_users_id_is_not_found(route: Route, clients: tuple[APIClient, APIClient], alices: dict[str, str]) -> None:
+def test_another_users_id_is_not_found(
+    route: Route, clients: tuple[APIClient, APIClient], alices: dict[str, str]
+) -> None:
     failures = {}
     for method in HTTP_METHODS:
         key = f"{method.upper()} {route.path}"
@@ -170,16 +190,27 @@ def test_another_users_id_is_not_found(route: Route, clients: tuple[APIClient, A
         except AssertionError as error:
             failures[key] = str(error)
     known = {key for key in KNOWN_BUGS if key.split(" ", 1)[1] == route.path}
-    assert set(failures) == known, {key: failures.get(key, "fixed: drop it from KNOWN_BUGS") for key in set(failures) ^ known}
+    assert set(failures) == known, {
+        key: failures.get(key, "fixed: drop it from KNOWN_BUGS") for key in set(failures) ^ known
+    }
 
 
-def _check_method(key: str, route: Route, method: str, clients: tuple[APIClient, APIClient], alices: dict[str, str]) -> None:
+def _check_method(
+    key: str,
+    route: Route,
+    method: str,
+    clients: tuple[APIClient, APIClient],
+    alices: dict[str, str],
+) -> None:
     alice, bob = clients
     path = route.path.format(**alices)
     requests = REQUESTS.get(key)
     if requests is None:
         # Not in the table: only acceptable if nobody is served this method here.
-        as_bob, as_alice = _send(bob, method, path, {}, alices), _send(alice, method, path, {}, alices)
+        as_bob, as_alice = (
+            _send(bob, method, path, {}, alices),
+            _send(alice, method, path, {}, alices),
+        )
         assert (as_bob.status_code, as_alice.status_code) == (405, 405), (
             f"{key} is served ({as_bob.status_code} to Bob, {as_alice.status_code} to Alice): "
             "add Bob's request for it to REQUESTS"
@@ -191,15 +222,27 @@ def _check_method(key: str, route: Route, method: str, clients: tuple[APIClient,
         body = _body(response)
         assert MARKER not in body, f"{key}: Alice's data in Bob's answer: {body[:500]}"
         leaked = [
-            value for name, value in alices.items()
+            value
+            for name, value in alices.items()
             if name != "namespace" and value in body and f"{{{name}}}" not in route.path
         ]
         assert not leaked, f"{key}: Alice's ids {leaked} in Bob's answer: {body[:500]}"
         if key in ANSWERS_NOT_FOUND_WITH_200:
-            missing = _send(bob, method, route.path.format(**{k: str(uuid.uuid4()) for k in alices}), request, alices)
-            assert response.status_code == missing.status_code == 200, (response.status_code, body[:300])
+            missing = _send(
+                bob,
+                method,
+                route.path.format(**{k: str(uuid.uuid4()) for k in alices}),
+                request,
+                alices,
+            )
+            assert response.status_code == missing.status_code == 200, (
+                response.status_code,
+                body[:300],
+            )
             assert body == _body(missing), body[:300]
             assert "404: Run not found" in body
         else:
-            assert response.status_code == 404, f"{key} {request}: {response.status_code} {body[:300]}"
+            assert response.status_code == 404, (
+                f"{key} {request}: {response.status_code} {body[:300]}"
+            )
     assert _rows() == before, f"{key}: Bob's request changed Alice's rows"

@@ -124,7 +124,9 @@ class Ctx:
     ids: dict[str, str]
     system_assistant: str
 
-    def call(self, method: str, path: str, *, session: requests.Session | None = None, **kwargs: Any) -> requests.Response:
+    def call(
+        self, method: str, path: str, *, session: requests.Session | None = None, **kwargs: Any
+    ) -> requests.Response:
         kwargs.setdefault("timeout", 30)
         response = (session or self.alice).request(method, self.url + path, stream=True, **kwargs)
         if "text/event-stream" in response.headers.get("content-type", ""):
@@ -155,7 +157,11 @@ class Ctx:
         """``method path`` (``{}`` is the thread) while the thread's run is running: the steps
         graph slowed down, cancelled afterwards so it does not hold a worker."""
         thread_id = self.thread()
-        run = self.ok("POST", f"/threads/{thread_id}/runs", json={"assistant_id": "steps", "input": {"delay": 5}})
+        run = self.ok(
+            "POST",
+            f"/threads/{thread_id}/runs",
+            json={"assistant_id": "steps", "input": {"delay": 5}},
+        )
         deadline = time.monotonic() + 20
         while self.ok("GET", f"/threads/{thread_id}/runs/{run['run_id']}")["status"] != "running":
             assert time.monotonic() < deadline, "the run never started"
@@ -166,7 +172,9 @@ class Ctx:
             self.call("POST", f"/threads/{thread_id}/runs/{run['run_id']}/cancel")
 
     def execution(self, **body: Any) -> str:
-        return self.ok("POST", "/api/v1/executions", json={"type": "agent", "target_id": "echo", **body})["execution_id"]
+        return self.ok(
+            "POST", "/api/v1/executions", json={"type": "agent", "target_id": "echo", **body}
+        )["execution_id"]
 
     def finished_execution(self) -> str:
         execution_id = self.execution()
@@ -191,71 +199,176 @@ RECIPES: dict[str, Recipe] = {
     "200 GET /info": lambda c: c.call("GET", "/info", session=requests.Session()),
     # assistants
     "200 POST /assistants": lambda c: c.call("POST", "/assistants", json={"graph_id": "echo"}),
-    "404 POST /assistants": lambda c: c.call("POST", "/assistants", json={"graph_id": "no-such-graph"}),
-    "409 POST /assistants": lambda c: c.call("POST", "/assistants", json={"graph_id": "echo", "assistant_id": c.ids["assistant"]}),
-    "200 POST /assistants/search": lambda c: c.call("POST", "/assistants/search", json={"select": ["assistant_id"]}),
+    "404 POST /assistants": lambda c: c.call(
+        "POST", "/assistants", json={"graph_id": "no-such-graph"}
+    ),
+    "409 POST /assistants": lambda c: c.call(
+        "POST", "/assistants", json={"graph_id": "echo", "assistant_id": c.ids["assistant"]}
+    ),
+    "200 POST /assistants/search": lambda c: c.call(
+        "POST", "/assistants/search", json={"select": ["assistant_id"]}
+    ),
     "200 POST /assistants/count": lambda c: c.call("POST", "/assistants/count", json={}),
-    "200 GET /assistants/{assistant_id}": lambda c: c.call("GET", f"/assistants/{c.ids['assistant']}"),
-    "200 PATCH /assistants/{assistant_id}": lambda c: c.call("PATCH", f"/assistants/{c.ids['assistant']}", json={"metadata": {"a": 1}}),
-    "409 PATCH /assistants/{assistant_id}": lambda c: c.call("PATCH", f"/assistants/{c.system_assistant}", json={"name": "x"}),
-    "204 DELETE /assistants/{assistant_id}": lambda c: c.call("DELETE", f"/assistants/{c.ok('POST', '/assistants', json={'graph_id': 'echo'})['assistant_id']}"),
-    "409 DELETE /assistants/{assistant_id}": lambda c: c.call("DELETE", f"/assistants/{c.system_assistant}"),
-    "200 GET /assistants/{assistant_id}/graph": lambda c: c.call("GET", f"/assistants/{c.ids['assistant']}/graph?xray=1"),
-    "200 GET /assistants/{assistant_id}/schemas": lambda c: c.call("GET", f"/assistants/{c.ids['assistant']}/schemas"),
-    "200 GET /assistants/{assistant_id}/subgraphs": lambda c: c.call("GET", f"/assistants/{c.ids['assistant']}/subgraphs?recurse=true"),
-    "200 GET /assistants/{assistant_id}/subgraphs/{namespace}": lambda c: c.call("GET", f"/assistants/{c.ids['assistant']}/subgraphs/x"),
-    "200 POST /assistants/{assistant_id}/versions": lambda c: c.call("POST", f"/assistants/{c.ids['assistant']}/versions", json={}),
-    "200 POST /assistants/{assistant_id}/latest": lambda c: c.call("POST", f"/assistants/{c.ids['assistant']}/latest", json={"version": 1}),
-    "409 POST /assistants/{assistant_id}/latest": lambda c: c.call("POST", f"/assistants/{c.system_assistant}/latest", json={"version": 1}),
+    "200 GET /assistants/{assistant_id}": lambda c: c.call(
+        "GET", f"/assistants/{c.ids['assistant']}"
+    ),
+    "200 PATCH /assistants/{assistant_id}": lambda c: c.call(
+        "PATCH", f"/assistants/{c.ids['assistant']}", json={"metadata": {"a": 1}}
+    ),
+    "409 PATCH /assistants/{assistant_id}": lambda c: c.call(
+        "PATCH", f"/assistants/{c.system_assistant}", json={"name": "x"}
+    ),
+    "204 DELETE /assistants/{assistant_id}": lambda c: c.call(
+        "DELETE",
+        f"/assistants/{c.ok('POST', '/assistants', json={'graph_id': 'echo'})['assistant_id']}",
+    ),
+    "409 DELETE /assistants/{assistant_id}": lambda c: c.call(
+        "DELETE", f"/assistants/{c.system_assistant}"
+    ),
+    "200 GET /assistants/{assistant_id}/graph": lambda c: c.call(
+        "GET", f"/assistants/{c.ids['assistant']}/graph?xray=1"
+    ),
+    "200 GET /assistants/{assistant_id}/schemas": lambda c: c.call(
+        "GET", f"/assistants/{c.ids['assistant']}/schemas"
+    ),
+    "200 GET /assistants/{assistant_id}/subgraphs": lambda c: c.call(
+        "GET", f"/assistants/{c.ids['assistant']}/subgraphs?recurse=true"
+    ),
+    "200 GET /assistants/{assistant_id}/subgraphs/{namespace}": lambda c: c.call(
+        "GET", f"/assistants/{c.ids['assistant']}/subgraphs/x"
+    ),
+    "200 POST /assistants/{assistant_id}/versions": lambda c: c.call(
+        "POST", f"/assistants/{c.ids['assistant']}/versions", json={}
+    ),
+    "200 POST /assistants/{assistant_id}/latest": lambda c: c.call(
+        "POST", f"/assistants/{c.ids['assistant']}/latest", json={"version": 1}
+    ),
+    "409 POST /assistants/{assistant_id}/latest": lambda c: c.call(
+        "POST", f"/assistants/{c.system_assistant}/latest", json={"version": 1}
+    ),
     # threads
     "200 POST /threads": lambda c: c.call("POST", "/threads", json={"metadata": {"a": 1}}),
     "409 POST /threads": lambda c: c.call("POST", "/threads", json={"thread_id": c.ids["thread"]}),
-    "200 POST /threads/search": lambda c: c.call("POST", "/threads/search", json={"select": ["thread_id"]}),
+    "200 POST /threads/search": lambda c: c.call(
+        "POST", "/threads/search", json={"select": ["thread_id"]}
+    ),
     "200 POST /threads/count": lambda c: c.call("POST", "/threads/count", json={}),
-    "200 POST /threads/prune": lambda c: c.call("POST", "/threads/prune", json={"thread_ids": [c.thread()]}),
+    "200 POST /threads/prune": lambda c: c.call(
+        "POST", "/threads/prune", json={"thread_ids": [c.thread()]}
+    ),
     "200 GET /threads/{thread_id}": lambda c: c.call("GET", f"/threads/{c.ids['thread']}"),
-    "200 PATCH /threads/{thread_id}": lambda c: c.call("PATCH", f"/threads/{c.ids['thread']}", json={"metadata": {"b": 2}}),
+    "200 PATCH /threads/{thread_id}": lambda c: c.call(
+        "PATCH", f"/threads/{c.ids['thread']}", json={"metadata": {"b": 2}}
+    ),
     "204 DELETE /threads/{thread_id}": lambda c: c.call("DELETE", f"/threads/{c.thread()}"),
-    "200 POST /threads/{thread_id}/copy": lambda c: c.call("POST", f"/threads/{c.ids['thread']}/copy", json={}),
-    "200 GET /threads/{thread_id}/state": lambda c: c.call("GET", f"/threads/{c.ids['thread']}/state"),
-    "200 POST /threads/{thread_id}/state": lambda c: c.call("POST", f"/threads/{c.ids['thread']}/state", json={"values": {"messages": [{"role": "user", "content": "s"}]}}),
-    "400 POST /threads/{thread_id}/state": lambda c: c.call("POST", f"/threads/{c.thread()}/state", json={"values": {}}),
-    "409 POST /threads/{thread_id}/state": lambda c: c.on_busy_thread("POST", "/threads/{}/state", json={"values": {}}),
-    "200 POST /threads/{thread_id}/state/checkpoint": lambda c: c.call("POST", f"/threads/{c.ids['thread']}/state/checkpoint", json={"checkpoint": {"checkpoint_id": c.ids["checkpoint"]}}),
-    "200 GET /threads/{thread_id}/state/{checkpoint_id}": lambda c: c.call("GET", f"/threads/{c.ids['thread']}/state/{c.ids['checkpoint']}"),
-    "200 GET /threads/{thread_id}/history": lambda c: c.call("GET", f"/threads/{c.ids['thread']}/history?limit=2"),
-    "200 POST /threads/{thread_id}/history": lambda c: c.call("POST", f"/threads/{c.ids['thread']}/history", json={"limit": 2}),
-    "200 GET /threads/{thread_id}/stream": lambda c: c.call("GET", f"/threads/{c.ids['thread']}/stream", timeout=5),
+    "200 POST /threads/{thread_id}/copy": lambda c: c.call(
+        "POST", f"/threads/{c.ids['thread']}/copy", json={}
+    ),
+    "200 GET /threads/{thread_id}/state": lambda c: c.call(
+        "GET", f"/threads/{c.ids['thread']}/state"
+    ),
+    "200 POST /threads/{thread_id}/state": lambda c: c.call(
+        "POST",
+        f"/threads/{c.ids['thread']}/state",
+        json={"values": {"messages": [{"role": "user", "content": "s"}]}},
+    ),
+    "400 POST /threads/{thread_id}/state": lambda c: c.call(
+        "POST", f"/threads/{c.thread()}/state", json={"values": {}}
+    ),
+    "409 POST /threads/{thread_id}/state": lambda c: c.on_busy_thread(
+        "POST", "/threads/{}/state", json={"values": {}}
+    ),
+    "200 POST /threads/{thread_id}/state/checkpoint": lambda c: c.call(
+        "POST",
+        f"/threads/{c.ids['thread']}/state/checkpoint",
+        json={"checkpoint": {"checkpoint_id": c.ids["checkpoint"]}},
+    ),
+    "200 GET /threads/{thread_id}/state/{checkpoint_id}": lambda c: c.call(
+        "GET", f"/threads/{c.ids['thread']}/state/{c.ids['checkpoint']}"
+    ),
+    "200 GET /threads/{thread_id}/history": lambda c: c.call(
+        "GET", f"/threads/{c.ids['thread']}/history?limit=2"
+    ),
+    "200 POST /threads/{thread_id}/history": lambda c: c.call(
+        "POST", f"/threads/{c.ids['thread']}/history", json={"limit": 2}
+    ),
+    "200 GET /threads/{thread_id}/stream": lambda c: c.call(
+        "GET", f"/threads/{c.ids['thread']}/stream", timeout=5
+    ),
     # runs on a thread
-    "200 GET /threads/{thread_id}/runs": lambda c: c.call("GET", f"/threads/{c.ids['thread']}/runs?select=run_id"),
-    "200 POST /threads/{thread_id}/runs": lambda c: c.call("POST", f"/threads/{c.thread()}/runs", json=RUN),
-    "400 POST /threads/{thread_id}/runs": lambda c: c.call("POST", f"/threads/{c.ids['thread']}/runs", json=BOTH_CONFIGURABLE_AND_CONTEXT),
-    "409 POST /threads/{thread_id}/runs": lambda c: c.on_busy_thread("POST", "/threads/{}/runs", json={**RUN, "multitask_strategy": "reject"}),
-    "200 POST /threads/{thread_id}/runs/wait": lambda c: c.call("POST", f"/threads/{c.thread()}/runs/wait", json=RUN),
-    "400 POST /threads/{thread_id}/runs/wait": lambda c: c.call("POST", f"/threads/{c.ids['thread']}/runs/wait", json=BOTH_CONFIGURABLE_AND_CONTEXT),
-    "409 POST /threads/{thread_id}/runs/wait": lambda c: c.on_busy_thread("POST", "/threads/{}/runs/wait", json={**RUN, "multitask_strategy": "reject"}),
-    "200 POST /threads/{thread_id}/runs/stream": lambda c: c.call("POST", f"/threads/{c.thread()}/runs/stream", json=RUN),
-    "400 POST /threads/{thread_id}/runs/stream": lambda c: c.call("POST", f"/threads/{c.ids['thread']}/runs/stream", json=BOTH_CONFIGURABLE_AND_CONTEXT),
-    "409 POST /threads/{thread_id}/runs/stream": lambda c: c.on_busy_thread("POST", "/threads/{}/runs/stream", json={**RUN, "multitask_strategy": "reject"}),
-    "200 GET /threads/{thread_id}/runs/{run_id}": lambda c: c.call("GET", f"/threads/{c.ids['thread']}/runs/{c.ids['run']}"),
-    "204 DELETE /threads/{thread_id}/runs/{run_id}": lambda c: c.call("DELETE", "/threads/{}/runs/{}".format(*c.finished_thread())),
-    "200 GET /threads/{thread_id}/runs/{run_id}/join": lambda c: c.call("GET", f"/threads/{c.ids['thread']}/runs/{c.ids['run']}/join"),
-    "200 GET /threads/{thread_id}/runs/{run_id}/stream": lambda c: c.call("GET", f"/threads/{c.ids['thread']}/runs/{c.ids['run']}/stream", timeout=5),
-    "202 POST /threads/{thread_id}/runs/{run_id}/cancel": lambda c: c.call("POST", "/threads/{}/runs/{}/cancel".format(*c.pending_run())),
-    "200 POST /threads/{thread_id}/runs/{run_id}/cancel": lambda c: c.call("POST", "/threads/{}/runs/{}/cancel?wait=true".format(*c.pending_run())),
+    "200 GET /threads/{thread_id}/runs": lambda c: c.call(
+        "GET", f"/threads/{c.ids['thread']}/runs?select=run_id"
+    ),
+    "200 POST /threads/{thread_id}/runs": lambda c: c.call(
+        "POST", f"/threads/{c.thread()}/runs", json=RUN
+    ),
+    "400 POST /threads/{thread_id}/runs": lambda c: c.call(
+        "POST", f"/threads/{c.ids['thread']}/runs", json=BOTH_CONFIGURABLE_AND_CONTEXT
+    ),
+    "409 POST /threads/{thread_id}/runs": lambda c: c.on_busy_thread(
+        "POST", "/threads/{}/runs", json={**RUN, "multitask_strategy": "reject"}
+    ),
+    "200 POST /threads/{thread_id}/runs/wait": lambda c: c.call(
+        "POST", f"/threads/{c.thread()}/runs/wait", json=RUN
+    ),
+    "400 POST /threads/{thread_id}/runs/wait": lambda c: c.call(
+        "POST", f"/threads/{c.ids['thread']}/runs/wait", json=BOTH_CONFIGURABLE_AND_CONTEXT
+    ),
+    "409 POST /threads/{thread_id}/runs/wait": lambda c: c.on_busy_thread(
+        "POST", "/threads/{}/runs/wait", json={**RUN, "multitask_strategy": "reject"}
+    ),
+    "200 POST /threads/{thread_id}/runs/stream": lambda c: c.call(
+        "POST", f"/threads/{c.thread()}/runs/stream", json=RUN
+    ),
+    "400 POST /threads/{thread_id}/runs/stream": lambda c: c.call(
+        "POST", f"/threads/{c.ids['thread']}/runs/stream", json=BOTH_CONFIGURABLE_AND_CONTEXT
+    ),
+    "409 POST /threads/{thread_id}/runs/stream": lambda c: c.on_busy_thread(
+        "POST", "/threads/{}/runs/stream", json={**RUN, "multitask_strategy": "reject"}
+    ),
+    "200 GET /threads/{thread_id}/runs/{run_id}": lambda c: c.call(
+        "GET", f"/threads/{c.ids['thread']}/runs/{c.ids['run']}"
+    ),
+    "204 DELETE /threads/{thread_id}/runs/{run_id}": lambda c: c.call(
+        "DELETE", "/threads/{}/runs/{}".format(*c.finished_thread())
+    ),
+    "200 GET /threads/{thread_id}/runs/{run_id}/join": lambda c: c.call(
+        "GET", f"/threads/{c.ids['thread']}/runs/{c.ids['run']}/join"
+    ),
+    "200 GET /threads/{thread_id}/runs/{run_id}/stream": lambda c: c.call(
+        "GET", f"/threads/{c.ids['thread']}/runs/{c.ids['run']}/stream", timeout=5
+    ),
+    "202 POST /threads/{thread_id}/runs/{run_id}/cancel": lambda c: c.call(
+        "POST", "/threads/{}/runs/{}/cancel".format(*c.pending_run())
+    ),
+    "200 POST /threads/{thread_id}/runs/{run_id}/cancel": lambda c: c.call(
+        "POST", "/threads/{}/runs/{}/cancel?wait=true".format(*c.pending_run())
+    ),
     # stateless runs
     "200 POST /runs": lambda c: c.call("POST", "/runs", json=RUN),
     "400 POST /runs": lambda c: c.call("POST", "/runs", json=BOTH_CONFIGURABLE_AND_CONTEXT),
     "404 POST /runs": lambda c: c.call("POST", "/runs", json={**RUN, "assistant_id": RANDOM}),
     "200 POST /runs/wait": lambda c: c.call("POST", "/runs/wait", json=RUN),
-    "400 POST /runs/wait": lambda c: c.call("POST", "/runs/wait", json=BOTH_CONFIGURABLE_AND_CONTEXT),
-    "404 POST /runs/wait": lambda c: c.call("POST", "/runs/wait", json={**RUN, "assistant_id": RANDOM}),
+    "400 POST /runs/wait": lambda c: c.call(
+        "POST", "/runs/wait", json=BOTH_CONFIGURABLE_AND_CONTEXT
+    ),
+    "404 POST /runs/wait": lambda c: c.call(
+        "POST", "/runs/wait", json={**RUN, "assistant_id": RANDOM}
+    ),
     "200 POST /runs/stream": lambda c: c.call("POST", "/runs/stream", json=RUN),
-    "400 POST /runs/stream": lambda c: c.call("POST", "/runs/stream", json=BOTH_CONFIGURABLE_AND_CONTEXT),
-    "404 POST /runs/stream": lambda c: c.call("POST", "/runs/stream", json={**RUN, "assistant_id": RANDOM}),
+    "400 POST /runs/stream": lambda c: c.call(
+        "POST", "/runs/stream", json=BOTH_CONFIGURABLE_AND_CONTEXT
+    ),
+    "404 POST /runs/stream": lambda c: c.call(
+        "POST", "/runs/stream", json={**RUN, "assistant_id": RANDOM}
+    ),
     "200 POST /runs/batch": lambda c: c.call("POST", "/runs/batch", json=[RUN, RUN]),
-    "400 POST /runs/batch": lambda c: c.call("POST", "/runs/batch", json=[BOTH_CONFIGURABLE_AND_CONTEXT]),
-    "404 POST /runs/batch": lambda c: c.call("POST", "/runs/batch", json=[{**RUN, "assistant_id": RANDOM}]),
+    "400 POST /runs/batch": lambda c: c.call(
+        "POST", "/runs/batch", json=[BOTH_CONFIGURABLE_AND_CONTEXT]
+    ),
+    "404 POST /runs/batch": lambda c: c.call(
+        "POST", "/runs/batch", json=[{**RUN, "assistant_id": RANDOM}]
+    ),
     "409 POST /runs": lambda c: _idempotency_conflict_at(c, "/runs", RUN),
     "409 POST /runs/wait": lambda c: _idempotency_conflict_at(c, "/runs/wait", RUN),
     "409 POST /runs/stream": lambda c: _idempotency_conflict_at(c, "/runs/stream", RUN),
@@ -264,35 +377,72 @@ RECIPES: dict[str, Recipe] = {
     "429 POST /assistants": lambda c: _throttled(c, "/assistants", {"graph_id": "echo"}),
     "429 POST /threads": lambda c: _throttled(c, "/threads", {}),
     "429 POST /threads/{thread_id}/runs": lambda c: _throttled(c, f"/threads/{RANDOM}/runs", RUN),
-    "429 POST /threads/{thread_id}/runs/wait": lambda c: _throttled(c, f"/threads/{RANDOM}/runs/wait", RUN),
-    "429 POST /threads/{thread_id}/runs/stream": lambda c: _throttled(c, f"/threads/{RANDOM}/runs/stream", RUN),
+    "429 POST /threads/{thread_id}/runs/wait": lambda c: _throttled(
+        c, f"/threads/{RANDOM}/runs/wait", RUN
+    ),
+    "429 POST /threads/{thread_id}/runs/stream": lambda c: _throttled(
+        c, f"/threads/{RANDOM}/runs/stream", RUN
+    ),
     "429 POST /runs": lambda c: _throttled(c, "/runs", RUN),
     "429 POST /runs/wait": lambda c: _throttled(c, "/runs/wait", RUN),
     "429 POST /runs/stream": lambda c: _throttled(c, "/runs/stream", RUN),
     "429 POST /runs/batch": lambda c: _throttled(c, "/runs/batch", [RUN]),
     "429 GET /threads/{thread_id}/stream": lambda c: _streams_full(c, "/threads/{thread}/stream"),
-    "429 GET /threads/{thread_id}/runs/{run_id}/stream": lambda c: _streams_full(c, "/threads/{thread}/runs/{run}/stream"),
+    "429 GET /threads/{thread_id}/runs/{run_id}/stream": lambda c: _streams_full(
+        c, "/threads/{thread}/runs/{run}/stream"
+    ),
     "204 POST /runs/cancel": lambda c: c.call("POST", "/runs/cancel", json={"status": "pending"}),
-    "404 POST /runs/cancel": lambda c: c.call("POST", "/runs/cancel", json={"thread_id": RANDOM, "run_ids": [RANDOM]}),
+    "404 POST /runs/cancel": lambda c: c.call(
+        "POST", "/runs/cancel", json={"thread_id": RANDOM, "run_ids": [RANDOM]}
+    ),
     # store
-    "204 PUT /store/items": lambda c: c.call("PUT", "/store/items", json={"namespace": ["recipes"], "key": "k", "value": {"a": 1}}),
+    "204 PUT /store/items": lambda c: c.call(
+        "PUT", "/store/items", json={"namespace": ["recipes"], "key": "k", "value": {"a": 1}}
+    ),
     "200 GET /store/items": lambda c: c.call("GET", "/store/items?namespace=recipes&key=k"),
-    "204 DELETE /store/items": lambda c: c.call("DELETE", "/store/items", json={"namespace": ["recipes"], "key": "k"}),
-    "200 POST /store/items/search": lambda c: c.call("POST", "/store/items/search", json={"namespace_prefix": ["recipes"], "filter": {"a": {"$gte": 1}}}),
-    "200 POST /store/namespaces": lambda c: c.call("POST", "/store/namespaces", json={"prefix": ["recipes"], "max_depth": 1}),
+    "204 DELETE /store/items": lambda c: c.call(
+        "DELETE", "/store/items", json={"namespace": ["recipes"], "key": "k"}
+    ),
+    "200 POST /store/items/search": lambda c: c.call(
+        "POST",
+        "/store/items/search",
+        json={"namespace_prefix": ["recipes"], "filter": {"a": {"$gte": 1}}},
+    ),
+    "200 POST /store/namespaces": lambda c: c.call(
+        "POST", "/store/namespaces", json={"prefix": ["recipes"], "max_depth": 1}
+    ),
     # executions
-    "200 GET /api/v1/executions": lambda c: c.call("GET", "/api/v1/executions?ordering=-created_at"),
+    "200 GET /api/v1/executions": lambda c: c.call(
+        "GET", "/api/v1/executions?ordering=-created_at"
+    ),
     "400 GET /api/v1/executions": lambda c: c.call("GET", "/api/v1/executions?page_size=1000"),
-    "201 POST /api/v1/executions": lambda c: c.call("POST", "/api/v1/executions", json={"type": "agent", "target_id": "echo"}),
-    "400 POST /api/v1/executions": lambda c: c.call("POST", "/api/v1/executions", json={"type": "agent", "target_id": "no-such-agent"}),
+    "201 POST /api/v1/executions": lambda c: c.call(
+        "POST", "/api/v1/executions", json={"type": "agent", "target_id": "echo"}
+    ),
+    "400 POST /api/v1/executions": lambda c: c.call(
+        "POST", "/api/v1/executions", json={"type": "agent", "target_id": "no-such-agent"}
+    ),
     "409 POST /api/v1/executions": lambda c: _idempotency_conflict(c),
     "429 POST /api/v1/executions": lambda c: _too_many_active(c),
-    "200 GET /api/v1/executions/{id}": lambda c: c.call("GET", f"/api/v1/executions/{c.ids['execution']}"),
-    "200 POST /api/v1/executions/{id}/cancel": lambda c: c.call("POST", f"/api/v1/executions/{c.execution(target_id='sleep', inputs={'seconds': 30})}/cancel"),
-    "409 POST /api/v1/executions/{id}/cancel": lambda c: c.call("POST", f"/api/v1/executions/{c.ids['execution']}/cancel"),
-    "200 GET /api/v1/executions/{id}/webhooks": lambda c: c.call("GET", f"/api/v1/executions/{c.ids['execution']}/webhooks"),
-    "200 GET /api/v1/executions/{id}/events": lambda c: c.call("GET", f"/api/v1/executions/{c.ids['execution']}/events", timeout=5),
-    "400 GET /api/v1/executions/{id}/events": lambda c: c.call("GET", f"/api/v1/executions/{c.ids['execution']}/events", headers={"Last-Event-ID": "abc"}),
+    "200 GET /api/v1/executions/{id}": lambda c: c.call(
+        "GET", f"/api/v1/executions/{c.ids['execution']}"
+    ),
+    "200 POST /api/v1/executions/{id}/cancel": lambda c: c.call(
+        "POST",
+        f"/api/v1/executions/{c.execution(target_id='sleep', inputs={'seconds': 30})}/cancel",
+    ),
+    "409 POST /api/v1/executions/{id}/cancel": lambda c: c.call(
+        "POST", f"/api/v1/executions/{c.ids['execution']}/cancel"
+    ),
+    "200 GET /api/v1/executions/{id}/webhooks": lambda c: c.call(
+        "GET", f"/api/v1/executions/{c.ids['execution']}/webhooks"
+    ),
+    "200 GET /api/v1/executions/{id}/events": lambda c: c.call(
+        "GET", f"/api/v1/executions/{c.ids['execution']}/events", timeout=5
+    ),
+    "400 GET /api/v1/executions/{id}/events": lambda c: c.call(
+        "GET", f"/api/v1/executions/{c.ids['execution']}/events", headers={"Last-Event-ID": "abc"}
+    ),
     "200 GET /api/v1/targets": lambda c: c.call("GET", "/api/v1/targets"),
 }
 
@@ -300,7 +450,9 @@ RECIPES: dict[str, Recipe] = {
 def _idempotency_conflict(c: Ctx) -> requests.Response:
     key = {"Idempotency-Key": uuid.uuid4().hex}
     c.ok("POST", "/api/v1/executions", json={"type": "agent", "target_id": "echo"}, headers=key)
-    return c.call("POST", "/api/v1/executions", json={"type": "agent", "target_id": "fail"}, headers=key)
+    return c.call(
+        "POST", "/api/v1/executions", json={"type": "agent", "target_id": "fail"}, headers=key
+    )
 
 
 def _too_many_active(c: Ctx) -> requests.Response:
@@ -313,7 +465,11 @@ def _too_many_active(c: Ctx) -> requests.Response:
 def _idempotency_conflict_at(c: Ctx, path: str, body: Any) -> requests.Response:
     key = {"Idempotency-Key": uuid.uuid4().hex}
     assert c.call("POST", path, json=body, headers=key).status_code == 200
-    changed = [{**item, "metadata": {"other": True}} for item in body] if isinstance(body, list) else {**body, "metadata": {"other": True}}
+    changed = (
+        [{**item, "metadata": {"other": True}} for item in body]
+        if isinstance(body, list)
+        else {**body, "metadata": {"other": True}}
+    )
     return c.call("POST", path, json=changed, headers=key)
 
 
@@ -334,7 +490,10 @@ def _streams_full(c: Ctx, path: str) -> requests.Response:
         c.ids["erin_thread"] = thread_id
         c.ids["erin_run"] = c.ok("GET", f"/threads/{thread_id}/runs", session=c.erin)[0]["run_id"]
     url = c.url + path.format(thread=c.ids["erin_thread"], run=c.ids["erin_run"])
-    held = [c.erin.get(c.url + f"/threads/{c.ids['erin_thread']}/stream", stream=True, timeout=30) for _ in range(STREAMS_CAP)]
+    held = [
+        c.erin.get(c.url + f"/threads/{c.ids['erin_thread']}/stream", stream=True, timeout=30)
+        for _ in range(STREAMS_CAP)
+    ]
     try:
         assert [r.status_code for r in held] == [200] * STREAMS_CAP
         return c.call("GET", url.removeprefix(c.url), session=c.erin)
@@ -351,15 +510,31 @@ STREAMS_CAP = 3
 NOT_IDS = {"namespace"}
 
 
-def _generic_recipe(status: int, method: str, path: str, operation: dict[str, Any]) -> Recipe | None:
-    names = [p["name"] for p in operation.get("parameters", []) if p["in"] == "path" and p["name"] not in NOT_IDS]
+def _generic_recipe(
+    status: int, method: str, path: str, operation: dict[str, Any]
+) -> Recipe | None:
+    names = [
+        p["name"]
+        for p in operation.get("parameters", [])
+        if p["in"] == "path" and p["name"] not in NOT_IDS
+    ]
     fill = {p["name"]: "x" for p in operation.get("parameters", []) if p["in"] == "path"}
     if status == 401:
-        return lambda c: c.call(method.upper(), path.format(**{**fill, **dict.fromkeys(names, RANDOM)}), session=requests.Session(), json={})
+        return lambda c: c.call(
+            method.upper(),
+            path.format(**{**fill, **dict.fromkeys(names, RANDOM)}),
+            session=requests.Session(),
+            json={},
+        )
     if status == 413:
         huge = {"metadata": {"padding": "x" * (1024 * 1024 + 1)}}
-        return lambda c: c.call(method.upper(), path.format(**{**fill, **dict.fromkeys(names, RANDOM)}), json=huge)
-    if status in (400, 422) and (method in ("post", "put", "patch") or (method == "get" and any(p["in"] == "query" for p in operation.get("parameters", [])))):
+        return lambda c: c.call(
+            method.upper(), path.format(**{**fill, **dict.fromkeys(names, RANDOM)}), json=huge
+        )
+    if status in (400, 422) and (
+        method in ("post", "put", "patch")
+        or (method == "get" and any(p["in"] == "query" for p in operation.get("parameters", [])))
+    ):
         # A NUL character: refused by project.api.middleware.StorableInputMiddleware on every operation.
         target = path.format(**{**fill, **dict.fromkeys(names, RANDOM)})
         if method == "get":
@@ -367,11 +542,21 @@ def _generic_recipe(status: int, method: str, path: str, operation: dict[str, An
             return lambda c: c.call("GET", f"{target}?{query}=%00")
         return lambda c: c.call(method.upper(), target, json={"metadata": {"note": "a\u0000b"}})
     if status == 404 and names:
-        return lambda c: c.call(method.upper(), path.format(**{**fill, **dict.fromkeys(names, RANDOM)}), json=_valid_body(path))
+        return lambda c: c.call(
+            method.upper(),
+            path.format(**{**fill, **dict.fromkeys(names, RANDOM)}),
+            json=_valid_body(path),
+        )
     if status == 422 and names:
-        return lambda c: c.call(method.upper(), path.format(**{**fill, **dict.fromkeys(names, "not-a-uuid")}), json=_valid_body(path))
+        return lambda c: c.call(
+            method.upper(),
+            path.format(**{**fill, **dict.fromkeys(names, "not-a-uuid")}),
+            json=_valid_body(path),
+        )
     if status == 422 and method != "get":
-        return lambda c: c.call(method.upper(), path, data=b"{not json", headers={"Content-Type": "application/json"})
+        return lambda c: c.call(
+            method.upper(), path, data=b"{not json", headers={"Content-Type": "application/json"}
+        )
     return None
 
 
@@ -389,8 +574,10 @@ def _valid_body(path: str) -> Any:
 @pytest.fixture(scope="module")
 def stack(django_db_setup) -> Iterator[Server]:
     env = {
-        "RUNS_TIMEOUT": "10", "EXECUTIONS_MAX_ACTIVE_PER_USER": str(ACTIVE_CAP),
-        "API_CREATE_RATE": f"{CREATE_RATE}/min", "STREAMS_MAX_PER_USER": str(STREAMS_CAP),
+        "RUNS_TIMEOUT": "10",
+        "EXECUTIONS_MAX_ACTIVE_PER_USER": str(ACTIVE_CAP),
+        "API_CREATE_RATE": f"{CREATE_RATE}/min",
+        "STREAMS_MAX_PER_USER": str(STREAMS_CAP),
     }
     server = Server(**env)
     cluster = Cluster(workers=2, **env)
@@ -410,10 +597,19 @@ def _session(user: Any) -> requests.Session:
 
 @pytest.mark.django_db(transaction=True)
 def test_every_documented_status_is_answered(stack: Server, make_user: Any) -> None:
-    schema = requests.get(f"{stack.url}/api/schema/", headers={"Accept": "application/vnd.oai.openapi+json"}, timeout=30).json()
+    schema = requests.get(
+        f"{stack.url}/api/schema/",
+        headers={"Accept": "application/vnd.oai.openapi+json"},
+        timeout=30,
+    ).json()
     c = Ctx(
-        stack.url, _session(make_user("recipes")), _session(make_user("capped")),
-        _session(make_user("throttled")), _session(make_user("streamer")), {}, "",
+        stack.url,
+        _session(make_user("recipes")),
+        _session(make_user("capped")),
+        _session(make_user("throttled")),
+        _session(make_user("streamer")),
+        {},
+        "",
     )
     thread_id, run_id = c.finished_thread()
     c.ids = {
@@ -424,7 +620,8 @@ def test_every_documented_status_is_answered(stack: Server, make_user: Any) -> N
         "execution": c.finished_execution(),
     }
     c.system_assistant = next(
-        a["assistant_id"] for a in c.ok("POST", "/assistants/search", json={"graph_id": "echo", "limit": 100})
+        a["assistant_id"]
+        for a in c.ok("POST", "/assistants/search", json={"graph_id": "echo", "limit": 100})
         if a["metadata"].get("created_by") == "system"
     )
     wrong, missing = [], []
@@ -446,4 +643,6 @@ def test_every_documented_status_is_answered(stack: Server, make_user: Any) -> N
     assert len(documented) > 200, len(documented)  # every operation, several statuses each
     assert not missing, f"documented statuses without a request proving them: {missing}"
     assert not wrong, "\n".join(wrong)
-    assert set(RECIPES) <= documented, f"recipes for undocumented statuses: {set(RECIPES) - documented}"
+    assert set(RECIPES) <= documented, (
+        f"recipes for undocumented statuses: {set(RECIPES) - documented}"
+    )

@@ -52,12 +52,24 @@ def test_create_accepts_json_sent_without_json_content_type(api):
     [
         ({"type": "agent", "target_id": "nope"}, "No agent named 'nope'"),
         ({"type": "pipeline", "target_id": "echo"}, "'echo' is an agent, not a pipeline"),
-        ({"type": "agent", "target_id": "text_report", "inputs": {"text": "x"}}, "is a pipeline, not an agent"),
+        (
+            {"type": "agent", "target_id": "text_report", "inputs": {"text": "x"}},
+            "is a pipeline, not an agent",
+        ),
         ({"type": "robot", "target_id": "echo"}, "type"),
-        ({"type": "agent", "target_id": "sleep", "inputs": {}}, "inputs.seconds: This field is required."),
-        ({"type": "agent", "target_id": "sleep", "inputs": {"seconds": "soon"}}, "inputs.seconds: A valid number"),
+        (
+            {"type": "agent", "target_id": "sleep", "inputs": {}},
+            "inputs.seconds: This field is required.",
+        ),
+        (
+            {"type": "agent", "target_id": "sleep", "inputs": {"seconds": "soon"}},
+            "inputs.seconds: A valid number",
+        ),
         ({"type": "agent", "target_id": "sleep", "inputs": {"seconds": -1}}, "inputs.seconds"),
-        ({"type": "agent", "target_id": "sleep", "inputs": {"seconds": 1, "sconds": 2}}, "inputs.sconds: Unknown input"),
+        (
+            {"type": "agent", "target_id": "sleep", "inputs": {"seconds": 1, "sconds": 2}},
+            "inputs.sconds: Unknown input",
+        ),
         ({"type": "agent", "target_id": "echo", "inputs": [1, 2]}, "inputs"),
         ({"type": "agent", "target_id": "echo", "config": "fast"}, "config"),
         ({"target_id": "echo"}, "type: This field is required."),
@@ -130,7 +142,10 @@ def test_unknown_and_malformed_ids_are_404(api):
 
 def test_detail_of_a_completed_pipeline_has_progress_and_outputs(api):
     execution_id = create(
-        api, type="pipeline", target_id="text_report", inputs={"text": "Cats purr. Cats sleep. Dogs bark."}
+        api,
+        type="pipeline",
+        target_id="text_report",
+        inputs={"text": "Cats purr. Cats sleep. Dogs bark."},
     ).json()["execution_id"]
     assert runtime.execute(execution_id) == "completed"
 
@@ -150,7 +165,9 @@ def test_detail_of_a_completed_pipeline_has_progress_and_outputs(api):
 
 
 def test_detail_of_a_failed_execution_has_a_clear_error(api):
-    execution_id = create(api, target_id="fail", inputs={"message": "the model said no"}).json()["execution_id"]
+    execution_id = create(api, target_id="fail", inputs={"message": "the model said no"}).json()[
+        "execution_id"
+    ]
     runtime.execute(execution_id)
 
     body = api.get(f"{URL}/{execution_id}").json()
@@ -184,7 +201,10 @@ def test_cancel_finished_execution_is_409_with_a_message(api):
     response = api.post(f"{URL}/{execution_id}/cancel")
 
     assert response.status_code == 409
-    assert response.json()["detail"] == f"Execution {execution_id} is already completed and cannot be cancelled."
+    assert (
+        response.json()["detail"]
+        == f"Execution {execution_id} is already completed and cannot be cancelled."
+    )
 
 
 # --- list ----------------------------------------------------------------------------------------
@@ -195,7 +215,9 @@ def three_executions(api):
     echo = create(api).json()["execution_id"]
     failed = create(api, target_id="fail").json()["execution_id"]
     runtime.execute(failed)
-    pipeline = create(api, type="pipeline", target_id="countdown", inputs={"steps": 2}).json()["execution_id"]
+    pipeline = create(api, type="pipeline", target_id="countdown", inputs={"steps": 2}).json()[
+        "execution_id"
+    ]
     return {"echo": echo, "failed": failed, "pipeline": pipeline}
 
 
@@ -240,7 +262,9 @@ def test_list_paginates_with_count_page_and_page_size(api):
     assert beyond["executions"] == [] and beyond["count"] == 5
 
 
-@pytest.mark.parametrize("params", [{"page_size": 0}, {"page_size": 101}, {"page": 0}, {"page": "x"}])
+@pytest.mark.parametrize(
+    "params", [{"page_size": 0}, {"page_size": 101}, {"page": 0}, {"page": "x"}]
+)
 def test_list_rejects_out_of_range_pagination(api, params):
     response = api.get(URL, params)
     assert response.status_code == 400
@@ -263,12 +287,19 @@ def test_targets_lists_agents_and_pipelines_with_steps_and_inputs(api):
     assert {"echo", "sleep", "fail", "summarize", "text_report", "countdown"} <= set(targets)
     assert targets["text_report"]["type"] == "pipeline"
     assert targets["text_report"]["steps"] == [
-        "normalize", "split sentences", "word statistics", "summarize", "render report"
+        "normalize",
+        "split sentences",
+        "word statistics",
+        "summarize",
+        "render report",
     ]
     summarize_inputs = {f["name"]: f for f in targets["summarize"]["inputs"]}
     assert summarize_inputs["text"]["required"] is True
     assert summarize_inputs["max_sentences"] == {
-        "name": "max_sentences", "type": "integer", "required": False, "default": 3,
+        "name": "max_sentences",
+        "type": "integer",
+        "required": False,
+        "default": 3,
         "description": "How many sentences the summary keeps.",
     }
     assert targets["echo"]["steps"] is None
@@ -278,8 +309,19 @@ def test_openapi_schema_and_docs_are_served(client, api):
     schema = client.get("/api/schema/", HTTP_ACCEPT="application/json")
     assert schema.status_code == 200
     paths = schema.json()["paths"]
-    assert {"/api/v1/executions", "/api/v1/executions/{id}", "/api/v1/executions/{id}/cancel"} <= set(paths)
-    assert set(paths["/api/v1/executions/{id}/cancel"]["post"]["responses"]) == {"200", "400", "401", "404", "409", "413"}
+    assert {
+        "/api/v1/executions",
+        "/api/v1/executions/{id}",
+        "/api/v1/executions/{id}/cancel",
+    } <= set(paths)
+    assert set(paths["/api/v1/executions/{id}/cancel"]["post"]["responses"]) == {
+        "200",
+        "400",
+        "401",
+        "404",
+        "409",
+        "413",
+    }
     docs = client.get("/api/docs/")
     assert docs.status_code == 200 and b"swagger" in docs.content.lower()
 
@@ -288,9 +330,21 @@ def test_openapi_schema_and_docs_are_served(client, api):
 
 
 def test_the_same_idempotency_key_returns_the_original_execution(api, bob_api):
-    first = api.post(URL, {"type": "agent", "target_id": "echo", "inputs": {"n": 1}}, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
-    again = api.post(URL, {"type": "agent", "target_id": "echo", "inputs": {"n": 1}}, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
-    other_user = bob_api.post(URL, {"type": "agent", "target_id": "echo"}, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    first = api.post(
+        URL,
+        {"type": "agent", "target_id": "echo", "inputs": {"n": 1}},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="k-1",
+    )
+    again = api.post(
+        URL,
+        {"type": "agent", "target_id": "echo", "inputs": {"n": 1}},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="k-1",
+    )
+    other_user = bob_api.post(
+        URL, {"type": "agent", "target_id": "echo"}, format="json", HTTP_IDEMPOTENCY_KEY="k-1"
+    )
 
     assert first.status_code == again.status_code == 201
     assert first["Idempotent-Replayed"] == "false" and again["Idempotent-Replayed"] == "true"
@@ -301,7 +355,9 @@ def test_the_same_idempotency_key_returns_the_original_execution(api, bob_api):
 
 def test_an_idempotency_key_reused_for_another_target_is_409(api):
     api.post(URL, {"type": "agent", "target_id": "echo"}, format="json", HTTP_IDEMPOTENCY_KEY="k-2")
-    response = api.post(URL, {"type": "agent", "target_id": "fail"}, format="json", HTTP_IDEMPOTENCY_KEY="k-2")
+    response = api.post(
+        URL, {"type": "agent", "target_id": "fail"}, format="json", HTTP_IDEMPOTENCY_KEY="k-2"
+    )
     assert response.status_code == 409
     assert "k-2" in response.json()["detail"]
 
@@ -309,49 +365,92 @@ def test_an_idempotency_key_reused_for_another_target_is_409(api):
 def test_an_idempotency_key_reused_with_other_inputs_is_409_as_on_the_runs_api(api, alice):
     """The runs API's rule: the same key with another request would otherwise answer with an
     execution that does not do what the second request asked."""
-    first = api.post(URL, {"type": "agent", "target_id": "echo", "inputs": {"text": "a"}}, format="json",
-                     HTTP_IDEMPOTENCY_KEY="k-3")
-    other_inputs = api.post(URL, {"type": "agent", "target_id": "echo", "inputs": {"text": "b"}}, format="json",
-                            HTTP_IDEMPOTENCY_KEY="k-3")
-    other_config = api.post(URL, {"type": "agent", "target_id": "echo", "inputs": {"text": "a"}, "config": {"m": 1}},
-                            format="json", HTTP_IDEMPOTENCY_KEY="k-3")
+    first = api.post(
+        URL,
+        {"type": "agent", "target_id": "echo", "inputs": {"text": "a"}},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="k-3",
+    )
+    other_inputs = api.post(
+        URL,
+        {"type": "agent", "target_id": "echo", "inputs": {"text": "b"}},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="k-3",
+    )
+    other_config = api.post(
+        URL,
+        {"type": "agent", "target_id": "echo", "inputs": {"text": "a"}, "config": {"m": 1}},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="k-3",
+    )
 
     assert first.status_code == 201
     assert other_inputs.status_code == other_config.status_code == 409
     detail = other_inputs.json()["detail"]
     assert "Idempotency-Key 'k-3' was already used for another request" in detail
     assert first.json()["execution_id"] in detail
-    assert list(Execution.objects.filter(owner=alice).values_list("inputs", flat=True)) == [{"text": "a"}]
+    assert list(Execution.objects.filter(owner=alice).values_list("inputs", flat=True)) == [
+        {"text": "a"}
+    ]
 
 
 def test_the_same_request_written_otherwise_is_the_same_request(api):
     """Key order, spacing and a trailing slash do not make another request."""
-    first = api.generic("POST", URL, '{"type": "agent", "target_id": "echo", "inputs": {"text": "a", "n": 1}}',
-                        content_type="application/json", HTTP_IDEMPOTENCY_KEY="k-4")
-    again = api.generic("POST", URL + "/", '{"inputs":{"n":1,"text":"a"},"target_id":"echo","type":"agent"}',
-                        content_type="application/json", HTTP_IDEMPOTENCY_KEY="k-4")
+    first = api.generic(
+        "POST",
+        URL,
+        '{"type": "agent", "target_id": "echo", "inputs": {"text": "a", "n": 1}}',
+        content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY="k-4",
+    )
+    again = api.generic(
+        "POST",
+        URL + "/",
+        '{"inputs":{"n":1,"text":"a"},"target_id":"echo","type":"agent"}',
+        content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY="k-4",
+    )
     assert first.status_code == again.status_code == 201
     assert again["Idempotent-Replayed"] == "true" and again.json() == first.json()
 
 
 def test_an_idempotency_key_over_255_characters_is_400_and_creates_nothing(api):
-    response = api.post(URL, {"type": "agent", "target_id": "echo"}, format="json", HTTP_IDEMPOTENCY_KEY="k" * 256)
+    response = api.post(
+        URL, {"type": "agent", "target_id": "echo"}, format="json", HTTP_IDEMPOTENCY_KEY="k" * 256
+    )
     assert response.status_code == 400
     assert response.json() == {
         "detail": "Idempotency-Key: Idempotency-Key is too long: 256 characters, the limit is 255.",
-        "errors": {"Idempotency-Key": ["Idempotency-Key is too long: 256 characters, the limit is 255."]},
+        "errors": {
+            "Idempotency-Key": ["Idempotency-Key is too long: 256 characters, the limit is 255."]
+        },
     }
     assert not Execution.objects.exists()
-    assert api.post(URL, {"type": "agent", "target_id": "echo"}, format="json",
-                    HTTP_IDEMPOTENCY_KEY="k" * 255).status_code == 201
+    assert (
+        api.post(
+            URL,
+            {"type": "agent", "target_id": "echo"},
+            format="json",
+            HTTP_IDEMPOTENCY_KEY="k" * 255,
+        ).status_code
+        == 201
+    )
 
 
 def test_a_key_stored_before_requests_were_hashed_is_replayed_on_its_key_alone(api, alice):
-    first = api.post(URL, {"type": "agent", "target_id": "echo", "inputs": {"text": "a"}}, format="json",
-                     HTTP_IDEMPOTENCY_KEY="old")
+    first = api.post(
+        URL,
+        {"type": "agent", "target_id": "echo", "inputs": {"text": "a"}},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="old",
+    )
     Execution.objects.filter(pk=first.json()["execution_id"]).update(request_hash="")
-    again = api.post(URL, {"type": "agent", "target_id": "echo", "inputs": {"text": "b"}}, format="json",
-                     HTTP_IDEMPOTENCY_KEY="old")
+    again = api.post(
+        URL,
+        {"type": "agent", "target_id": "echo", "inputs": {"text": "b"}},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="old",
+    )
     assert again.status_code == 201 and again.json()["execution_id"] == first.json()["execution_id"]
 
 
@@ -372,14 +471,19 @@ def test_platform_config_keys_are_validated(api, config, named):
 
 def test_other_config_keys_are_passed_through(api):
     response = create(api, config={"model": "small", "max_attempts": 2})
-    assert Execution.objects.get(pk=response.json()["execution_id"]).config == {"model": "small", "max_attempts": 2}
+    assert Execution.objects.get(pk=response.json()["execution_id"]).config == {
+        "model": "small",
+        "max_attempts": 2,
+    }
 
 
 # --- limits ---------------------------------------------------------------------------------------
 
 
 def test_a_body_over_one_megabyte_is_413_json(api):
-    big = '{"type": "agent", "target_id": "echo", "inputs": {"text": "' + "x" * (1024 * 1024) + '"}}'
+    big = (
+        '{"type": "agent", "target_id": "echo", "inputs": {"text": "' + "x" * (1024 * 1024) + '"}}'
+    )
     response = api.generic("POST", URL, big, content_type="application/json")
     assert response.status_code == 413
     assert "larger than the limit of 1024 KB" in response.json()["detail"]

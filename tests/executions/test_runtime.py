@@ -1,8 +1,8 @@
 """Worker-side behaviour, in-process: claims, progress, events, cancellation, failures, timeouts."""
 
 import threading
-from datetime import timedelta
 import time
+from datetime import timedelta
 
 import pytest
 from django.db import connection

@@ -25,7 +25,8 @@ from django.conf import settings
 from django.db import connection
 
 from executions.registry import agent, registry
-from tests.conftest import ROOT, figure, subprocess_env  # figure: the fault tests import it from here
+from tests.conftest import ROOT, subprocess_env
+from tests.conftest import figure as figure  # the fault tests import it from here
 from tests.faults.silent import SILENT_SLEEP, silent_sleep
 from tests.runs.conftest import free_port
 
@@ -74,7 +75,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = ROOT / "var" / f"uvicorn-faults-{os.getpid()}-{time.monotonic_ns()}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115  the server writes to it until stop()
+        self._log = open(self.log_path, "wb")  # the server writes to it until stop()
         command = [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1",
                    "--port", str(self.port), "--no-access-log", "--log-level", "warning"]
         if workers > 1:

@@ -29,8 +29,7 @@ from django.db import connection
 from accounts.models import api_key_create
 from runs.errors import MULTITASK_REJECTED
 from runs.models import Run
-from tests.conftest import Cluster
-from tests.conftest import figure
+from tests.conftest import Cluster, figure
 from tests.faults.conftest import Server
 
 pytestmark = [pytest.mark.slow, pytest.mark.live, pytest.mark.django_db(transaction=True)]
@@ -55,7 +54,10 @@ async def post_json(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     )
     head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
     status = int(head[0].split()[1])
-    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in head[1:] if line)}
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in head[1:] if line)
+    }
     if "content-length" not in headers:
         raise ValueError(f"{status} answer without content-length: {headers}")
     return status, await reader.readexactly(int(headers["content-length"]))
@@ -65,11 +67,13 @@ async def fire(url: str, api_key: str, thread_id: str) -> tuple[Tally, float]:
     host_port = url.split("//", 1)[1]
     host, port = host_port.rsplit(":", 1)
     path = f"/threads/{thread_id}/runs"
-    body = json.dumps({
-        "assistant_id": "echo",
-        "input": {"messages": [{"role": "user", "content": "hi"}], "sleep": 600},
-        "multitask_strategy": "reject",
-    }).encode()
+    body = json.dumps(
+        {
+            "assistant_id": "echo",
+            "input": {"messages": [{"role": "user", "content": "hi"}], "sleep": 600},
+            "multitask_strategy": "reject",
+        }
+    ).encode()
     tally = Tally()
     remaining = [CREATES]
 
@@ -80,8 +84,9 @@ async def fire(url: str, api_key: str, thread_id: str) -> tuple[Tally, float]:
                 remaining[0] -= 1
                 started = time.monotonic()
                 try:
-                    status, answer = await post_json(reader, writer, host=host_port, path=path,
-                                                     api_key=api_key, body=body)
+                    status, answer = await post_json(
+                        reader, writer, host=host_port, path=path, api_key=api_key, body=body
+                    )
                 except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
                     tally.statuses["transport error"] += 1
                     tally.problems.append(repr(exc))
@@ -92,7 +97,9 @@ async def fire(url: str, api_key: str, thread_id: str) -> tuple[Tally, float]:
                 tally.latencies.append(latency)
                 tally.statuses[status] += 1
                 if status not in (200, 409) and len(tally.problems) < 50:
-                    tally.problems.append(f"{status} after {latency:.2f}s at {time.monotonic() - begun:.1f}s")
+                    tally.problems.append(
+                        f"{status} after {latency:.2f}s at {time.monotonic() - begun:.1f}s"
+                    )
                 tally.bodies[(status, answer.decode())] += 1
         finally:
             writer.close()
@@ -115,7 +122,9 @@ def test_ten_thousand_conflicting_creates_on_one_thread_accept_exactly_one(make_
 
         tally, elapsed = asyncio.run(fire(server.url, api_key, thread_id))
 
-        server_errors = sum(n for status, n in tally.statuses.items() if isinstance(status, int) and status >= 500)
+        server_errors = sum(
+            n for status, n in tally.statuses.items() if isinstance(status, int) and status >= 500
+        )
         if server_errors or tally.problems:
             pytest.fail(f"{tally.statuses}\n{tally.problems}\nserver log:\n{server.errors()}")
         assert tally.statuses == Counter({200: 1, 409: CREATES - 1})
@@ -124,13 +133,16 @@ def test_ten_thousand_conflicting_creates_on_one_thread_accept_exactly_one(make_
         runs = httpx.get(f"{server.url}/threads/{thread_id}/runs", headers=headers).json()
         assert len(runs) == 1 and runs[0]["status"] in ("pending", "running"), runs
         assert Run.objects.filter(thread_id=thread_id).count() == 1
-        cancel = httpx.post(f"{server.url}/threads/{thread_id}/runs/{runs[0]['run_id']}/cancel", headers=headers)
+        cancel = httpx.post(
+            f"{server.url}/threads/{thread_id}/runs/{runs[0]['run_id']}/cancel", headers=headers
+        )
         assert cancel.status_code in (200, 202, 204), cancel.text
 
         latencies = sorted(tally.latencies)
         figure(
             f"{CREATES} conflicting creates (reject) on one thread over HTTP, {IN_FLIGHT} in flight, "
-            f"{api_processes} uvicorn process(es) + qcluster on {connection.vendor}: 1 × 200, {tally.statuses[409]} × 409, 0 × 5xx, in "
+            f"{api_processes} uvicorn process(es) + qcluster on {connection.vendor}: "
+            f"1 × 200, {tally.statuses[409]} × 409, 0 × 5xx, in "
             f"{elapsed:.1f}s ({CREATES / elapsed:.0f} req/s; latency p50 "
             f"{statistics.median(latencies) * 1000:.0f} ms, p99 {latencies[int(len(latencies) * 0.99)] * 1000:.0f} ms)"
         )

@@ -58,7 +58,13 @@ def test_redis_restarted_without_persistence_while_200_jobs_are_queued(api, rest
     for index in range(25):
         thread_id = api.post("/threads", {}, format="json").json()["thread_id"]
         for turn in range(2):
-            body = {"assistant_id": "echo", "input": {"messages": [{"role": "user", "content": f"{index}.{turn}"}], "sleep": 0.1}}
+            body = {
+                "assistant_id": "echo",
+                "input": {
+                    "messages": [{"role": "user", "content": f"{index}.{turn}"}],
+                    "sleep": 0.1,
+                },
+            }
             response = api.post(f"/threads/{thread_id}/runs", body, format="json")
             assert response.status_code == 200, response.content
             run_ids.append(response.json()["run_id"])
@@ -70,21 +76,29 @@ def test_redis_restarted_without_persistence_while_200_jobs_are_queued(api, rest
     assert Execution.objects.filter(pk__in=execution_ids, status="pending").count() == 150
     assert Run.objects.filter(pk__in=run_ids, status="pending").count() == 50
 
-    cluster = Cluster(workers=4, EXECUTIONS_REQUEUE_AFTER=str(REQUEUE_AFTER), EXECUTIONS_SWEEP_INTERVAL="2",
-                      LOG_LEVEL="INFO")
+    cluster = Cluster(
+        workers=4,
+        EXECUTIONS_REQUEUE_AFTER=str(REQUEUE_AFTER),
+        EXECUTIONS_SWEEP_INTERVAL="2",
+        LOG_LEVEL="INFO",
+    )
     try:
         wait_for_log(cluster.log, "ready for work", 4)
         deadline = time.monotonic() + 90
         first_done = None
         while True:
-            executions_left = Execution.objects.filter(pk__in=execution_ids, status__in=ExecutionStatus.active()).count()
+            executions_left = Execution.objects.filter(
+                pk__in=execution_ids, status__in=ExecutionStatus.active()
+            ).count()
             runs_left = Run.objects.filter(pk__in=run_ids, status__in=RunStatus.active()).count()
             if first_done is None and executions_left + runs_left < 200:
                 first_done = time.monotonic() - restarted_at
             if executions_left + runs_left == 0:
                 break
             if time.monotonic() > deadline:
-                pytest.fail(f"{executions_left} executions and {runs_left} runs still active\n{cluster.log()[-4000:]}")
+                pytest.fail(
+                    f"{executions_left} executions and {runs_left} runs still active\n{cluster.log()[-4000:]}"
+                )
             time.sleep(0.2)
         all_done = time.monotonic() - restarted_at
     finally:

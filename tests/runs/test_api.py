@@ -100,8 +100,10 @@ def test_error_texts(api) -> None:
     bad_run = api.post(f"/threads/{thread_id}/runs", {"assistant_id": "nope"}, format="json")
     assert (bad_run.status_code, bad_run.json()["detail"]) == (
         422,
-        "Invalid assistant: 'nope'. Must be either:\n- A valid assistant UUID, or\n"
-        "- One of the registered graphs: echo, hitl, steps, chat, nested",
+        (
+            "Invalid assistant: 'nope'. Must be either:\n- A valid assistant UUID, or\n"
+            "- One of the registered graphs: echo, hitl, steps, chat, nested"
+        ),
     )
     missing = api.post(f"/threads/{unknown}/runs", {"assistant_id": "echo"}, format="json")
     assert (missing.status_code, missing.json()) == (404, {"detail": "Thread or assistant not found."})

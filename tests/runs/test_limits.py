@@ -545,12 +545,17 @@ def test_patches_may_not_grow_metadata_past_the_limit(api, alice) -> None:
     # Replacing a key keeps it under: merged size is what counts.
     assert api.patch(f"/threads/{thread_id}", {"metadata": {"a": "z"}}, format="json").status_code == 200
 
-    assistant_id = post(api, "/assistants", {"graph_id": "echo", "metadata": {"a": "x" * 40_000}}).json()["assistant_id"]
-    refused = api.patch(f"/assistants/{assistant_id}", {"metadata": {"b": "y" * 40_000}}, format="json")
+    big = {"graph_id": "echo", "metadata": {"a": "x" * 40_000}}
+    assistant_id = post(api, "/assistants", big).json()["assistant_id"]
+    refused = api.patch(
+        f"/assistants/{assistant_id}", {"metadata": {"b": "y" * 40_000}}, format="json"
+    )
     assert refused.status_code == 422 and "METADATA_MAX_BYTES" in refused.json()["detail"]
     assistant = Assistant.objects.get(pk=assistant_id)
     assert (assistant.version, set(assistant.metadata)) == (1, {"a"})
-    too_big = api.patch(f"/assistants/{assistant_id}", {"metadata": metadata_of(LIMIT + 1)}, format="json")
+    too_big = api.patch(
+        f"/assistants/{assistant_id}", {"metadata": metadata_of(LIMIT + 1)}, format="json"
+    )
     assert too_big.status_code == 422
 
 
@@ -564,7 +569,9 @@ def test_the_metadata_limit_is_a_setting(api, settings) -> None:
 # --- open streams --------------------------------------------------------------------------------
 
 
-def test_open_run_streams_per_user_are_capped_and_freed_when_closed(api, bob_api, alice, bob, settings) -> None:
+def test_open_run_streams_per_user_are_capped_and_freed_when_closed(
+    api, bob_api, alice, bob, settings
+) -> None:
     settings.STREAMS_MAX_PER_USER = 2
     thread = services.thread_create(owner=alice)
     run = services.run_create(owner=alice, body=RUN, thread_id=thread.pk)
@@ -587,9 +594,13 @@ def test_open_run_streams_per_user_are_capped_and_freed_when_closed(api, bob_api
             assert refused.json() == {
                 "detail": "You already have 2 open streams (STREAMS_MAX_PER_USER); close some first."
             }
-        assert (await send("get", f"/threads/{bobs_thread.pk}/stream", bob_api.raw_key)).status_code == 200
+        assert (
+            await send("get", f"/threads/{bobs_thread.pk}/stream", bob_api.raw_key)
+        ).status_code == 200
         # An execution's event stream counts too: the slots are the user's, not the API's.
-        execution = await sync_to_async(execution_create)(owner=alice, type="agent", target_id="echo")
+        execution = await sync_to_async(execution_create)(
+            owner=alice, type="agent", target_id="echo"
+        )
         refused = await send("get", f"/api/v1/executions/{execution.pk}/events", api.raw_key)
         assert refused.status_code == 429
         first.close()  # what Django does when the client goes away
@@ -615,9 +626,16 @@ def test_requests_refused_before_the_stream_hold_no_slot(api, alice, settings) -
 
     async def scenario():
         for _ in range(3):
-            missing = await send("post", f"/threads/{uuid.uuid4()}/runs/stream", api.raw_key, body=RUN)
+            missing = await send(
+                "post", f"/threads/{uuid.uuid4()}/runs/stream", api.raw_key, body=RUN
+            )
             assert missing.status_code == 404
-            bad = await send("post", "/runs/stream", api.raw_key, body={**RUN, "context": {"a": 1}, "config": {"configurable": {"a": 1}}})
+            bad = await send(
+                "post",
+                "/runs/stream",
+                api.raw_key,
+                body={**RUN, "context": {"a": 1}, "config": {"configurable": {"a": 1}}},
+            )
             assert bad.status_code == 400
             unknown_thread = await send("get", f"/threads/{uuid.uuid4()}/stream", api.raw_key)
             assert unknown_thread.status_code == 404
