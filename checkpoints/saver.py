@@ -63,6 +63,7 @@ dropping its ancestors would lose state that only their writes hold.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import copy
 import inspect
 import math
@@ -74,7 +75,7 @@ from contextlib import nullcontext
 from datetime import date, datetime, time
 from functools import partial
 from time import monotonic
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from asgiref.sync import sync_to_async
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
@@ -428,6 +429,7 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
     def _remembered(self, config: RunnableConfig) -> tuple[bool, CheckpointTuple | None]:
         """(True, the tuple or None) if the memo knows what ``get_tuple`` would find."""
         thread_id, checkpoint_ns = _thread_and_ns(config)
+        assert self._memo is not None  # asked only when there is a memo
         remembered = self._memo.latest((thread_id, checkpoint_ns), get_checkpoint_id(config))
         if remembered is None:
             return False, None
@@ -443,7 +445,7 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
         before: RunnableConfig | None,
         size: int,
         after: ListCursor | None,
-    ) -> tuple[list[CheckpointTuple], ListCursor | None]:
+    ) -> tuple[builtins.list[CheckpointTuple], ListCursor | None]:
         rows = self._checkpoints()
         if config:
             configurable = config.get("configurable", {})
@@ -470,11 +472,11 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
 
     def _pending_writes(
         self, keys: Sequence[CheckpointKey]
-    ) -> dict[CheckpointKey, list[PendingWrite]]:
-        checkpoint_ids: dict[tuple[str, str], list[str]] = defaultdict(list)
+    ) -> dict[CheckpointKey, builtins.list[PendingWrite]]:
+        checkpoint_ids: dict[tuple[str, str], builtins.list[str]] = defaultdict(list)
         for thread_id, checkpoint_ns, checkpoint_id in keys:
             checkpoint_ids[(thread_id, checkpoint_ns)].append(checkpoint_id)
-        stored: dict[CheckpointKey, list[CheckpointWrite]] = defaultdict(list)
+        stored: dict[CheckpointKey, builtins.list[CheckpointWrite]] = defaultdict(list)
         for groups in _chunks(list(checkpoint_ids.items()), GROUPS_PER_STATEMENT):
             where = Q()
             for (thread_id, checkpoint_ns), ids in groups:
@@ -483,7 +485,7 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
                 stored[_key(write)].append(write)
         return {key: self._loaded_writes(rows) for key, rows in stored.items()}
 
-    def _loaded_writes(self, rows: Iterable[CheckpointWrite | WriteRow]) -> list[PendingWrite]:
+    def _loaded_writes(self, rows: Iterable[CheckpointWrite | WriteRow]) -> builtins.list[PendingWrite]:
         # Sorted here, not in SQL, so the order is Python's string order on every database
         # collation: pending writes must come in writes_sort_key order.
         return [
@@ -492,7 +494,7 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
         ]
 
     def _tuple(
-        self, row: Checkpoint | CheckpointRow, pending_writes: list[PendingWrite], metadata: Any = None
+        self, row: Checkpoint | CheckpointRow, pending_writes: builtins.list[PendingWrite], metadata: Any = None
     ) -> CheckpointTuple:
         parent_config = (
             _config(row.thread_id, row.checkpoint_ns, row.parent_checkpoint_id)
@@ -549,7 +551,7 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
     ) -> None:
         self._store_writes(config, self._write_rows(writes, task_id, task_path))
 
-    def _write_rows(self, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str) -> list[WriteRow]:
+    def _write_rows(self, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str) -> builtins.list[WriteRow]:
         """The rows ``put_writes`` stores (values serialized), keyed by idx: two writes to one
         special channel in a call keep the last, and one upsert statement must not touch a row
         twice (PostgreSQL refuses)."""
@@ -560,7 +562,7 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
             by_idx[idx] = WriteRow(task_id, idx, channel, task_path, type_, blob)
         return list(by_idx.values())
 
-    def _store_writes(self, config: RunnableConfig, rows: list[WriteRow]) -> None:
+    def _store_writes(self, config: RunnableConfig, rows: builtins.list[WriteRow]) -> None:
         thread_id, checkpoint_ns = _thread_and_ns(config)
         checkpoint_id = config["configurable"]["checkpoint_id"]
         ordinary = [w for w in rows if w.idx >= 0]
@@ -615,7 +617,8 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
         self.forget()
         source, target = str(source_thread_id), str(target_thread_id)
         with transaction.atomic(using=self.using):
-            for queryset in (self._checkpoints(), self._writes()):
+            querysets: tuple[QuerySet[Any], ...] = (self._checkpoints(), self._writes())
+            for queryset in querysets:
                 last_pk = 0
                 while batch := list(
                     queryset.filter(thread_id=source, pk__gt=last_pk).order_by("pk")[
@@ -672,7 +675,7 @@ class DjangoCheckpointSaver(BaseCheckpointSaver[str]):
 # LangGraph asks whether put_writes takes task_path through inspect.signature every time a graph
 # starts (some 50 µs); a signature kept on the functions makes it a few times cheaper.
 for _method in (DjangoCheckpointSaver.put_writes, DjangoCheckpointSaver.aput_writes):
-    _method.__signature__ = inspect.signature(_method)
+    cast(Any, _method).__signature__ = inspect.signature(_method)
 
 _last_used = threading.local()  # database alias -> when this thread's saver calls last used it
 

@@ -189,7 +189,10 @@ def executions_enqueue_due_retries() -> int:
 
 
 def sweep_once() -> None:
-    for sweep in [executions_reap_stale, executions_enqueue_due_retries, executions_requeue_stranded, *_sweeps]:
+    sweeps: list[Callable[[], object]] = [
+        executions_reap_stale, executions_enqueue_due_retries, executions_requeue_stranded, *_sweeps
+    ]
+    for sweep in sweeps:
         try:
             sweep()
         except Exception:  # one failing sweep (e.g. database restarting) must not stop the others

@@ -21,7 +21,7 @@ import time
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 from uuid import UUID
 
 from django.conf import settings
@@ -368,7 +368,8 @@ def _run_target(execution: Execution, ctx: ExecutionContext) -> Any:
     target = registry.get(execution.type, execution.target_id)
     inputs = target.validate_inputs(execution.inputs)
     if execution.type == ExecutionType.AGENT:
-        return target.agent_function(inputs, ctx)
+        # Registered with @agent, so it has one.
+        return cast(Callable[..., Any], target.agent_function)(inputs, ctx)
     steps = target.steps_for(inputs)
     data: Any = inputs
     total = len(steps)

@@ -118,7 +118,8 @@ class ExecutionPageSerializer(serializers.Serializer):
 class TargetInputSerializer(serializers.Serializer):
     name = serializers.CharField()
     type = serializers.CharField()
-    required = serializers.BooleanField()
+    # A declared field named like Field.required, which only the stubs mind.
+    required = serializers.BooleanField()  # type: ignore[assignment]
     default = serializers.JSONField(allow_null=True)
     description = serializers.CharField(allow_blank=True)
 
@@ -137,4 +138,5 @@ class TargetListSerializer(serializers.Serializer):
 
 class ErrorResponseSerializer(serializers.Serializer):
     detail = serializers.CharField()
-    errors = serializers.DictField(required=False)
+    # A declared field named like Serializer.errors, which only the stubs mind.
+    errors = serializers.DictField(required=False)  # type: ignore[assignment]

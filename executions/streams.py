@@ -11,7 +11,8 @@ per-execution sequence numbers, so a reconnect resumes with no gap and no duplic
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 from uuid import UUID
 
 from django.http import HttpRequest
@@ -61,7 +62,9 @@ def _frame(event: ExecutionEvent) -> bytes:
     )
 
 
-def _state_and_new_events(execution_id: UUID, after_seq: int) -> tuple[dict | None, list[ExecutionEvent]]:
+def _state_and_new_events(
+    execution_id: UUID, after_seq: int
+) -> tuple[Mapping[str, Any] | None, list[ExecutionEvent]]:
     state = Execution.objects.filter(pk=execution_id).values("status", "event_seq").first()
     events = list(ExecutionEvent.objects.filter(execution_id=execution_id, seq__gt=after_seq).order_by("seq"))
     return state, events

@@ -17,6 +17,7 @@ the lock is still what the SELECT read, so clusters sharing the queue never take
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from functools import cache
 from time import sleep
 
@@ -77,7 +78,7 @@ class ORMBroker(ORM):
     def _wake_pushers(self) -> None:
         local_wakeups.send(self._role())
 
-    def _at(self, moment) -> object:
+    def _at(self, moment: datetime) -> str | None:
         return connections[Conf.ORM].ops.adapt_datetimefield_value(moment)
 
     def enqueue(self, task: str) -> int:

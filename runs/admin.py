@@ -114,14 +114,16 @@ class ThreadAdmin(ReadOnlyAdmin):
 
     @admin.display(description="runs", ordering="_run_count")
     def run_count(self, thread: Thread) -> int:
-        return thread._run_count
+        return thread._run_count  # type: ignore[attr-defined]  # annotated by get_queryset
 
     @admin.display(description="latest run")
     def latest_run(self, thread: Thread) -> str:
-        if not thread._latest_run_id:
+        latest_id = thread._latest_run_id  # type: ignore[attr-defined]  # annotated by get_queryset
+        if not latest_id:
             return "-"
-        url = reverse("admin:runs_run_change", args=[thread._latest_run_id])
-        return format_html('<a href="{}">{}</a>', url, thread._latest_run_status)
+        url = reverse("admin:runs_run_change", args=[latest_id])
+        status = thread._latest_run_status  # type: ignore[attr-defined]  # annotated by get_queryset
+        return format_html('<a href="{}">{}</a>', url, status)
 
     @admin.display(description="error")
     def error_json(self, thread: Thread) -> str:

@@ -59,7 +59,7 @@ def run_task_package(run_id: UUID | str) -> str | None:
     if not queue_shares_database(Run):
         return None
     taker = _PackageTaker()
-    _async_task(run_id, taker)  # type: ignore[arg-type]
+    _async_task(run_id, taker)
     return taker.package
 
 

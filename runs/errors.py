@@ -8,7 +8,7 @@ from rest_framework.exceptions import APIException
 class LangGraphError(APIException):
     """An HTTP error whose body is exactly ``{"detail": <message>}``."""
 
-    status_code = status.HTTP_400_BAD_REQUEST
+    status_code: int = status.HTTP_400_BAD_REQUEST
 
     def __init__(self, detail: str, status_code: int | None = None) -> None:
         super().__init__(detail)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -71,7 +72,7 @@ def _reap(lost: QuerySet, *, still_lost: Q, cause: Callable[[Run], str]) -> int:
                 )
             thread_refresh_status(thread_id=run.thread_id)
             run_ended_notify(run_id=run.pk)
-            transaction.on_commit(lambda thread_id=run.thread_id: dispatch.thread_dispatch_next(thread_id))
+            transaction.on_commit(partial(dispatch.thread_dispatch_next, run.thread_id))
         reaped += 1
     return reaped
 

@@ -54,7 +54,7 @@ def assistants_search(
     sort_order: str | None = None,
 ) -> QuerySet:
     """The assistants ``user`` sees (its own and the system ones), filtered and sorted."""
-    queryset = Assistant.objects.visible_to(user)
+    queryset: QuerySet[Assistant] = Assistant.objects.visible_to(user)
     if graph_id:
         queryset = queryset.filter(graph_id=graph_id)
     if name:
@@ -87,7 +87,7 @@ def threads_search(
     sort_by: str | None = None,
     sort_order: str | None = None,
 ) -> QuerySet:
-    queryset = Thread.objects.owned_by(user)
+    queryset: QuerySet[Thread] = Thread.objects.owned_by(user)
     if ids is not None:
         queryset = queryset.filter(pk__in=[parse_uuid(value, "thread") for value in ids])
     if status:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -189,7 +189,7 @@ async def _heartbeats_until_woken(watcher, last_write: float) -> AsyncIterator[b
 
 async def follow_run(
     run_id: UUID, after_id: int, *, modes: frozenset[str] | None = None, with_ids: bool = False
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes]:
     """Frames of the run's events after ``after_id`` until the run is final or gone, with a
     heartbeat comment after every 5 s of silence."""
     read = in_executor(_run_status_and_events)

@@ -22,11 +22,11 @@ import os
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import orjson
@@ -174,7 +174,7 @@ class RunWrites:
             encoded = encode_data(data)
         self._events.append((self.run_id, self.seq, event, encoded.decode(), False, timezone.now()))
         if not self._start() and len(self._events) >= MAX_PENDING_EVENTS:
-            await asyncio.shield(self._writer)
+            await asyncio.shield(cast(asyncio.Task, self._writer))  # _start() left one running
 
     async def submit(self, work: Callable[[], Any], *, write: bool = True) -> Any:
         """``work()`` in the sync thread after everything submitted before; its result."""
@@ -199,7 +199,11 @@ class RunWrites:
         if self._writer is not None and (self._writer.cancelled() or self._writer.exception()):
             # A failed event write (or posted write) fails the run rather than losing it, and
             # fails what waits behind it: no writer will ever take that work.
-            failure = asyncio.CancelledError() if self._writer.cancelled() else self._writer.exception()
+            failure = (
+                asyncio.CancelledError()
+                if self._writer.cancelled()
+                else cast(BaseException, self._writer.exception())
+            )
             self._fail_pending(failure)
             raise failure
         self._writer = asyncio.create_task(self._write_pending())
@@ -370,8 +374,9 @@ class RunDriver:
             # Unless each checkpoint must be stored before the graph goes on (durability "sync"),
             # its saves are posted: a one-node graph's writes then take two transactions.
             post = None if self.kwargs.get("durability") == "sync" else self.writes.post
-            self.saver = self.saver.sole_writer(submit=self.writes.submit, post=post, fence=fence)
-            self.writes.check_connection = self.saver.check_connection
+            sole_writer = self.saver.sole_writer(submit=self.writes.submit, post=post, fence=fence)
+            self.saver = sole_writer
+            self.writes.check_connection = sole_writer.check_connection
 
     def prepare(self) -> None:
         """The reads before the graph starts, on the worker's own connection (in its thread)."""
@@ -425,7 +430,7 @@ class RunDriver:
             options["context"] = self.kwargs["context"]
         return options
 
-    async def _chunks(self, graph: Any, config: dict) -> AsyncIterator[tuple[tuple, str, Any]]:
+    async def _chunks(self, graph: Any, config: dict) -> AsyncGenerator[tuple[tuple, str, Any]]:
         """(namespace, mode, chunk) from the graph; with the ``events`` mode, also the
         ``astream_events`` v2 events themselves, as (namespace, "events", event)."""
         graph_input = _graph_input(self.kwargs)
@@ -680,8 +685,9 @@ def finish(
             on_completion = stored_on_completion or on_completion
             if ended and (run.kwargs or {}).get("webhook"):
                 # Committed with the run's end; a deleted temporary thread has no values.
-                keep = thread_exists and on_completion != "delete" and outcome.state is not None
-                run_ended_notify(run_id=run.pk, values=outcome.state["values"] if keep else None)
+                keep = thread_exists and on_completion != "delete"
+                values = outcome.state["values"] if keep and outcome.state is not None else None
+                run_ended_notify(run_id=run.pk, values=values)
         run_changed(run.pk, thread_id)
         if thread_exists and held:
             statements.thread_update(cursor, thread_id, thread_fields, busy=following is not None)

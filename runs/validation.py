@@ -60,16 +60,19 @@ def _compact(value: Any) -> str:
 
 
 def _message(error: ValidationError, schema: str) -> str:
+    # Both are Unset only on errors jsonschema made up itself, never on a validator's.
+    validator_value: Any = error.validator_value
+    instance: Any = error.instance
     if error.validator == "required":
-        missing = [name for name in error.validator_value if name not in (error.instance or {})]
+        missing = [name for name in validator_value if name not in (instance or {})]
         head = f'"{missing[0]}" is a required property' if missing else error.message
     elif error.validator == "enum":
-        options = ", ".join(_compact(option) for option in error.validator_value)
-        head = f"{_compact(error.instance)} is not one of [{options}]"
+        options = ", ".join(_compact(option) for option in validator_value)
+        head = f"{_compact(instance)} is not one of [{options}]"
     elif error.validator == "type":
-        wanted = error.validator_value
+        wanted = validator_value
         wanted = " or ".join(f'"{w}"' for w in wanted) if isinstance(wanted, list) else f'"{wanted}"'
-        head = f"{_compact(error.instance)} is not of type {wanted}"
+        head = f"{_compact(instance)} is not of type {wanted}"
     else:
         head = error.message
     parts = ["components", "schemas", schema]

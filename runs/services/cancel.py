@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 from django.db import transaction
@@ -54,7 +55,7 @@ def runs_cancel(*, runs: Iterable[Run], action: str = CancelAction.INTERRUPT) ->
                     cancelled.append(run)
             status = thread_status_now(Thread.objects.get(pk=thread_id))
             Thread.objects.filter(pk=thread_id).update(status=status)
-            transaction.on_commit(lambda thread_id=thread_id: dispatch.thread_dispatch_next(thread_id))
+            transaction.on_commit(partial(dispatch.thread_dispatch_next, thread_id))
     return cancelled
 
 

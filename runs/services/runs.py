@@ -192,7 +192,8 @@ def _thread_for_run(
     _too_many_active(active)
     _assistant_still_there(assistant, assistant_exists)
     metadata_field = Thread._meta.get_field("metadata")
-    metadata = metadata_field.from_db_value(raw_metadata, None, db) or {}
+    # The stubs want an expression; JSONField only looks at it for key transforms.
+    metadata = metadata_field.from_db_value(raw_metadata, None, db) or {}  # type: ignore[arg-type]
     merged = {**metadata, **assigned}
     if merged != metadata:  # the same assistant as last time leaves it as it is
         cursor.execute(

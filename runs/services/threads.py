@@ -11,7 +11,7 @@ import copy
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
@@ -189,7 +189,8 @@ def temporary_thread_discard(*, thread_id: Any) -> None:
             [
                 DiscardedRun(
                     run_id=run.pk, owner_id=run.owner_id, thread_id=run.thread_id,
-                    idempotency_key=run.idempotency_key, request_hash=run.request_hash,
+                    idempotency_key=cast(str, run.idempotency_key),  # keyed: not NULL
+                    request_hash=run.request_hash,
                     run=DiscardedRun.kept_values(run), result=run_result(run=run, thread=thread),
                 )
                 for run in keyed

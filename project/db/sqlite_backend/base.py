@@ -98,7 +98,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def _start_transaction_under_autocommit(self) -> None:
         self._holds_write_queue = _write_queue.acquire(timeout=WRITE_QUEUE_TIMEOUT_SECONDS)
         try:
-            super()._start_transaction_under_autocommit()
+            super()._start_transaction_under_autocommit()  # type: ignore[misc]  # private Django API, not in the stubs
         except BaseException:
             self._leave_write_queue()
             raise
@@ -110,13 +110,13 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def _commit(self) -> None:
         try:
-            super()._commit()
+            super()._commit()  # type: ignore[misc]  # private Django API, not in the stubs
         finally:
             self._leave_write_queue()
 
     def _rollback(self) -> None:
         try:
-            super()._rollback()
+            super()._rollback()  # type: ignore[misc]  # private Django API, not in the stubs
         finally:
             self._leave_write_queue()
 
@@ -127,6 +127,6 @@ class DatabaseWrapper(base.DatabaseWrapper):
             if conn is not None and key is not None and not conn.in_transaction:
                 if idle_connections.give(key, conn):
                     return
-            super()._close()
+            super()._close()  # type: ignore[misc]  # private Django API, not in the stubs
         finally:
             self._leave_write_queue()
