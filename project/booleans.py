@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+# Where anything else is an error rather than off (a query parameter that must be a boolean).
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 
 def parse_bool(text: str) -> bool:

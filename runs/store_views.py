@@ -16,6 +16,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from project.booleans import FALSE_WORDS, TRUE_WORDS
 from runs.errors import Unprocessable
 from runs.graphs import store_index
 from runs.serializers import iso
@@ -48,9 +49,9 @@ def _query_refresh_ttl(request: Request) -> bool | None:
     if value is None or value == "":
         return None
     lowered = value.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
+    if lowered in TRUE_WORDS:
         return True
-    if lowered in {"0", "false", "no", "off"}:
+    if lowered in FALSE_WORDS:
         return False
     raise Unprocessable("Invalid refresh_ttl: must be a boolean")
 

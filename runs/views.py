@@ -22,6 +22,7 @@ from rest_framework.response import Response
 
 from project.api.errors import langgraph_exception_handler
 from project.api.throttling import CreateRateThrottle
+from project.booleans import parse_bool
 from runs import services
 from runs.errors import NotFound, Unprocessable
 from runs.graphs import graph_get
@@ -103,7 +104,7 @@ def _query_bool(request: Request, name: str, default: bool = False) -> bool:
     value = request.query_params.get(name)
     if value is None or value == "":
         return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    return parse_bool(value)
 
 
 def _query_int(request: Request, name: str, default: int, minimum: int, maximum: int) -> int:
@@ -272,7 +273,7 @@ class AssistantViewSet(LangGraphViewSet):
     def graph(self, request: Request, assistant_id: str) -> Response:
         assistant = services.assistant_get(user=request.user, assistant_id=assistant_id)
         xray: Any = request.query_params.get("xray", "false")
-        xray = int(xray) if xray.isdigit() else xray.lower() in {"true", "1"}
+        xray = int(xray) if xray.isdigit() else parse_bool(xray)
         drawable = graph_get(assistant.graph_id).get_graph(xray=xray)
         return Response(to_json(drawable.to_json()))
 
