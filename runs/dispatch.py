@@ -17,7 +17,7 @@ from django.utils import timezone
 from django_q.brokers import Broker
 from django_q.tasks import async_task
 
-from executions.queueing import forget_broker, queue_shares_database, shared_broker
+from project.shared_broker import forget_broker, queue_shares_database, shared_broker
 from runs.models import Run, RunStatus
 
 logger = logging.getLogger(__name__)

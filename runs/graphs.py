@@ -254,8 +254,9 @@ def system_assistant_id(graph_id: str) -> uuid.UUID:
 def system_assistants_ensure() -> None:
     """Create the system assistant of every registered graph that lacks one. Idempotent.
 
-    Called after migrate and lazily by lookups, so a flushed test database or a graph added to
-    the config since the last migrate still gets its assistant.
+    Called after migrate, once per process at start (``runs.apps``) and by a run create that
+    finds one missing, so a flushed test database or a graph added to the config since the last
+    migrate still gets its assistant; reads never call it.
     """
     from runs.models import Assistant, AssistantVersion
 

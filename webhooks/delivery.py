@@ -30,6 +30,7 @@ from django.db.models import F
 from django.utils import timezone
 from django_q.tasks import async_task
 
+from project.shared_broker import forget_broker, shared_broker
 from webhooks.destinations import WebhookUrlInvalid, webhook_url_check
 from webhooks.models import WebhookAttempt, WebhookMessage, WebhookSource, WebhookStatus
 from webhooks.signing import webhook_headers
@@ -48,8 +49,12 @@ def jsonable(value: Any) -> Any:
 
 def _enqueue(message_id: UUID | str) -> None:
     try:
-        async_task("webhooks.tasks.deliver", str(message_id), task_name=f"webhook-{message_id}")
+        async_task(
+            "webhooks.tasks.deliver", str(message_id), task_name=f"webhook-{message_id}",
+            broker=shared_broker(),
+        )
     except Exception:  # the sweep sends it once it is due; a webhook never fails its job
+        forget_broker()
         logger.warning("could not queue webhook %s; the sweep will", message_id, exc_info=True)
 
 
