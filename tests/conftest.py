@@ -215,15 +215,20 @@ def qcluster(transactional_db) -> Iterator[Cluster]:
         cluster.stop()
 
 
-def wait_for(predicate: Callable[[], object], *, timeout: float = 20.0, interval: float = 0.05, message: str = ""):
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+def wait_for(
+    predicate: Callable[[], object], *, timeout: float = 20.0, interval: float = 0.05,
+    message: str | Callable[[], str] = "",
+):
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``,
+    with ``message`` (called then, when it is a function: a log read at the failure)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {message or predicate}")
+            said = message() if callable(message) else message
+            pytest.fail(f"timed out after {timeout}s waiting for {said or predicate}")
         time.sleep(interval)
 
 
@@ -240,7 +245,8 @@ async def until(predicate: Callable[[], object], *, timeout: float = 10.0, messa
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {message or predicate}")
+            said = message() if callable(message) else message
+            pytest.fail(f"timed out after {timeout}s waiting for {said or predicate}")
         await asyncio.sleep(0.01)
 
 

@@ -86,7 +86,7 @@ def test_kill_9_of_the_worker_running_a_graph(api):
         run = start_run(api, input={"messages": [{"role": "user", "content": "slow"}], "sleep": 30})
         running = wait_for(
             lambda: Run.objects.filter(pk=run["run_id"], status="running").exclude(worker="").first(),
-            timeout=30, message=cluster.log(),
+            timeout=30, message=cluster.log,
         )
         os.kill(int(running.worker.rsplit(":", 1)[1]), signal.SIGKILL)
         killed_at = time.monotonic()
@@ -102,6 +102,10 @@ def test_kill_9_of_the_worker_running_a_graph(api):
             {"assistant_id": "echo", "input": {"messages": [{"role": "user", "content": "again"}]}},
             format="json",
         ).json()
-        wait_for(lambda: Run.objects.filter(pk=follow_up["run_id"], status="success").exists(), timeout=30)
+        done = wait_for(
+            lambda: Run.objects.filter(pk=follow_up["run_id"], status__in=RunStatus.terminal()).first(),
+            timeout=30, message=lambda: f"{Run.objects.filter(thread_id=run['thread_id']).values()}\n{cluster.log()}",
+        )
+        assert done.status == RunStatus.SUCCESS, (done.error, cluster.log())
     finally:
         cluster.stop()
