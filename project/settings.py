@@ -56,6 +56,8 @@ CSRF_TRUSTED_ORIGINS = [
 HTTPS = env_bool("HTTPS", False)
 if HTTPS:
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    # Probes and scrapers call the pod or host directly over plain HTTP.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 3600)
@@ -83,6 +85,7 @@ INSTALLED_APPS = [
     "executions",
     "runs",
     "webhooks",
+    "operations",
     # After executions: an app listed earlier wins a management command's name, and
     # executions' `qcluster` (executions.cluster) replaces django-q2's.
     "django_q",
@@ -233,6 +236,14 @@ else:
     Q_CLUSTER["orm"] = "default"
     # The ORM broker whose pushers are woken by a local datagram on enqueue (LOCAL_WAKEUPS_DIR).
     Q_CLUSTER["broker_class"] = "project.orm_broker.ORMBroker"
+    # Each cluster saves its status (host, pids, a timestamp) to django-q2's cache every half
+    # second; /readyz, /metrics and the dashboard read it from the API process. The default local
+    # memory cache is private to a process, so without Redis the statuses go to files instead.
+    CACHES["cluster_status"] = {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": str(DATA_DIR / "cluster_status"),
+    }
+    Q_CLUSTER["cache"] = "cluster_status"
 
 # Without Redis, processes of this machine wake each other (a worker's pusher on enqueue, stream
 # readers and /wait on a run's changes) through Unix datagram sockets in this directory; empty
@@ -288,6 +299,11 @@ RUNS_WAIT_POLL_INTERVAL = env_float("RUNS_WAIT_POLL_INTERVAL", 0.025)
 RUNS_MAX_ACTIVE_PER_USER = env_int("RUNS_MAX_ACTIVE_PER_USER", 1000)
 # Largest metadata (and run config) of an assistant, thread or run, as compact JSON (422 beyond).
 METADATA_MAX_BYTES = env_int("METADATA_MAX_BYTES", 64 * 1024)
+
+# --- Operations (health probes, metrics, dashboard) -----------------------------------------------
+
+# Off: /readyz leaves the workers out (API processes whose workers are scaled on their own).
+HEALTH_REQUIRE_WORKERS = env_bool("HEALTH_REQUIRE_WORKERS", True)
 
 # --- CORS -----------------------------------------------------------------------------------------
 
