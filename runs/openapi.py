@@ -79,6 +79,9 @@ STATUSES: dict[str, tuple[int, ...]] = {
     "delete /store/items": (204, 422),
     "post /store/items/search": (200, 422),
     "post /store/namespaces": (200, 422),
+    # The v2 protocol: a command's own failures are 200s with a ProtocolError body.
+    "post /threads/{thread_id}/commands": (200, 400, 422, 429),
+    "post /threads/{thread_id}/stream/events": (200, 400, 404, 422, 429),
 }
 
 _ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
@@ -171,6 +174,22 @@ RUN_EVENT = {
         "`error` when the run fails. A `: heartbeat` comment comes every 5 s of silence."
     ),
     "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "id": {"type": "string"},
+    },
+}
+
+# The v2 protocol's events, framed as RUN_EVENT is: the event's method, its seq as the id.
+PROTOCOL_EVENT = {
+    "type": "object",
+    "description": (
+        "One Server-Sent Event per protocol event: `event` is its method (`lifecycle`, `values`, "
+        "`updates`, `custom`, `tasks`, `input.requested`), `id` its `seq`, and `data` the "
+        "`ProtocolEvent` as JSON. A `: heartbeat` comment comes every 5 s of silence."
+    ),
+    "required": ["event", "data", "id"],
     "properties": {
         "event": {"type": "string"},
         "data": {"type": "string", "contentMediaType": "application/json"},
@@ -282,7 +301,8 @@ def _operation(route: Route, method: str, spec_op: dict[str, Any]) -> dict[str, 
     for response in operation["responses"].values():
         for media_type, content in (response.get("content") or {}).items():
             if media_type == "text/event-stream":
-                content["schema"] = copy.deepcopy(RUN_EVENT)
+                protocol = key == "post /threads/{thread_id}/stream/events"
+                content["schema"] = copy.deepcopy(PROTOCOL_EVENT if protocol else RUN_EVENT)
     if key in IDEMPOTENT:
         operation["parameters"] = [*operation.get("parameters", []), copy.deepcopy(IDEMPOTENCY_KEY)]
         headers = operation["responses"]["200"].setdefault("headers", {})

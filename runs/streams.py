@@ -175,7 +175,7 @@ def _last_thread_event_id(thread_id: UUID) -> int:
 # --- followers -----------------------------------------------------------------------------------
 
 
-async def _heartbeats_until_woken(watcher, last_write: float) -> AsyncIterator[bytes]:
+async def heartbeats_until_woken(watcher, last_write: float) -> AsyncIterator[bytes]:
     """A heartbeat after every 5 s of silence until the hub says there may be something new.
 
     Silence alone is no reason to read the database again: the hub wakes the watcher on every new
@@ -207,7 +207,7 @@ async def follow_run(
                 continue
             if status is None or status in RunStatus.terminal():
                 return
-            async for heartbeat in _heartbeats_until_woken(watcher, last_write):
+            async for heartbeat in heartbeats_until_woken(watcher, last_write):
                 yield heartbeat
                 last_write = time.monotonic()
 
@@ -238,7 +238,7 @@ async def follow_thread(thread_id: UUID, after_id: int, *, modes: frozenset[str]
                 continue
             if not exists:
                 return
-            async for heartbeat in _heartbeats_until_woken(watcher, last_write):
+            async for heartbeat in heartbeats_until_woken(watcher, last_write):
                 yield heartbeat
                 last_write = time.monotonic()
 
@@ -332,18 +332,18 @@ async def _create_and_stream(request: HttpRequest, thread_id: str | None) -> Htt
 
 
 # The real server's (Starlette's) words for a wrong method, not DRF's.
-_langgraph_stream = functools.partial(
+langgraph_stream = functools.partial(
     event_stream_view, errors=ErrorStyle.LANGGRAPH, method_not_allowed="Method Not Allowed"
 )
 
 
-@_langgraph_stream(method="POST")
+@langgraph_stream(method="POST")
 async def thread_run_stream(request: HttpRequest, thread_id: str) -> HttpResponseBase:
     """``POST /threads/{thread_id}/runs/stream``."""
     return await _create_and_stream(request, thread_id)
 
 
-@_langgraph_stream(method="POST")
+@langgraph_stream(method="POST")
 async def stateless_run_stream(request: HttpRequest) -> HttpResponseBase:
     """``POST /runs/stream``: a run on a temporary thread, deleted after the stream unless
     ``on_completion: "keep"``."""
@@ -361,7 +361,7 @@ def _run_for_join(user: Any, thread_id: str, run_id: str) -> tuple[UUID, dict | 
     return run_pk, kwargs, _last_run_event_id(run_pk) if kwargs is not None else 0
 
 
-@_langgraph_stream(method="GET")
+@langgraph_stream(method="GET")
 async def run_join_stream(request: HttpRequest, thread_id: str, run_id: str) -> HttpResponseBase:
     """``GET /threads/{thread_id}/runs/{run_id}/stream``: live from now, or the stored events
     after ``Last-Event-ID``. Without the header a join after the run ended is an empty 200, as on
@@ -393,7 +393,7 @@ def _thread_for_stream(user: Any, thread_id: str) -> tuple[UUID, int]:
     return thread.pk, _last_thread_event_id(thread.pk)
 
 
-@_langgraph_stream(method="GET")
+@langgraph_stream(method="GET")
 async def thread_stream(request: HttpRequest, thread_id: str) -> HttpResponseBase:
     """``GET /threads/{thread_id}/stream``: every run's events and a ``metadata``
     ``{"status": "run_done", "run_id"}`` after each run; live from now, or after

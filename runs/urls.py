@@ -8,7 +8,7 @@ malformed one gets the real server's 422, not a 404. No trailing slash, as on th
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from runs import store_views, streams, views
+from runs import protocol_events, store_views, streams, views
 
 app_name = "runs"
 
@@ -25,6 +25,9 @@ router.register("store", store_views.StoreViewSet, basename="store")
 # Django takes async views; the stubs' path() does not say so, hence the ignores.
 urlpatterns = [
     path("threads/<str:thread_id>/stream", streams.thread_stream, name="thread-stream"),  # type: ignore[arg-type]
+    path(
+        "threads/<str:thread_id>/stream/events", protocol_events.thread_protocol_events, name="thread-protocol-events"  # type: ignore[arg-type]
+    ),
     path("threads/<str:thread_id>/runs/stream", streams.thread_run_stream, name="thread-run-stream"),  # type: ignore[arg-type]
     path(
         "threads/<str:thread_id>/runs/<str:run_id>/stream", streams.run_join_stream, name="run-join-stream"  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ against the API's schema, call one service, render with ``runs.serializers``. Ev
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from importlib import metadata as package_metadata
 from typing import Any, TypeVar
@@ -28,6 +29,7 @@ from runs.errors import NotFound, Unprocessable
 from runs.graphs import graph_get
 from runs.jsonable import to_json
 from runs.models import CancelAction, DiscardedRun, Run, RunStatus
+from runs.protocol_commands import error_body, protocol_command
 from runs.serializers import (
     ASSISTANT_FIELDS,
     RUN_FIELDS,
@@ -347,7 +349,7 @@ class AssistantViewSet(LangGraphViewSet):
 class ThreadViewSet(LangGraphViewSet):
     # Threads and their state; GET /threads/{thread_id}/stream is runs.streams.thread_stream.
     lookup_field = "thread_id"
-    create_actions = frozenset({"create"})
+    create_actions = frozenset({"create", "commands"})
 
     def create(self, request: Request) -> Response:
         body = self.body("ThreadCreate", required=False)
@@ -409,6 +411,17 @@ class ThreadViewSet(LangGraphViewSet):
     def destroy(self, request: Request, thread_id: str) -> Response:
         services.thread_delete(thread=services.thread_get(user=request.user, thread_id=thread_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @action(detail=True, methods=["post"])
+    def commands(self, request: Request, thread_id: str) -> Response:
+        # The v2 protocol's commands (runs.protocol_commands); their events are
+        # runs.protocol_events' POST /threads/{thread_id}/stream/events.
+        try:
+            envelope = json.loads(request.body or b"null")
+        except ValueError:
+            return Response(error_body(None, "invalid_argument", "The body must be JSON."), status=400)
+        status_code, body = protocol_command(user=request.user, thread_id=thread_id, envelope=envelope)
+        return Response(body, status=status_code)
 
     @action(detail=True, methods=["post"])
     def copy(self, request: Request, thread_id: str) -> Response:

@@ -193,6 +193,9 @@ Recipe = Callable[[Ctx], requests.Response]
 
 # "STATUS METHOD path" -> a request that gets that status. 401, 413 and the 404/422 of a path id
 # are generic (see _generic_recipe); the rest is here.
+COMMAND = {"id": 1, "method": "agent.getTree", "params": {}}
+EVENT_FILTER = {"channels": ["lifecycle", "values"]}
+
 RECIPES: dict[str, Recipe] = {
     # system
     "200 GET /ok": lambda c: c.call("GET", "/ok", session=requests.Session()),
@@ -391,6 +394,25 @@ RECIPES: dict[str, Recipe] = {
     "429 GET /threads/{thread_id}/runs/{run_id}/stream": lambda c: _streams_full(
         c, "/threads/{thread}/runs/{run}/stream"
     ),
+    # the v2 protocol
+    "200 POST /threads/{thread_id}/commands": lambda c: c.call(
+        "POST", f"/threads/{c.ids['thread']}/commands", json=COMMAND
+    ),
+    "400 POST /threads/{thread_id}/commands": lambda c: c.call(
+        "POST", f"/threads/{c.ids['thread']}/commands", json={"method": "agent.getTree"}
+    ),
+    "429 POST /threads/{thread_id}/commands": lambda c: _throttled(
+        c, f"/threads/{RANDOM}/commands", {"id": 1, "method": "run.start", "params": {"assistant_id": "echo"}}
+    ),
+    "200 POST /threads/{thread_id}/stream/events": lambda c: c.call(
+        "POST", f"/threads/{c.ids['thread']}/stream/events", json=EVENT_FILTER
+    ),
+    "400 POST /threads/{thread_id}/stream/events": lambda c: c.call(
+        "POST", f"/threads/{c.ids['thread']}/stream/events", json={"channels": []}
+    ),
+    "429 POST /threads/{thread_id}/stream/events": lambda c: _streams_full(
+        c, "/threads/{thread}/stream/events", method="POST", json=EVENT_FILTER
+    ),
     "204 POST /runs/cancel": lambda c: c.call("POST", "/runs/cancel", json={"status": "pending"}),
     "404 POST /runs/cancel": lambda c: c.call(
         "POST", "/runs/cancel", json={"thread_id": RANDOM, "run_ids": [RANDOM]}
@@ -482,7 +504,7 @@ def _throttled(c: Ctx, path: str, body: Any) -> requests.Response:
     return c.call("POST", path, json=body, session=c.dave)
 
 
-def _streams_full(c: Ctx, path: str) -> requests.Response:
+def _streams_full(c: Ctx, path: str, method: str = "GET", **kwargs: Any) -> requests.Response:
     """``path`` while erin holds every one of her stream slots."""
     if "erin_run" not in c.ids:
         thread_id = c.ok("POST", "/threads", json={}, session=c.erin)["thread_id"]
@@ -496,7 +518,7 @@ def _streams_full(c: Ctx, path: str) -> requests.Response:
     ]
     try:
         assert [r.status_code for r in held] == [200] * STREAMS_CAP
-        return c.call("GET", url.removeprefix(c.url), session=c.erin)
+        return c.call(method, url.removeprefix(c.url), session=c.erin, **kwargs)
     finally:
         for response in held:
             response.close()
@@ -568,6 +590,10 @@ def _valid_body(path: str) -> Any:
         return {"version": 1}
     if path.endswith("/state/checkpoint"):
         return {"checkpoint": {"checkpoint_id": RANDOM}}
+    if path.endswith("/commands"):
+        return COMMAND
+    if path.endswith("/stream/events"):
+        return EVENT_FILTER
     return {}
 
 
