@@ -12,6 +12,8 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    # The Agent Server's GET /docs: the same Swagger UI, where the real server has its own.
+    path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     # The LangGraph Agent Server API lives at the root, where langgraph-sdk expects it.
     path("", include("runs.urls")),
 ]

@@ -49,6 +49,8 @@ STATUSES: dict[str, tuple[int, ...]] = {
     "patch /threads/{thread_id}": (200, 404, 422),
     "delete /threads/{thread_id}": (204, 404, 422),
     "post /threads/{thread_id}/copy": (200, 404, 422),
+    # 501 is for a custom checkpointer, which this server never has.
+    "get /threads/{thread_id}/storage": (200, 404, 422),
     "get /threads/{thread_id}/state": (200, 404, 422),
     "post /threads/{thread_id}/state": (200, 400, 404, 409, 422),
     "get /threads/{thread_id}/state/{checkpoint_id}": (200, 404, 422),

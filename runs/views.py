@@ -25,8 +25,8 @@ from project.api.errors import langgraph_exception_handler
 from project.api.throttling import CreateRateThrottle
 from project.booleans import parse_bool
 from runs import services
-from runs.errors import NotFound, Unprocessable
-from runs.graphs import graph_get
+from runs.errors import LangGraphError, NotFound, Unprocessable
+from runs.graphs import checkpointer, graph_get
 from runs.jsonable import to_json
 from runs.models import CancelAction, DiscardedRun, Run, RunStatus
 from runs.protocol_commands import error_body, protocol_command
@@ -422,6 +422,18 @@ class ThreadViewSet(LangGraphViewSet):
             return Response(error_body(None, "invalid_argument", "The body must be JSON."), status=400)
         status_code, body = protocol_command(user=request.user, thread_id=thread_id, envelope=envelope)
         return Response(body, status=status_code)
+
+    @action(detail=True, methods=["get"])
+    def storage(self, request: Request, thread_id: str) -> Response:
+        thread = services.thread_get(user=request.user, thread_id=thread_id)
+        # Here, not at the top: checkpoints.saver imports langgraph, a second's import.
+        from checkpoints.saver import DjangoCheckpointSaver
+        from checkpoints.storage import thread_storage
+
+        saver = checkpointer()
+        if not isinstance(saver, DjangoCheckpointSaver):
+            raise LangGraphError("Thread storage is measured in the built-in checkpointer only.", 501)
+        return Response(thread_storage(thread_id=str(thread.pk), serde=saver.serde))
 
     @action(detail=True, methods=["post"])
     def copy(self, request: Request, thread_id: str) -> Response:

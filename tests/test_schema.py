@@ -264,6 +264,9 @@ RECIPES: dict[str, Recipe] = {
         "PATCH", f"/threads/{c.ids['thread']}", json={"metadata": {"b": 2}}
     ),
     "204 DELETE /threads/{thread_id}": lambda c: c.call("DELETE", f"/threads/{c.thread()}"),
+    "200 GET /threads/{thread_id}/storage": lambda c: c.call(
+        "GET", f"/threads/{c.ids['thread']}/storage"
+    ),
     "200 POST /threads/{thread_id}/copy": lambda c: c.call(
         "POST", f"/threads/{c.ids['thread']}/copy", json={}
     ),

@@ -324,6 +324,10 @@ def test_openapi_schema_and_docs_are_served(client, api):
     }
     docs = client.get("/api/docs/")
     assert docs.status_code == 200 and b"swagger" in docs.content.lower()
+    # The Agent Server's own path for it, as langgraph's GET /docs.
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and docs["Content-Type"].startswith("text/html")
+    assert b"swagger" in docs.content.lower() and b"/api/schema/" in docs.content
 
 
 # --- idempotency and config ------------------------------------------------------------------
