@@ -24,7 +24,18 @@ from django.utils.safestring import SafeString
 from project.api.renderers import json_text
 from runs import services
 from runs.admin_streams import run_status_snapshot, run_status_stream
-from runs.models import Assistant, AssistantVersion, CancelAction, Run, RunEvent, RunStatus, Thread
+from runs.models import (
+    Assistant,
+    AssistantVersion,
+    CancelAction,
+    Cron,
+    CronFiring,
+    Run,
+    RunEvent,
+    RunStatus,
+    Thread,
+)
+from runs.services.crons import cron_set_enabled
 
 EVENTS_SHOWN = 200
 
@@ -261,3 +272,84 @@ class RunAdmin(ReadOnlyAdmin):
     @admin.action(description="Cancel selected runs (rollback: delete them and their checkpoints)")
     def cancel_rollback(self, request: HttpRequest, queryset: QuerySet) -> None:
         self._cancel(request, queryset, CancelAction.ROLLBACK)
+
+
+class CronFiringInline(admin.TabularInline):
+    model = CronFiring
+    fields = ("scheduled_for", "fired_at", "run_link", "thread_id", "error")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    max_num = 0
+    ordering = ("-scheduled_for",)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="run")
+    def run_link(self, firing: CronFiring) -> str:
+        if firing.run_id is None:
+            return "-"
+        url = reverse("admin:runs_run_change", args=[firing.run_id])
+        return format_html('<a href="{}">{}</a>', url, firing.run_id)
+
+
+@admin.register(Cron)
+class CronAdmin(ReadOnlyAdmin):
+    list_display = (
+        "cron_id", "owner", "assistant_name", "thread_link", "schedule", "timezone", "enabled",
+        "next_run_date", "last_fired", "end_time",
+    )
+    list_filter = ("enabled", GraphFilter)
+    search_fields = ("cron_id", "thread__thread_id", "owner__username", "schedule")
+    list_select_related = ("owner", "assistant")
+    actions = ("enable", "disable")
+    readonly_fields = (
+        "cron_id", "owner", "assistant_name", "thread_link", "schedule", "timezone", "end_time",
+        "enabled", "next_run_date", "on_run_completed", "payload_json", "metadata_json",
+        "created_at", "updated_at",
+    )
+    fields = readonly_fields
+    metadata_json = _json_field("metadata")
+    inlines = [CronFiringInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        last = CronFiring.objects.filter(cron=OuterRef("pk")).order_by("-scheduled_for")
+        return super().get_queryset(request).annotate(_last_fired=Subquery(last.values("fired_at")[:1]))
+
+    @admin.display(description="last fired", ordering="_last_fired")
+    def last_fired(self, cron: Cron) -> Any:
+        return cron._last_fired or "-"  # type: ignore[attr-defined]  # annotated by get_queryset
+
+    @admin.display(description="assistant", ordering="assistant__name")
+    def assistant_name(self, cron: Cron) -> str:
+        return f"{cron.assistant.name} ({cron.assistant.graph_id})"
+
+    @admin.display(description="thread")
+    def thread_link(self, cron: Cron) -> str:
+        if cron.thread_id is None:
+            return "(a new thread each run)"
+        url = reverse("admin:runs_thread_change", args=[cron.thread_id])
+        return format_html('<a href="{}">{}</a>', url, cron.thread_id)
+
+    @admin.display(description="payload")
+    def payload_json(self, cron: Cron) -> str:
+        return _pretty_json(cron.payload)
+
+    def _set_enabled(self, request: HttpRequest, queryset: QuerySet, enabled: bool) -> None:
+        selected = list(queryset)
+        changed = cron_set_enabled(crons=selected, enabled=enabled)
+        verb = "Enabled" if enabled else "Disabled"
+        self.message_user(request, f"{verb} {changed} cron(s).", messages.SUCCESS)
+        if len(selected) > changed:
+            self.message_user(
+                request, f"Skipped {len(selected) - changed} cron(s) already {verb.lower()}.", messages.WARNING
+            )
+
+    @admin.action(description="Enable selected crons (next run counted from now)")
+    def enable(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._set_enabled(request, queryset, True)
+
+    @admin.action(description="Disable selected crons")
+    def disable(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._set_enabled(request, queryset, False)

@@ -1,4 +1,5 @@
-"""The runs app's wiring: its recovery sweep, and when the system assistants are made.
+"""The runs app's wiring: its recovery sweep and the crons' firing, and when the system
+assistants are made.
 
 Each registered graph has a system assistant (``runs.graphs.system_assistants_ensure``). Reads
 never make them; they are made:
@@ -68,12 +69,15 @@ class RunsConfig(AppConfig):
 
         from executions.recovery import register_sweep, register_worker_reap
         from runs.recovery import runs_reap_worker, sweep
+        from runs.services.crons import crons_fire_due
         from store.services import store_items_sweep_expired
 
         post_spawn.connect(system_assistants_at_start, dispatch_uid="runs-system-assistants-at-spawn")
         register_sweep(sweep)
         register_worker_reap(runs_reap_worker)
         register_sweep(store_items_sweep_expired)
+        # Crons fire from the sweep: at most EXECUTIONS_SWEEP_INTERVAL late, from any worker.
+        register_sweep(crons_fire_due)
 
         from django.conf import settings
 

@@ -456,3 +456,86 @@ class RunEvent(models.Model):
     def payload(self) -> Any:
         """``data`` decoded."""
         return orjson.loads(self.data)
+
+
+class CronQuerySet(OwnedQuerySet):
+    def due(self, *, now: datetime) -> CronQuerySet:
+        """Enabled crons whose next firing time has come."""
+        return self.filter(enabled=True, next_run_date__lte=now)
+
+
+class Cron(models.Model):
+    """A schedule of runs (the Agent Server's crons): on ``thread`` with the thread's multitask
+    rules, or, without a thread, on a new thread each time (``on_run_completed`` says whether that
+    thread is deleted once the run ends).
+
+    ``next_run_date`` is the next firing time (UTC; computed in ``timezone``), null once
+    ``end_time`` has passed. A firing moves it on with one conditional UPDATE naming the time it
+    read, and records a ``CronFiring`` unique on (cron, time): whatever the number of workers
+    sweeping, each time fires once. Firing times missed while no worker ran are not caught up one
+    by one: the first sweep after fires once and moves on to the next time after now.
+    """
+
+    cron_id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="lg_crons")
+    assistant = models.ForeignKey(Assistant, on_delete=models.CASCADE, related_name="crons")
+    thread = models.ForeignKey(
+        Thread, on_delete=models.CASCADE, null=True, blank=True, related_name="crons",
+        help_text="Empty for a stateless cron, which makes a new thread for each run.",
+    )
+    schedule = models.CharField(max_length=200, help_text="Five-field cron expression.")
+    end_time = models.DateTimeField(null=True, blank=True)
+    payload = models.JSONField(default=dict, blank=True, help_text="The body of each run it creates.")
+    metadata = models.JSONField(default=dict, blank=True)
+    on_run_completed = models.CharField(
+        max_length=8, blank=True, default="",
+        help_text="Stateless crons: 'delete' (the default) or 'keep' each run's thread.",
+    )
+    enabled = models.BooleanField(default=True)
+    next_run_date = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    # Last: the name hides django.utils.timezone in the rest of the class body.
+    timezone = models.CharField(
+        max_length=64, blank=True, default="", help_text="IANA name the schedule is read in; empty is UTC."
+    )
+
+    objects = CronQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # The sweep's query, every few seconds on every worker.
+            models.Index(fields=["enabled", "next_run_date"], name="cron_due"),
+            models.Index(fields=["owner", "-created_at"], name="cron_owner_created"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(on_run_completed__in=("", "delete", "keep")), name="cron_on_run_completed_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.cron_id} ({self.schedule})"
+
+
+class CronFiring(models.Model):
+    """One firing of a cron: the run it created, or why it created none (the thread's
+    ``reject`` strategy while a run was active, the active-runs cap, ...)."""
+
+    cron = models.ForeignKey(Cron, on_delete=models.CASCADE, related_name="firings")
+    scheduled_for = models.DateTimeField(help_text="The firing time the schedule named.")
+    fired_at = models.DateTimeField(default=timezone.now)
+    # Not foreign keys: a stateless run goes with its thread, and deleting either keeps the record.
+    run_id = models.UUIDField(null=True, blank=True)
+    thread_id = models.UUIDField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-scheduled_for"]
+        constraints = [
+            models.UniqueConstraint(fields=["cron", "scheduled_for"], name="cron_firing_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.cron_id} @ {self.scheduled_for.isoformat()}"

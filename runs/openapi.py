@@ -75,6 +75,14 @@ STATUSES: dict[str, tuple[int, ...]] = {
     "post /runs/stream": (200, 400, 404, 409, 422, 429),
     "post /runs/batch": (200, 400, 404, 409, 422, 429),
     "post /runs/cancel": (204, 404, 422),
+    # crons: a delete answers 204 as the other deletes do.
+    "post /threads/{thread_id}/runs/crons": (200, 400, 404, 422, 429),
+    "post /runs/crons": (200, 400, 404, 422, 429),
+    "post /runs/crons/search": (200, 422),
+    "post /runs/crons/count": (200, 422),
+    "get /runs/crons/{cron_id}": (200, 404, 422),
+    "patch /runs/crons/{cron_id}": (200, 400, 404, 422),
+    "delete /runs/crons/{cron_id}": (204, 404, 422),
     # The store: a missing item is a 200 with null, never a 404; nothing answers the spec's 400.
     "put /store/items": (204, 422),
     "get /store/items": (200, 422),
@@ -163,6 +171,9 @@ NULLABLE: tuple[str, ...] = (
     "GraphSchema.properties.state_schema",
     "GraphSchema.properties.config_schema",
     "GraphSchema.properties.context_schema",
+    # A stateless cron has no thread; a cron without an end time, none.
+    "Cron.properties.thread_id",
+    "Cron.properties.end_time",
 )
 
 # Each Server-Sent Event as schemathesis and SSE tooling read an OpenAPI 3.1 text/event-stream
@@ -211,6 +222,7 @@ SELECTABLE: dict[str, str] = {
     "post /assistants/search": "Assistant",
     "post /threads/search": "Thread",
     "get /threads/{thread_id}/runs": "Run",
+    "post /runs/crons/search": "Cron",
 }
 # Our error bodies already are the real server's {"detail": ...}, plus "errors" on validation.
 SHARED_COMPONENTS = {"ErrorResponse"}

@@ -17,7 +17,7 @@ from django.db.models.fields.json import KeyTransform
 from runs.errors import NotFound
 from runs.graphs import GraphNotFound, checkpointer, graph_get
 from runs.jsonable import interrupt_json, to_json
-from runs.models import Assistant, Run, Thread
+from runs.models import Assistant, Cron, Run, Thread
 from runs.services.inputs import parse_uuid
 
 
@@ -95,6 +95,43 @@ def threads_search(
     queryset = json_filter(queryset, "metadata", metadata)
     queryset = json_filter(queryset, "values", values)
     field = {"thread_id": "pk"}.get(sort_by or "created_at", sort_by or "created_at")
+    prefix = "" if sort_order == "asc" else "-"
+    return queryset.order_by(f"{prefix}{field}", f"{prefix}pk")
+
+
+# --- crons ---------------------------------------------------------------------------------------
+
+
+def cron_get(*, user, cron_id: Any) -> Cron:
+    """``user``'s cron; 404 otherwise (another user's too)."""
+    pk = parse_uuid(cron_id, "cron")
+    cron = Cron.objects.owned_by(user).select_related("owner").filter(pk=pk).first()
+    if cron is None:
+        raise NotFound(f"Cron with ID {pk} not found")
+    return cron
+
+
+def crons_search(
+    *,
+    user,
+    assistant_id: Any = None,
+    thread_id: Any = None,
+    enabled: bool | None = None,
+    metadata: dict | None = None,
+    sort_by: str | None = None,
+    sort_order: str | None = None,
+) -> QuerySet:
+    """``user``'s crons matching every filter given, sorted (``created_at`` descending by
+    default). The assistant is named by its UUID, as on the real server (a graph id is a 422)."""
+    queryset: QuerySet[Cron] = Cron.objects.owned_by(user).select_related("owner")
+    if assistant_id is not None:
+        queryset = queryset.filter(assistant_id=parse_uuid(assistant_id, "assistant"))
+    if thread_id is not None:
+        queryset = queryset.filter(thread_id=parse_uuid(thread_id, "thread"))
+    if enabled is not None:
+        queryset = queryset.filter(enabled=enabled)
+    queryset = json_filter(queryset, "metadata", metadata)
+    field = {"cron_id": "pk"}.get(sort_by or "created_at", sort_by or "created_at")
     prefix = "" if sort_order == "asc" else "-"
     return queryset.order_by(f"{prefix}{field}", f"{prefix}pk")
 

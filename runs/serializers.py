@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from runs.errors import Unprocessable
-from runs.models import Assistant, AssistantVersion, Run, Thread
+from runs.models import Assistant, AssistantVersion, Cron, Run, Thread
 
 ASSISTANT_FIELDS = (
     "assistant_id", "graph_id", "config", "context", "metadata", "name", "created_at",
@@ -19,6 +19,13 @@ THREAD_FIELDS = (
 RUN_FIELDS = (
     "run_id", "thread_id", "assistant_id", "metadata", "status", "kwargs", "multitask_strategy",
     "created_at", "updated_at", "langsmith_session_name",
+)
+
+# In the order of the real server's bodies (langgraph-behaviour.md §2.8).
+CRON_FIELDS = (
+    "cron_id", "assistant_id", "thread_id", "user_id", "end_time", "schedule", "timezone",
+    "payload", "next_run_date", "metadata", "on_run_completed", "enabled", "created_at",
+    "updated_at",
 )
 
 
@@ -102,5 +109,27 @@ def run_json(run: Run, select: list[str] | None = None) -> dict[str, Any]:
         "created_at": iso(run.created_at),
         "updated_at": iso(run.updated_at),
         "langsmith_session_name": None,
+    }
+    return _selected(body, select)
+
+
+def cron_json(cron: Cron, select: list[str] | None = None) -> dict[str, Any]:
+    """A cron as the real server shows it: a stateless cron has no ``thread_id`` (each run gets a
+    new thread), a thread cron no ``on_run_completed``; the payload names the assistant by id."""
+    body = {
+        "cron_id": str(cron.cron_id),
+        "assistant_id": str(cron.assistant_id),
+        "thread_id": str(cron.thread_id) if cron.thread_id else None,
+        "user_id": cron.owner.get_username(),
+        "end_time": iso(cron.end_time),
+        "schedule": cron.schedule,
+        "timezone": cron.timezone or None,
+        "payload": {"assistant_id": str(cron.assistant_id), **cron.payload, "metadata": cron.metadata},
+        "next_run_date": iso(cron.next_run_date),
+        "metadata": cron.metadata,
+        "on_run_completed": cron.on_run_completed or None,
+        "enabled": cron.enabled,
+        "created_at": iso(cron.created_at),
+        "updated_at": iso(cron.updated_at),
     }
     return _selected(body, select)

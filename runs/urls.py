@@ -16,6 +16,11 @@ router = SimpleRouter(trailing_slash=False)
 router.register("", views.SystemViewSet, basename="system")
 router.register("assistants", views.AssistantViewSet, basename="assistant")
 router.register("threads", views.ThreadViewSet, basename="thread")
+# Before the thread's runs and the stateless runs, whose run ids and actions would take "crons".
+router.register(
+    f"threads/(?P<thread_id>{views.ID_PATTERN})/runs/crons", views.ThreadCronViewSet, basename="thread-cron"
+)
+router.register("runs/crons", views.CronViewSet, basename="cron")
 router.register(
     f"threads/(?P<thread_id>{views.ID_PATTERN})/runs", views.ThreadRunViewSet, basename="thread-run"
 )

@@ -30,16 +30,20 @@ from runs.graphs import checkpointer, graph_get
 from runs.jsonable import to_json
 from runs.models import CancelAction, DiscardedRun, Run, RunStatus
 from runs.protocol_commands import error_body, protocol_command
+from runs.selectors import cron_get, crons_search
 from runs.serializers import (
     ASSISTANT_FIELDS,
+    CRON_FIELDS,
     RUN_FIELDS,
     THREAD_FIELDS,
     assistant_json,
     assistant_version_json,
     check_select,
+    cron_json,
     run_json,
     thread_json,
 )
+from runs.services.crons import cron_create, cron_delete, cron_update
 from runs.services.waiting import run_create_awaited, run_result_chunks
 from runs.validation import parse_json_body, validate_body
 
@@ -186,7 +190,7 @@ class SystemViewSet(LangGraphViewSet):
             {
                 "version": getattr(settings, "RUNS_API_VERSION", "0.1.0"),
                 "langgraph_py_version": langgraph_version,
-                "flags": {"assistants": True, "crons": False, "langsmith": False},
+                "flags": {"assistants": True, "crons": True, "langsmith": False},
                 "metadata": {},
             }
         )
@@ -666,3 +670,68 @@ class StatelessRunViewSet(LangGraphViewSet):
             action=_cancel_action(request),
         )
         return HttpResponse(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- crons ---------------------------------------------------------------------------------------
+
+
+class ThreadCronViewSet(LangGraphViewSet):
+    # POST /threads/{thread_id}/runs/crons: routed before the thread's runs, whose run_id would
+    # take "crons".
+    create_actions = frozenset({"create"})
+
+    def create(self, request: Request, thread_id: str) -> Response:
+        body = self.body("ThreadCronCreate")
+        return Response(cron_json(cron_create(owner=request.user, body=body, thread_id=thread_id)))
+
+
+class CronViewSet(LangGraphViewSet):
+    # Stateless crons (POST /runs/crons) and every cron of the user: search, count, get, patch,
+    # delete.
+    lookup_field = "cron_id"
+    create_actions = frozenset({"create"})
+
+    def create(self, request: Request) -> Response:
+        body = self.body("CronCreate")
+        return Response(cron_json(cron_create(owner=request.user, body=body)))
+
+    @action(detail=False, methods=["post"])
+    def search(self, request: Request) -> Response:
+        body = self.body("CronSearch", required=False)
+        select = check_select(body.get("select"), CRON_FIELDS)
+        queryset = crons_search(
+            user=request.user,
+            assistant_id=body.get("assistant_id"),
+            thread_id=body.get("thread_id"),
+            enabled=body.get("enabled"),
+            metadata=body.get("metadata"),
+            sort_by=body.get("sort_by"),
+            sort_order=body.get("sort_order"),
+        )
+        limit, offset = body.get("limit", 10), body.get("offset", 0)
+        total = queryset.count()
+        rows = [cron_json(cron, select) for cron in queryset[offset : offset + limit]]
+        return _paginated(rows, total, offset, limit)
+
+    @action(detail=False, methods=["post"])
+    def count(self, request: Request) -> Response:
+        body = self.body("CronCountRequest", required=False)
+        queryset = crons_search(
+            user=request.user,
+            assistant_id=body.get("assistant_id"),
+            thread_id=body.get("thread_id"),
+            metadata=body.get("metadata"),
+        )
+        return Response(queryset.count())
+
+    def retrieve(self, request: Request, cron_id: str) -> Response:
+        return Response(cron_json(cron_get(user=request.user, cron_id=cron_id)))
+
+    def partial_update(self, request: Request, cron_id: str) -> Response:
+        body = self.body("CronPatch", required=False)
+        cron = cron_get(user=request.user, cron_id=cron_id)
+        return Response(cron_json(cron_update(cron=cron, body=body)))
+
+    def destroy(self, request: Request, cron_id: str) -> Response:
+        cron_delete(cron=cron_get(user=request.user, cron_id=cron_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -188,6 +188,8 @@ class Ctx:
 RUN = {"assistant_id": "echo", "input": {"messages": [{"role": "user", "content": "hi"}]}}
 BOTH_CONFIGURABLE_AND_CONTEXT = {**RUN, "config": {"configurable": {"a": 1}}, "context": {"a": 1}}
 RANDOM = "00000000-0000-4000-8000-000000000000"
+SCHEDULE = {"schedule": "0 0 * * *"}
+CRON = {**RUN, **SCHEDULE}
 
 Recipe = Callable[[Ctx], requests.Response]
 
@@ -420,6 +422,34 @@ RECIPES: dict[str, Recipe] = {
     "404 POST /runs/cancel": lambda c: c.call(
         "POST", "/runs/cancel", json={"thread_id": RANDOM, "run_ids": [RANDOM]}
     ),
+    # crons
+    "200 POST /threads/{thread_id}/runs/crons": lambda c: c.call(
+        "POST", f"/threads/{c.ids['thread']}/runs/crons", json=CRON
+    ),
+    "400 POST /threads/{thread_id}/runs/crons": lambda c: c.call(
+        "POST", f"/threads/{c.ids['thread']}/runs/crons", json={**BOTH_CONFIGURABLE_AND_CONTEXT, **SCHEDULE}
+    ),
+    "429 POST /threads/{thread_id}/runs/crons": lambda c: _throttled(c, f"/threads/{RANDOM}/runs/crons", CRON),
+    "200 POST /runs/crons": lambda c: c.call("POST", "/runs/crons", json=CRON),
+    "400 POST /runs/crons": lambda c: c.call(
+        "POST", "/runs/crons", json={**BOTH_CONFIGURABLE_AND_CONTEXT, **SCHEDULE}
+    ),
+    "404 POST /runs/crons": lambda c: c.call("POST", "/runs/crons", json={**CRON, "assistant_id": RANDOM}),
+    "429 POST /runs/crons": lambda c: _throttled(c, "/runs/crons", CRON),
+    "200 POST /runs/crons/search": lambda c: c.call(
+        "POST", "/runs/crons/search", json={"select": ["cron_id"], "enabled": True}
+    ),
+    "200 POST /runs/crons/count": lambda c: c.call("POST", "/runs/crons/count", json={}),
+    "200 GET /runs/crons/{cron_id}": lambda c: c.call("GET", f"/runs/crons/{c.ids['cron']}"),
+    "200 PATCH /runs/crons/{cron_id}": lambda c: c.call(
+        "PATCH", f"/runs/crons/{c.ids['cron']}", json={"metadata": {"a": 1}}
+    ),
+    "400 PATCH /runs/crons/{cron_id}": lambda c: c.call(
+        "PATCH", f"/runs/crons/{c.ids['cron']}", json={"config": {"configurable": {"a": 1}}, "context": {"a": 1}}
+    ),
+    "204 DELETE /runs/crons/{cron_id}": lambda c: c.call(
+        "DELETE", f"/runs/crons/{c.ok('POST', '/runs/crons', json=CRON)['cron_id']}"
+    ),
     # store
     "204 PUT /store/items": lambda c: c.call(
         "PUT", "/store/items", json={"namespace": ["recipes"], "key": "k", "value": {"a": 1}}
@@ -589,6 +619,8 @@ def _valid_body(path: str) -> Any:
     """A body that passes validation, so only the path id can fail."""
     if path.endswith(("/runs", "/runs/wait", "/runs/stream")):
         return RUN
+    if path.endswith("/runs/crons"):
+        return CRON
     if path.endswith("/latest"):
         return {"version": 1}
     if path.endswith("/state/checkpoint"):
@@ -647,6 +679,7 @@ def test_every_documented_status_is_answered(stack: Server, make_user: Any) -> N
         "run": run_id,
         "checkpoint": c.ok("GET", f"/threads/{thread_id}/state")["checkpoint_id"],
         "execution": c.finished_execution(),
+        "cron": c.ok("POST", "/runs/crons", json=CRON)["cron_id"],
     }
     c.system_assistant = next(
         a["assistant_id"]

@@ -22,7 +22,7 @@ COMPONENTS = HERE / "langgraph_api.json"
 
 # Families of the real server we do not implement.
 NOT_OURS = re.compile(
-    r"^/(a2a|mcp|metrics|docs)\b|/crons\b|^/threads/\{thread_id\}/(storage|commands|stream/events)$"
+    r"^/(a2a|mcp|metrics|docs)\b|^/threads/\{thread_id\}/(storage|commands|stream/events)$"
 )
 METHODS = {"get", "post", "put", "patch", "delete"}
 

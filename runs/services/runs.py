@@ -151,7 +151,7 @@ def _assistant_still_there(assistant: Assistant, exists: Any) -> None:
 
 def _thread_for_run(
     cursor: Any, *, owner, thread_pk: uuid.UUID, assistant: Assistant, create: bool,
-    stateless: bool, now: datetime,
+    stateless: bool, now: datetime, thread_metadata: dict | None = None,
 ) -> None:
     """Lock the run's thread and mark it busy with the run's graph and assistant in its metadata,
     creating it first when asked (a stateless run's is new and temporary): 429 over the
@@ -166,7 +166,7 @@ def _thread_for_run(
         _assistant_still_there(assistant, assistant_exists)
         thread = Thread(
             thread_id=thread_pk, owner=owner, temporary=True, status=ThreadStatus.BUSY,
-            metadata=assigned, created_at=now, updated_at=now,
+            metadata={**(thread_metadata or {}), **assigned}, created_at=now, updated_at=now,
         )
         statements.insert(cursor, thread)
         return
@@ -209,9 +209,11 @@ def run_create(
     thread_id: Any = None,
     on_completion: str = "",
     idempotency: Idempotency | None = None,
+    thread_metadata: dict | None = None,
 ) -> Run:
     """Create a run from a validated RunCreate body; ``thread_id=None`` makes a stateless run on a
-    new temporary thread. Applies the multitask strategy against the thread's active runs."""
+    new temporary thread (with ``thread_metadata``: a stateless cron's). Applies the multitask
+    strategy against the thread's active runs."""
     check_json_size("metadata", body.get("metadata"))
     check_json_size("config", body.get("config"))
     if body.get("webhook") is not None:
@@ -260,7 +262,7 @@ def run_create(
         with connection.cursor() as cursor:
             _thread_for_run(
                 cursor, owner=owner, thread_pk=thread_pk, assistant=assistant,
-                create=create_thread, stateless=stateless, now=now,
+                create=create_thread, stateless=stateless, now=now, thread_metadata=thread_metadata,
             )
         # enqueue queues behind whatever is active: only the other strategies look at it.
         inflight = [] if strategy == MultitaskStrategy.ENQUEUE else list(
