@@ -15,6 +15,7 @@ from standardwebhooks import Webhook
 
 from executions.models import Execution
 from runs.models import Run, RunStatus
+from runs.services.crons import crons_fire_due
 from tests.conftest import Cluster, figure, wait_for
 from tests.webhooks.receiver import Receiver
 from webhooks.models import WebhookMessage, WebhookStatus
@@ -215,6 +216,26 @@ def test_a_stateless_run_posts_null_values_once_its_thread_is_gone(api, cluster,
     body = _verified(request)
     assert body["status"] == "success" and body["values"] is None
     assert body["run_id"] == created.json()["run_id"]
+
+
+def test_a_cron_run_posts_its_webhook_like_any_run(api, cluster, private_allowed, receiver):
+    thread_id = api.post("/threads", {}, format="json").json()["thread_id"]
+    cron = api.post(
+        f"/threads/{thread_id}/runs/crons",
+        {"assistant_id": "echo", "schedule": "0 0 * * *", "webhook": receiver.url,
+         "input": {"messages": [{"role": "user", "content": "nightly"}]}},
+        format="json",
+    )
+    assert cron.status_code == 200, cron.content
+    # Fired as the workers' sweep does at midnight, with the clock moved there.
+    assert crons_fire_due(now=datetime.fromisoformat(cron.json()["next_run_date"])) == 1
+    [request] = receiver.wait_for(1)
+    body = _verified(request)
+    assert set(body) == RUN_WEBHOOK_KEYS
+    assert (body["thread_id"], body["status"]) == (thread_id, "success")
+    assert [m["content"] for m in body["values"]["messages"]] == ["nightly", "echo: nightly"]
+    time.sleep(0.5)
+    assert len(receiver.received) == 1
 
 
 def test_a_failed_run_posts_status_error_with_the_error(api, cluster, private_allowed, receiver):
