@@ -213,6 +213,7 @@ class ExecutionAdmin(admin.ModelAdmin):
         "status_badge",
         "type",
         "target_id",
+        "priority",
         "owner",
         "progress",
         "duration",
@@ -222,6 +223,7 @@ class ExecutionAdmin(admin.ModelAdmin):
     list_filter = (
         "status",
         "type",
+        "priority",
         TargetFilter,
         ("owner", admin.RelatedOnlyFieldListFilter),
         "created_at",
@@ -238,7 +240,12 @@ class ExecutionAdmin(admin.ModelAdmin):
     fieldsets = (
         (
             None,
-            {"fields": ("id", "status_badge", "type", "target_id", "owner", "retry_of", "retries")},
+            {
+                "fields": (
+                    "id", "status_badge", "type", "target_id", "priority", "owner", "retry_of",
+                    "retries",
+                )
+            },
         ),
         ("Progress", {"fields": ("progress", "duration")}),
         (
@@ -262,6 +269,7 @@ class ExecutionAdmin(admin.ModelAdmin):
         "status_badge",
         "type",
         "target_id",
+        "priority",
         "owner",
         "retry_of",
         "retries",

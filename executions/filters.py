@@ -3,7 +3,7 @@ from django.db.models import F
 from django_filters.constants import EMPTY_VALUES
 from django_filters.fields import MultipleChoiceField
 
-from executions.models import Execution, ExecutionStatus, ExecutionType
+from executions.models import PRIORITY_MAX, PRIORITY_MIN, Execution, ExecutionStatus, ExecutionType
 
 
 class AnyValueMultipleChoiceField(MultipleChoiceField):
@@ -39,11 +39,21 @@ class ExecutionFilter(django_filters.FilterSet):
     status = django_filters.MultipleChoiceFilter(choices=ExecutionStatus.choices)
     type = django_filters.MultipleChoiceFilter(choices=ExecutionType.choices)
     target_id = RepeatableValueFilter()
+    priority = django_filters.MultipleChoiceFilter(
+        choices=[(str(value), str(value)) for value in range(PRIORITY_MIN, PRIORITY_MAX + 1)],
+        help_text="Exact priorities (may repeat).",
+    )
+    priority_min = django_filters.NumberFilter(
+        field_name="priority", lookup_expr="gte", help_text="Priority at least this."
+    )
+    priority_max = django_filters.NumberFilter(
+        field_name="priority", lookup_expr="lte", help_text="Priority at most this."
+    )
     ordering = NullsLastOrderingFilter(
-        fields=("created_at", "started_at", "completed_at"),
-        help_text="created_at, started_at or completed_at; prefix '-' for descending.",
+        fields=("created_at", "started_at", "completed_at", "priority"),
+        help_text="created_at, started_at, completed_at or priority; prefix '-' for descending.",
     )
 
     class Meta:
         model = Execution
-        fields = ["status", "type", "target_id"]
+        fields = ["status", "type", "target_id", "priority"]

@@ -3,7 +3,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 
@@ -27,12 +27,19 @@ class ExecutionStatus(models.TextChoices):
         running  -> pending     the target failed and ``config.max_attempts`` allows another try
                                 (claimed again after a backoff), or its worker was lost and
                                 attempts remain (recovery requeues it)
+        pending  -> failed      a dependency (``depends_on``) failed or was cancelled: it never
+                                ran (``error.type`` = ``DependencyFailed``)
+
+    A pending execution is claimed in ``priority`` order (higher first, oldest first within a
+    priority) once it is not ``blocked`` by an unfinished dependency and its target's and its
+    owner's concurrency limits leave room (``executions.scheduling``).
 
     completed, failed and cancelled are terminal: nothing changes them again.
     """
 
     PENDING = "pending", "Pending"
-    """Created and queued; no worker has claimed it yet."""
+    """Created and queued (or waiting for its dependencies or a free slot); no worker has
+    claimed it yet."""
     RUNNING = "running", "Running"
     """A worker claimed it and is running the target."""
     COMPLETED = "completed", "Completed"
@@ -61,6 +68,7 @@ EXECUTION_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
     {
         (ExecutionStatus.PENDING, ExecutionStatus.RUNNING),
         (ExecutionStatus.PENDING, ExecutionStatus.CANCELLED),
+        (ExecutionStatus.PENDING, ExecutionStatus.FAILED),
         (ExecutionStatus.RUNNING, ExecutionStatus.COMPLETED),
         (ExecutionStatus.RUNNING, ExecutionStatus.FAILED),
         (ExecutionStatus.RUNNING, ExecutionStatus.CANCELLED),
@@ -71,6 +79,9 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     target: tuple(sorted(source for source, to in EXECUTION_TRANSITIONS if to == target))
     for _, target in EXECUTION_TRANSITIONS
 }
+
+
+PRIORITY_MIN, PRIORITY_MAX = -10, 10
 
 
 class ExecutionQuerySet(models.QuerySet):
@@ -112,6 +123,11 @@ class Execution(models.Model):
     config = models.JSONField(default=dict, blank=True)
     status = models.CharField(
         max_length=16, choices=ExecutionStatus.choices, default=ExecutionStatus.PENDING
+    )
+    priority = models.SmallIntegerField(
+        default=0,
+        help_text=f"{PRIORITY_MIN} to {PRIORITY_MAX}: pending executions with a higher priority are "
+        "claimed first; within a priority, the oldest first.",
     )
 
     created_at = models.DateTimeField(auto_now_add=True)
@@ -163,6 +179,12 @@ class Execution(models.Model):
             models.Index(fields=["owner", "-created_at"], name="execution_owner_created"),
             models.Index(fields=["status", "created_at"], name="execution_status_created"),
             models.Index(fields=["target_id", "-created_at"], name="execution_target_created"),
+            # The claim walks this index in claiming order: it does not slow down as the queue
+            # grows, and it holds only the rows still waiting.
+            models.Index(
+                F("priority").desc(), F("created_at").asc(), F("id").asc(),
+                condition=Q(status="pending"), name="execution_claim_order",
+            ),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -179,6 +201,10 @@ class Execution(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(type__in=ExecutionType.values), name="execution_type_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(priority__gte=PRIORITY_MIN) & Q(priority__lte=PRIORITY_MAX),
+                name="execution_priority_range",
             ),
         ]
 

@@ -42,6 +42,53 @@ class InputsInvalid(ValueError):
 
 
 @dataclass(frozen=True)
+class RetryPolicy:
+    """How a target's failures are retried, unless a request's ``config`` says otherwise
+    (``max_attempts``, ``retry_backoff``, within the API's bounds).
+
+    ``max_attempts``: tries in all (1: a failure is final). ``retry_backoff``: seconds before the
+    first retry, doubling at each. ``retry_on``: the ``error.type`` values worth a retry (the
+    exception's class name, ``TargetFailed`` …); None retries every failure."""
+
+    max_attempts: int = 1
+    retry_backoff: float = 1.0
+    retry_on: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_attempts <= 20:
+            raise ValueError("max_attempts must be between 1 and 20")
+        if not 0 <= self.retry_backoff <= 300:
+            raise ValueError("retry_backoff must be between 0 and 300 seconds")
+
+    def retries(self, error_type: str) -> bool:
+        return self.retry_on is None or error_type in self.retry_on
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "max_attempts": self.max_attempts,
+            "retry_backoff": self.retry_backoff,
+            "retry_on": list(self.retry_on) if self.retry_on is not None else None,
+        }
+
+
+def _retry_policy(
+    max_attempts: int | None, retry_backoff: float | None, retry_on: Sequence[str] | None
+) -> RetryPolicy:
+    defaults = RetryPolicy()
+    return RetryPolicy(
+        max_attempts=max_attempts if max_attempts is not None else defaults.max_attempts,
+        retry_backoff=retry_backoff if retry_backoff is not None else defaults.retry_backoff,
+        retry_on=tuple(retry_on) if retry_on is not None else None,
+    )
+
+
+def _concurrency(value: int | None) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError("concurrency must be a whole number of at least 1 (None: no limit)")
+    return value
+
+
+@dataclass(frozen=True)
 class Step:
     name: str
     function: StepFunction
@@ -74,6 +121,10 @@ class Target:
     # For pipelines whose steps depend on the inputs (e.g. `countdown`).
     steps_factory: Callable[[dict], Sequence[Step | StepFunction]] | None = None
     steps_description: list[str] = field(default_factory=list)
+    # At most this many of its executions run at once, across all workers (None: no limit);
+    # the others wait pending.
+    concurrency: int | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def validate_inputs(self, raw_inputs: Any) -> dict:
         """Validated inputs with defaults applied, or ``InputsInvalid`` naming each problem."""
@@ -166,6 +217,19 @@ class Registry:
     def target_ids(self) -> list[str]:
         return sorted({tid for (_, tid) in self._targets})
 
+    def retry_policy(self, type_: str, target_id: str) -> RetryPolicy:
+        """The target's retry policy; the default (no retry) for a target no longer registered."""
+        target = self._targets.get((type_, target_id))
+        return target.retry if target is not None else RetryPolicy()
+
+    def concurrency_limits(self) -> dict[str, int]:
+        """target id -> its concurrency limit, for the targets that have one."""
+        return {
+            target.id: target.concurrency
+            for target in self._targets.values()
+            if target.concurrency is not None
+        }
+
 
 registry = Registry()
 
@@ -182,8 +246,17 @@ def agent(
     *,
     inputs: type[serializers.Serializer] | None = None,
     description: str | None = None,
+    concurrency: int | None = None,
+    max_attempts: int | None = None,
+    retry_backoff: float | None = None,
+    retry_on: Sequence[str] | None = None,
 ) -> Callable[[AgentFunction], AgentFunction]:
-    """Register ``fn(inputs, ctx) -> outputs`` as agent ``name``."""
+    """Register ``fn(inputs, ctx) -> outputs`` as agent ``name``.
+
+    ``concurrency``: at most that many of its executions run at once (the rest wait pending).
+    ``max_attempts``, ``retry_backoff``, ``retry_on``: its ``RetryPolicy``."""
+    limit = _concurrency(concurrency)
+    policy = _retry_policy(max_attempts, retry_backoff, retry_on)
 
     def decorate(function: AgentFunction) -> AgentFunction:
         registry.register(
@@ -193,6 +266,8 @@ def agent(
                 description=_description(function, description),
                 inputs=inputs,
                 agent_function=function,
+                concurrency=limit,
+                retry=policy,
             )
         )
         return function
@@ -207,12 +282,19 @@ def pipeline(
     inputs: type[serializers.Serializer] | None = None,
     description: str | None = None,
     steps_description: Sequence[str] = (),
+    concurrency: int | None = None,
+    max_attempts: int | None = None,
+    retry_backoff: float | None = None,
+    retry_on: Sequence[str] | None = None,
 ):
     """Register pipeline ``name``.
 
     With ``steps=[...]`` it registers at once and returns the ``Target``. Used as a decorator, it
     registers a function ``(inputs) -> steps`` for pipelines whose steps depend on their inputs.
+    ``concurrency`` and the retry policy: as for ``agent``.
     """
+    limit = _concurrency(concurrency)
+    policy = _retry_policy(max_attempts, retry_backoff, retry_on)
     if steps is not None:
         return registry.register(
             Target(
@@ -221,6 +303,8 @@ def pipeline(
                 description=description or "",
                 inputs=inputs,
                 static_steps=[_as_step(s) for s in steps],
+                concurrency=limit,
+                retry=policy,
             )
         )
 
@@ -233,6 +317,8 @@ def pipeline(
                 inputs=inputs,
                 steps_factory=factory,
                 steps_description=list(steps_description),
+                concurrency=limit,
+                retry=policy,
             )
         )
         return factory

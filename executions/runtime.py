@@ -27,18 +27,17 @@ from uuid import UUID
 from django.conf import settings
 from django.db import Error as DatabaseFailure
 from django.db import InterfaceError, OperationalError, connection
-from django.db.models import F, Q
 from django.utils import timezone
 from django_q.exceptions import TimeoutException
 
 from executions.completion import execution_ended_notify
 from executions.models import Execution, ExecutionEventType, ExecutionStatus, ExecutionType
 from executions.registry import TargetNotFound, registry
+from executions.scheduling import execution_claim, execution_slot_freed
 from executions.transitions import (
     ExecutionClaim,
     execution_event_append_if,
     execution_transition,
-    execution_transition_fetch,
 )
 
 logger = logging.getLogger(__name__)
@@ -100,6 +99,8 @@ class ExecutionContext:
         self._holds = self.claim.holds()
         self.inputs: dict = execution.inputs
         self.config: dict = execution.config
+        self.type: str = execution.type
+        self.target_id: str = execution.target_id
         self._current_step = execution.current_step
         self._total_steps = execution.total_steps
         self._step_name = execution.step_name
@@ -346,22 +347,10 @@ def _jsonable(value: Any) -> Any:
 
 
 def claim(execution_id: UUID | str) -> Execution | None:
-    """pending -> running for this worker; None if cancelled, already claimed, gone, or a retry
-    whose backoff has not passed."""
-    now = timezone.now()
-    # The row comes back from the UPDATE itself: no SELECT after the claim.
-    return execution_transition_fetch(
-        execution_id=execution_id,
-        allowed=[ExecutionStatus.PENDING],
-        where=Q(not_before__isnull=True) | Q(not_before__lte=now),
-        event_type=ExecutionEventType.STATUS,
-        event_data={"status": ExecutionStatus.RUNNING, "worker": _worker_name()},
-        status=ExecutionStatus.RUNNING,
-        started_at=now,
-        heartbeat_at=now,
-        worker=_worker_name(),
-        attempts=F("attempts") + 1,
-    )
+    """pending -> running for this worker: the message's execution ``execution_id``, or the one
+    that outranks it (``executions.scheduling``); None if nothing may run now (it was cancelled,
+    already claimed, is a retry whose backoff has not passed, or waits for a concurrency slot)."""
+    return execution_claim(hint=execution_id, worker=_worker_name())
 
 
 def _run_target(execution: Execution, ctx: ExecutionContext) -> Any:
@@ -405,14 +394,18 @@ def retry_delay(*, attempt: int, base: float) -> float:
 
 
 def execution_fail_or_retry(*, ctx: ExecutionContext, error: dict[str, Any]) -> str:
-    """After the target failed: executions that opted in with ``config.max_attempts`` go back to
-    the queue after a backoff (running -> pending), the others and the last attempt fail. What
+    """After the target failed: executions whose target's retry policy (or ``config.max_attempts``)
+    allows another try, for this error type, go back to the queue after a backoff
+    (running -> pending); the others and the last attempt fail. What
     happened: ``retrying``, ``failed``, or why the row refused (``cancelled``, ``superseded``)."""
     config = ctx.config if isinstance(ctx.config, dict) else {}
-    max_attempts = config.get("max_attempts") or 1
+    policy = registry.retry_policy(ctx.type, ctx.target_id)
+    max_attempts = config.get("max_attempts") or policy.max_attempts
     attempt = ctx.claim.attempt
-    if attempt < max_attempts:
-        delay = retry_delay(attempt=attempt, base=float(config.get("retry_backoff", 1.0)))
+    if attempt < max_attempts and policy.retries(error.get("type", "")):
+        delay = retry_delay(
+            attempt=attempt, base=float(config.get("retry_backoff", policy.retry_backoff))
+        )
         requeued = _reconnecting(
             execution_transition,
             execution_id=ctx.execution_id,
@@ -510,6 +503,8 @@ def execute(execution_id: UUID | str) -> str:
         return "completed"
     finally:
         heartbeat.stop()
+        if ctx.stop_reason != SUPERSEDED:
+            execution_slot_freed(execution)
         # Whatever ended it (this worker, a cancel, recovery), once; a superseded worker's job
         # has not ended, or whoever ended it notified.
         if execution.webhook and ctx.stop_reason != SUPERSEDED:

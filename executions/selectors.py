@@ -21,6 +21,8 @@ def targets_described() -> list[dict]:
             "description": target.description,
             "steps": target.describe_steps() if target.type == "pipeline" else None,
             "inputs": target.describe_inputs(),
+            "concurrency": target.concurrency,
+            "retry": target.retry.describe(),
         }
         for target in registry.all()
     ]

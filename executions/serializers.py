@@ -2,7 +2,7 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
-from executions.models import Execution, ExecutionStatus, ExecutionType
+from executions.models import PRIORITY_MAX, PRIORITY_MIN, Execution, ExecutionStatus, ExecutionType
 from webhooks.destinations import WebhookUrlInvalid, webhook_url_check
 
 
@@ -11,6 +11,11 @@ class ExecutionCreateSerializer(serializers.Serializer):
     target_id = serializers.CharField(max_length=200)
     inputs = serializers.DictField(required=False, default=dict)
     config = serializers.DictField(required=False, default=dict)
+    priority = serializers.IntegerField(
+        required=False, min_value=PRIORITY_MIN, max_value=PRIORITY_MAX,
+        help_text="-10 to 10, default 0: a worker claims the pending execution with the highest "
+        "priority first, the oldest first within a priority.",
+    )
     webhook = serializers.CharField(
         required=False, max_length=2048,
         help_text="http(s) URL POSTed to when the execution ends: {type: execution.completed|"
@@ -72,6 +77,7 @@ class ExecutionSerializer(serializers.ModelSerializer):
             "target_id",
             "inputs",
             "config",
+            "priority",
             "created_at",
             "started_at",
             "completed_at",
@@ -124,12 +130,29 @@ class TargetInputSerializer(serializers.Serializer):
     description = serializers.CharField(allow_blank=True)
 
 
+class RetryPolicySerializer(serializers.Serializer):
+    max_attempts = serializers.IntegerField(help_text="Tries in all; config.max_attempts overrides.")
+    retry_backoff = serializers.FloatField(
+        help_text="Seconds before the first retry, doubling; config.retry_backoff overrides."
+    )
+    retry_on = serializers.ListField(
+        child=serializers.CharField(), allow_null=True,
+        help_text="The error types retried; null: every failure.",
+    )
+
+
 class TargetSerializer(serializers.Serializer):
     id = serializers.CharField()
     type = serializers.ChoiceField(choices=ExecutionType.choices)
     description = serializers.CharField(allow_blank=True)
     steps = serializers.ListField(child=serializers.CharField(), allow_null=True)
     inputs = TargetInputSerializer(many=True)
+    concurrency = serializers.IntegerField(
+        allow_null=True,
+        help_text="At most this many of its executions run at once; the rest wait pending. "
+        "null: no limit.",
+    )
+    retry = RetryPolicySerializer()
 
 
 class TargetListSerializer(serializers.Serializer):

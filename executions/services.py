@@ -13,7 +13,14 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from executions.completion import execution_ended_notify
-from executions.models import Execution, ExecutionEventType, ExecutionStatus, ExecutionType
+from executions.models import (
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    Execution,
+    ExecutionEventType,
+    ExecutionStatus,
+    ExecutionType,
+)
 from executions.queueing import enqueue_execution_on_commit
 from executions.registry import InputsInvalid, TargetNotFound, registry
 from executions.transitions import execution_transition
@@ -48,6 +55,10 @@ class ExecutionConfigSerializer(serializers.Serializer):
     retry_backoff = serializers.FloatField(
         required=False, min_value=0, max_value=300, help_text="Seconds before the first retry."
     )
+    priority = serializers.IntegerField(
+        required=False, min_value=PRIORITY_MIN, max_value=PRIORITY_MAX,
+        help_text="Same as the top-level priority (kept for clients that sent it in config).",
+    )
 
     def validate_timeout(self, value: float) -> float:
         if value > settings.EXECUTIONS_TIMEOUT:
@@ -64,6 +75,26 @@ def _validated_config(config: Any) -> dict:
     if not known.is_valid():
         raise InvalidInput({"config": known.errors})
     return {**config, **known.validated_data}
+
+
+def _priority(priority: int | None, config: dict) -> int:
+    """The execution's priority: the ``priority`` field, or ``config.priority`` (validated with
+    the rest of the config) for clients that put it there; both, differing, is a 400."""
+    configured = config.get("priority")
+    if priority is not None and configured is not None and priority != configured:
+        raise InvalidInput(
+            {"priority": [f"Differs from config.priority ({configured}); give one of them."]}
+        )
+    chosen = priority if priority is not None else configured
+    if chosen is None:
+        return 0
+    if isinstance(chosen, bool) or not isinstance(chosen, int) or not (
+        PRIORITY_MIN <= chosen <= PRIORITY_MAX
+    ):
+        raise InvalidInput(
+            {"priority": [f"Must be a whole number from {PRIORITY_MIN} to {PRIORITY_MAX}."]}
+        )
+    return chosen
 
 
 def _check_active_limit(owner) -> None:
@@ -88,11 +119,14 @@ def execution_create(
     retry_of: Execution | None = None,
     idempotency: Idempotency | None = None,
     webhook: str = "",
+    priority: int | None = None,
 ) -> Execution:
     """Validate, store and queue a new execution. Workers get the id when the row commits.
-    ``webhook``: a URL already checked (``webhooks.destinations``), POSTed to when it ends."""
+    ``webhook``: a URL already checked (``webhooks.destinations``), POSTed to when it ends.
+    ``priority``: −10 to 10, higher claimed first (default 0, or ``config.priority``)."""
     inputs = inputs if inputs is not None else {}
     config = _validated_config(config if config is not None else {})
+    chosen_priority = _priority(priority, config)
     validated_inputs = _validated(type, target_id, inputs)
     _check_active_limit(owner)
     with transaction.atomic():
@@ -102,6 +136,7 @@ def execution_create(
             target_id=target_id,
             inputs=validated_inputs,
             config=config,
+            priority=chosen_priority,
             retry_of=retry_of,
             webhook=webhook or "",
             event_seq=1,
@@ -118,7 +153,7 @@ def execution_create(
 
 def execution_create_idempotent(
     *, owner, idempotency: Idempotency, type: str, target_id: str, inputs: dict | None = None,
-    config: dict | None = None, webhook: str = "",
+    config: dict | None = None, webhook: str = "", priority: int | None = None,
 ) -> tuple[Execution, bool]:
     """Like ``execution_create``, but a retry of the request with the same key from the same owner
     returns the execution it first created instead of starting a second one; the same key with
@@ -127,7 +162,7 @@ def execution_create_idempotent(
         Execution, owner=owner, idempotency=idempotency, what="execution",
         create=lambda: execution_create(
             owner=owner, type=type, target_id=target_id, inputs=inputs, config=config,
-            idempotency=idempotency, webhook=webhook,
+            idempotency=idempotency, webhook=webhook, priority=priority,
         ),
     )
 
@@ -174,6 +209,7 @@ def execution_retry(*, execution: Execution, owner=None) -> Execution:
         config=execution.config,
         retry_of=execution,
         webhook=execution.webhook,
+        priority=execution.priority,
     )
 
 

@@ -145,3 +145,74 @@ def row_reader(connection: BaseDatabaseWrapper) -> Callable[[Sequence[Any]], Exe
 
     _readers[connection] = read
     return read
+
+
+def _eligible(connection: BaseDatabaseWrapper, alias: str, *, targets: int, owners: int) -> str:
+    """The condition that the execution ``alias`` may be claimed now: pending, due, of the
+    timeout class of the message's execution (django-q2 armed the message's timeout, so a worker
+    may only take a row that times out the same way), and not of a target or owner at its limit
+    (``targets`` and ``owners`` placeholders)."""
+    qn = connection.ops.quote_name
+    table = qn(Execution._meta.db_table)
+
+    def col(name: str, of: str = alias) -> str:
+        return f"{of}.{qn(name)}"
+
+    if connection.vendor == "postgresql":
+        timeout_of = f"({{}}.{qn('config')} -> 'timeout')"
+        same = "IS NOT DISTINCT FROM"
+    else:
+        timeout_of = f"json_extract({{}}.{qn('config')}, '$.timeout')"
+        same = "IS"
+    conditions = [
+        f"{col('status')} = %s",
+        f"({col('not_before')} IS NULL OR {col('not_before')} <= %s)",
+        (
+            f"{timeout_of.format(alias)} {same} "
+            f"(SELECT {timeout_of.format('m')} FROM {table} m WHERE m.{qn('id')} = %s)"
+        ),
+    ]
+    if targets:
+        conditions.append(f"{col('target_id')} NOT IN ({', '.join(['%s'] * targets)})")
+    if owners:
+        conditions.append(
+            f"({col('owner_id')} IS NULL OR {col('owner_id')} NOT IN ({', '.join(['%s'] * owners)}))"
+        )
+    return " AND ".join(conditions)
+
+
+def claim_sql(
+    connection: BaseDatabaseWrapper, *, hint: UUID | None, worker: str, now: Any,
+    saturated_targets: Sequence[str] = (), saturated_owners: Sequence[int] = (),
+) -> tuple[str, list[Any]]:
+    """The claim: one UPDATE pending -> running of the first claimable execution in claiming
+    order (priority, highest first, then the oldest), whichever execution the message (``hint``)
+    named: that one is only what sets the timeout class (``_eligible``).
+
+    On PostgreSQL the candidate is read ``FOR UPDATE SKIP LOCKED``, so concurrent claims pass
+    each other by instead of queueing on one head row; on SQLite the single writer makes the
+    UPDATE atomic as is. The subquery walks the ``execution_claim_order`` index, so its cost does
+    not grow with the queue. Returns (sql, params) for ``update_and_append_event``.
+    """
+    qn = connection.ops.quote_name
+    table = qn(Execution._meta.db_table)
+    meta = Execution._meta
+    lock = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
+    hint_param = meta.pk.get_db_prep_value(hint, connection) if hint is not None else None
+    when = meta.get_field("started_at").get_db_prep_value(now, connection)
+    eligible = _eligible(
+        connection, "b", targets=len(saturated_targets), owners=len(saturated_owners)
+    )
+    order = f"b.{qn('priority')} DESC, b.{qn('created_at')}, b.{qn('id')}"
+    sql = (
+        f"UPDATE {table} SET {qn('status')} = %s, {qn('started_at')} = %s, "
+        f"{qn('heartbeat_at')} = %s, {qn('worker')} = %s, "
+        f"{qn('attempts')} = {qn('attempts')} + 1, {qn('event_seq')} = {qn('event_seq')} + 1 "
+        f"WHERE {qn('status')} = %s AND {qn('id')} = "
+        f"(SELECT b.{qn('id')} FROM {table} b WHERE {eligible} ORDER BY {order} LIMIT 1{lock})"
+    )
+    params = [
+        "running", when, when, worker, "pending",
+        "pending", when, hint_param, *saturated_targets, *saturated_owners,
+    ]
+    return sql, params

@@ -268,6 +268,8 @@ EXECUTIONS_SWEEP_INTERVAL = env_float("EXECUTIONS_SWEEP_INTERVAL", 5.0)
 EXECUTIONS_WORKER_STALL_TIMEOUT = env_float("EXECUTIONS_WORKER_STALL_TIMEOUT", 30.0)
 # Pending + running executions one user may have at once (429 beyond); 0 = no limit.
 EXECUTIONS_MAX_ACTIVE_PER_USER = env_int("EXECUTIONS_MAX_ACTIVE_PER_USER", 1000)
+# Running executions per user; more wait pending and start as theirs end (0 = no limit).
+EXECUTIONS_MAX_RUNNING_PER_USER = env_int("EXECUTIONS_MAX_RUNNING_PER_USER", 0)
 # Seconds between cancellation checks made by ctx.cancelled / ctx.sleep.
 EXECUTIONS_CANCEL_CHECK_INTERVAL = env_float("EXECUTIONS_CANCEL_CHECK_INTERVAL", 0.2)
 

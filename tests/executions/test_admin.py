@@ -106,11 +106,12 @@ def owner(make_user):
 
 @pytest.fixture
 def one_of_each(owner) -> dict[str, Execution]:
-    pending = create(owner, "echo", {"n": "pending"})
+    # A worker takes the oldest pending execution: the one left pending is made last.
     running, _ = start_countdown(owner)
     completed = run_to_end(create(owner, "echo", {"n": "completed"}))
     failed = run_to_end(create(owner, "fail", {"message": "boom on purpose"}))
     cancelled = services.execution_cancel(execution=create(owner, "echo", {"n": "cancelled"}))
+    pending = create(owner, "echo", {"n": "pending"})
     found = {
         "pending": pending,
         "running": running,

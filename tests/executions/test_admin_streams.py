@@ -232,10 +232,10 @@ def test_finished_and_unknown_executions_get_one_event_each_then_the_stream_ends
 
 
 def test_progress_arrives_live_for_every_execution_of_the_page(staff, owner):
+    done = create(owner)  # run first: a worker takes the oldest pending execution
+    runtime.execute(done.pk)
     first = create(owner, "countdown", {"steps": 3, "step_seconds": 0.25}, type="pipeline")
     second = create(owner, "countdown", {"steps": 2, "step_seconds": 0.25}, type="pipeline")
-    done = create(owner)
-    runtime.execute(done.pk)
 
     workers = Later(
         (lambda: runtime.execute(first.pk), 0), (lambda: runtime.execute(second.pk), 0.3)

@@ -23,7 +23,7 @@ def create(client, **body):
 
 
 def test_create_returns_id_and_pending_status_at_once(api):
-    response = create(api, inputs={"hello": "world"}, config={"priority": "low"})
+    response = create(api, inputs={"hello": "world"}, config={"tone": "low"})
 
     assert response.status_code == 201
     body = response.json()
@@ -32,7 +32,7 @@ def test_create_returns_id_and_pending_status_at_once(api):
     assert body["status_url"].endswith(f"{URL}/{body['execution_id']}")
     assert response["Location"] == body["status_url"]
     row = Execution.objects.get(pk=body["execution_id"])
-    assert row.inputs == {"hello": "world"} and row.config == {"priority": "low"}
+    assert row.inputs == {"hello": "world"} and row.config == {"tone": "low"}
 
 
 def test_create_accepts_bearer_authorization(alice, make_client):
@@ -212,9 +212,10 @@ def test_cancel_finished_execution_is_409_with_a_message(api):
 
 @pytest.fixture
 def three_executions(api):
-    echo = create(api).json()["execution_id"]
+    # A worker takes the oldest pending execution: the one to fail is made (and run) first.
     failed = create(api, target_id="fail").json()["execution_id"]
     runtime.execute(failed)
+    echo = create(api).json()["execution_id"]
     pipeline = create(api, type="pipeline", target_id="countdown", inputs={"steps": 2}).json()[
         "execution_id"
     ]
@@ -244,8 +245,8 @@ def test_list_rejects_unknown_filter_values(api, three_executions):
 
 def test_list_orders_newest_first_by_default_and_on_request(api, three_executions):
     e = three_executions
-    assert ids(api.get(URL)) == [e["pipeline"], e["failed"], e["echo"]]
-    assert ids(api.get(URL, {"ordering": "created_at"})) == [e["echo"], e["failed"], e["pipeline"]]
+    assert ids(api.get(URL)) == [e["pipeline"], e["echo"], e["failed"]]
+    assert ids(api.get(URL, {"ordering": "created_at"})) == [e["failed"], e["echo"], e["pipeline"]]
     # Executions that have not started sort last either way, on SQLite and PostgreSQL alike.
     assert ids(api.get(URL, {"ordering": "-started_at"}))[0] == e["failed"]
     assert ids(api.get(URL, {"ordering": "started_at"}))[0] == e["failed"]

@@ -26,6 +26,7 @@ S = ExecutionStatus
 ALLOWED = {
     (S.PENDING, S.RUNNING),
     (S.PENDING, S.CANCELLED),
+    (S.PENDING, S.FAILED),
     (S.RUNNING, S.COMPLETED),
     (S.RUNNING, S.FAILED),
     (S.RUNNING, S.CANCELLED),
@@ -130,15 +131,16 @@ def _reap(execution: Execution) -> object:
     return recovery.executions_reap_stale(heartbeat_timeout=30)
 
 
-# The entry points that make each move: (name, the status it moves to, config, the call).
-ENTRY_POINTS: list[tuple[str, str, dict[str, Any], Callable[[Execution], object]]] = [
-    ("worker claim", S.RUNNING, {}, _claim),
-    ("user cancel", S.CANCELLED, {}, _cancel),
-    ("worker completes", S.COMPLETED, {}, _complete),
-    ("worker fails", S.FAILED, {}, _fail),
-    ("worker retries", S.PENDING, {"max_attempts": 3}, _retry),
-    ("recovery requeues", S.PENDING, {"max_attempts": 3}, _reap),
-    ("recovery fails", S.FAILED, {"max_attempts": 1}, _reap),
+# The entry points that make each move: (name, the status it moves to, config, the call, and the
+# statuses it moves from when not every source the table allows for that status).
+ENTRY_POINTS: list[tuple[str, str, dict[str, Any], Callable[[Execution], object], set[str] | None]] = [
+    ("worker claim", S.RUNNING, {}, _claim, None),
+    ("user cancel", S.CANCELLED, {}, _cancel, None),
+    ("worker completes", S.COMPLETED, {}, _complete, None),
+    ("worker fails", S.FAILED, {}, _fail, {S.RUNNING}),
+    ("worker retries", S.PENDING, {"max_attempts": 3}, _retry, None),
+    ("recovery requeues", S.PENDING, {"max_attempts": 3}, _reap, None),
+    ("recovery fails", S.FAILED, {"max_attempts": 1}, _reap, {S.RUNNING}),
 ]
 
 
@@ -148,10 +150,11 @@ ENTRY_POINTS: list[tuple[str, str, dict[str, Any], Callable[[Execution], object]
     ids=lambda value: value[0] if isinstance(value, tuple) else value,
 )
 def test_every_entry_point_moves_only_along_the_table(source: str, entry_point: tuple) -> None:
-    _name, target, config, call = entry_point
+    _name, target, config, call, sources = entry_point
     execution = row_in(source, **config)
     before = Execution.objects.get(pk=execution.pk)
 
     call(execution)
 
-    assert applied(execution, before, target) == ((source, target) in ALLOWED)
+    expected = (source, target) in ALLOWED and (sources is None or source in sources)
+    assert applied(execution, before, target) == expected
