@@ -64,6 +64,7 @@ from django_q.status import Stat
 from django_q.utils import get_func_repr
 from django_q.worker import worker
 
+from executions import worker_loop
 from executions.recovery import worker_jobs_reap
 
 # django-q2's timer values: seconds left of the task's timeout while busy, and these.
@@ -75,6 +76,8 @@ TERMINATE_GRACE = 5.0
 # How long a reaper process keeps trying when the database is unavailable; past that the
 # heartbeat timeout's sweep finds the jobs anyway.
 REAP_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+# How long a full worker waits for room on its event loop before it looks at the stop flag again.
+ROOM_WAIT = 0.5
 
 
 def _mp() -> Any:  # the fork context where there is one, as django-q2's
@@ -116,6 +119,8 @@ class BrokerLink:
         self._parent = os.getpid()  # built in the sentinel, used in its child
         self._leased: list[dict] = []
         self._finished: list[dict] = []
+        # The process's event loop (set in the worker): the broker is read only while it has room.
+        self.host: worker_loop.WorkerLoop | None = None
 
     def get(self) -> dict | str:
         if self._taker and hasattr(self._broker, "take_as"):
@@ -128,6 +133,8 @@ class BrokerLink:
             if self._stop.value or os.getppid() != self._parent:
                 return "STOP"
             self._reading.value = time.monotonic()
+            if self.host is not None and not self.host.wait_for_room(ROOM_WAIT):
+                continue  # full: the queue is left to the other workers meanwhile
             try:
                 leased = self._broker.dequeue()
             except Exception:  # noqa: BLE001  a broker or database down: read again, as the pusher did
@@ -179,11 +186,24 @@ class BrokerLink:
 
 
 def _work(link: BrokerLink, timer: Synchronized, timeout: int | None) -> None:
-    """A worker process: django-q2's loop on its own link to the broker."""
+    """A worker process: django-q2's loop on its own link to the broker, and the process's event
+    loop for the jobs its tasks hand over (``executions.worker_loop``), drained at the end."""
+    capacity = {"runs": int(settings.RUNS_CONCURRENCY_PER_WORKER)}
+    host = None
+    if max(capacity.values()) > 1:
+        host = worker_loop.start(capacity, block_warn=float(settings.WORKER_LOOP_BLOCK_WARN_SECONDS))
+        link.host = host
     try:
         worker(link, link, timer, timeout)
     finally:
         link.flush()  # the last task's result, when the worker recycles or stops
+        if host is not None:
+            grace = float(settings.WORKER_GRACE_SECONDS)
+            if host.held():
+                logger.info("worker %s stopping: %d jobs in flight, up to %.0f s to finish",
+                            os.getpid(), host.held(), grace)
+            host.drain(grace)
+            worker_loop.forget()
 
 
 def worker_name(pid: int) -> str:

@@ -299,6 +299,14 @@ RUNS_MAX_DELAY_IN_WORKER = env_float("RUNS_MAX_DELAY_IN_WORKER", 30)
 RUNS_WAIT_POLL_INTERVAL = env_float("RUNS_WAIT_POLL_INTERVAL", 0.025)
 # Pending + running runs one user may have at once (429 beyond); 0 = no limit.
 RUNS_MAX_ACTIVE_PER_USER = env_int("RUNS_MAX_ACTIVE_PER_USER", 1000)
+# Graph runs one worker process runs at once on its event loop (executions.worker_loop); 1 runs
+# them one at a time in the worker's thread, as django-q2 runs any task.
+RUNS_CONCURRENCY_PER_WORKER = env_int("RUNS_CONCURRENCY_PER_WORKER", 10)
+# On stop (SIGTERM to the cluster), seconds a worker lets its jobs in flight finish before it
+# gives what is left back to the queue.
+WORKER_GRACE_SECONDS = env_float("WORKER_GRACE_SECONDS", 30.0)
+# A job blocking its worker's event loop this long (seconds) is logged with its graph and node.
+WORKER_LOOP_BLOCK_WARN_SECONDS = env_float("WORKER_LOOP_BLOCK_WARN_SECONDS", 3.0)
 # Largest metadata (and run config) of an assistant, thread or run, as compact JSON (422 beyond).
 METADATA_MAX_BYTES = env_int("METADATA_MAX_BYTES", 64 * 1024)
 

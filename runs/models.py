@@ -38,11 +38,14 @@ class RunStatus(models.TextChoices):
         running -> timeout       the worker's time limit was hit
         running -> interrupted   cancelled (action=interrupt) or displaced by multitask interrupt
         running -> (deleted)     cancelled with action=rollback: its worker deletes it
+        running -> pending       released by its worker stopping (a deploy) past its grace
 
     A rollback (cancel action or multitask strategy) deletes the run and its checkpoints instead
-    of giving it a status. A running run is never requeued (running -> pending): its graph would
-    apply its input to the thread a second time; a pending run whose queue message was lost is
-    enqueued again without a status change. success, error, timeout and interrupted are
+    of giving it a status. A running run goes back to pending only when its own worker releases
+    it as it stops (``WORKER_GRACE_SECONDS``), deleting the checkpoints this attempt wrote in the
+    same transaction, so that the next attempt applies its input to the thread once; a run whose
+    worker was lost is not retried (what it wrote is unknown). A pending run whose queue message
+    was lost is enqueued again without a status change. success, error, timeout and interrupted are
     terminal. Deleting a run or its thread (the API, operators) removes it in any status.
     """
 
@@ -82,6 +85,7 @@ RUN_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
         (RunStatus.RUNNING, RunStatus.TIMEOUT),
         (RunStatus.RUNNING, RunStatus.INTERRUPTED),
         (RunStatus.RUNNING, RUN_DELETED),
+        (RunStatus.RUNNING, RunStatus.PENDING),
     }
 )
 

@@ -22,10 +22,12 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from functools import partial
+from functools import partial, reduce
+from operator import or_
 from typing import Any, cast
 from uuid import UUID
 
@@ -39,6 +41,7 @@ from django.utils import timezone
 from django_q.exceptions import TimeoutException
 
 from checkpoints.sql import Fence, FenceClosed
+from executions import worker_loop
 from project.realtime.sse import encode_data
 from runs import dispatch, statements, transitions
 from runs.completion import run_ended_notify
@@ -58,6 +61,8 @@ logger = logging.getLogger(__name__)
 # The outcome of a run whose worker lost it (frozen past the heartbeat timeout, the run ended by
 # recovery meanwhile): nothing of this worker's is recorded, not even the end.
 SUPERSEDED = "superseded"
+# The outcome of a run its worker gave back to the queue as it stopped (``release``).
+RELEASED = "released"
 
 def _cancel_check_interval() -> float:
     return float(getattr(settings, "RUNS_CANCEL_CHECK_INTERVAL", 0.2))
@@ -348,6 +353,88 @@ class RunWrites:
 _write_batch = sync_to_async(RunWrites._write)
 
 
+# Runs per statement of a watch's poll (SQLite's expression depth caps a statement's ORs).
+POLL_CHUNK = 100
+
+
+def _poll_runs(claims: list[RunClaim], beat: bool) -> dict[UUID, tuple[str, str, str, int]]:
+    """(status, cancel_action, worker, attempts) of each claim's run, by id; with ``beat``, after
+    beating the heartbeat of those still running under their claim. A few statements for every
+    run of the process rather than two per run."""
+    rows: dict[UUID, tuple[str, str, str, int]] = {}
+    try:
+        for start in range(0, len(claims), POLL_CHUNK):
+            chunk = claims[start:start + POLL_CHUNK]
+            if beat:
+                held = reduce(or_, (claim.holds() for claim in chunk))
+                Run.objects.filter(held, status=RunStatus.RUNNING).update(heartbeat_at=timezone.now())
+            for pk, *row in Run.objects.filter(pk__in=[claim.run_id for claim in chunk]).values_list(
+                "pk", "status", "cancel_action", "worker", "attempts"
+            ):
+                rows[pk] = cast(tuple[str, str, str, int], tuple(row))
+    except DatabaseFailure:  # OperationalError, and InterfaceError once the link is closed
+        # A dropped connection (database restart) stays broken until closed: close it so the
+        # next poll reconnects, instead of failing every poll and missing every heartbeat.
+        connection.close()
+        raise
+    return rows
+
+
+class RunWatch:
+    """The one watcher of every run on an event loop: every ``RUNS_CANCEL_CHECK_INTERVAL`` it
+    reads their rows together (and every ``RUNS_HEARTBEAT_INTERVAL`` beats their heartbeats
+    together) and stops the graph of each run cancelled, deleted or lost meanwhile. A watcher per
+    run made two queries per run every 0.2 s: 500 a second for 100 runs in flight."""
+
+    _of_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RunWatch] = weakref.WeakKeyDictionary()
+
+    def __init__(self) -> None:
+        self.drivers: dict[UUID, RunDriver] = {}
+        self._task: asyncio.Task | None = None
+
+    @classmethod
+    def of_running_loop(cls) -> RunWatch:
+        loop = asyncio.get_running_loop()
+        watch = cls._of_loop.get(loop)
+        if watch is None:
+            watch = cls._of_loop[loop] = cls()
+        return watch
+
+    def add(self, driver: RunDriver) -> None:
+        self.drivers[driver.run.pk] = driver
+        if self._task is None or self._task.done():  # none yet, or cancelled with a run's leftovers
+            self._task = asyncio.create_task(self._watch())
+
+    def discard(self, driver: RunDriver) -> None:
+        if self.drivers.get(driver.run.pk) is driver:
+            del self.drivers[driver.run.pk]
+
+    async def _watch(self) -> None:
+        poll = sync_to_async(_poll_runs)
+        interval = _cancel_check_interval()
+        beat_every = max(1, round(_heartbeat_interval() / interval))
+        ticks = 0
+        while self.drivers:
+            await asyncio.sleep(interval)
+            ticks += 1
+            watched = list(self.drivers.values())
+            if not watched:
+                break
+            try:
+                rows = await poll([driver.claim for driver in watched], ticks % beat_every == 0)
+            except Exception:  # a failed poll must not kill the runs; the next one may work
+                logger.exception("cancel check of %d runs failed", len(watched))
+                continue
+            for driver in watched:
+                if self.drivers.get(driver.run.pk) is not driver:
+                    continue  # ended during the poll
+                reason = driver.stop_reason_from(rows.get(driver.run.pk))
+                if reason:
+                    self.discard(driver)
+                    driver.stop(reason)
+        self._task = None
+
+
 class RunDriver:
     """Runs one claimed run's graph inside an event loop."""
 
@@ -366,6 +453,7 @@ class RunDriver:
         fence = self.claim.fence()
         self.writes = RunWrites(run, 0, fence=fence)
         self.stop_reason: str | None = None
+        self._task: asyncio.Task | None = None  # the graph's, while it runs
         self.saver = checkpointer()
         if hasattr(self.saver, "sole_writer"):
             # The run is its thread's one running run, the only writer of its checkpoints: the
@@ -477,30 +565,25 @@ class RunDriver:
         # transaction of their own.
         self.writes.hold_events()
 
-    async def _watch(self, task: asyncio.Task) -> None:
-        poll = sync_to_async(self._poll)
-        interval = _cancel_check_interval()
-        beat_every = max(1, round(_heartbeat_interval() / interval))
-        ticks = 0
-        while not task.done():
-            await asyncio.sleep(interval)
-            ticks += 1
-            try:
-                row = await poll(ticks % beat_every == 0)
-            except Exception:  # a failed poll must not kill the run; the next one may work
-                logger.exception("cancel check of run %s failed", self.run.pk)
-                continue
-            if row is None:
-                self.stop_reason = "deleted"
-            elif row[0] != RunStatus.RUNNING or row[2:] != (self.claim.worker, self.claim.attempt):
-                # Nobody else moves a running run's status but recovery, which ended it: this
-                # worker was frozen past its heartbeat timeout.
-                self.stop_reason = SUPERSEDED
-            elif row[1]:
-                self.stop_reason = row[1]
-            if self.stop_reason:
-                task.cancel()
-                return
+    def stop_reason_from(self, row: tuple[str, str, str, int] | None) -> str | None:
+        """Why the graph must stop, from its row as ``_poll`` reads it; None to go on."""
+        if row is None:
+            return "deleted"
+        if row[0] != RunStatus.RUNNING or tuple(row[2:]) != (self.claim.worker, self.claim.attempt):
+            # Nobody else moves a running run's status but recovery, which ended it: this
+            # worker was frozen past its heartbeat timeout.
+            return SUPERSEDED
+        return row[1] or None
+
+    def stop(self, reason: str) -> None:
+        """Stop the graph (from the event loop): the run ends as ``reason`` says, unless its graph
+        is done already (its end is being recorded)."""
+        if self._task is not None and self._task.done():
+            return
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self._task is not None:
+            self._task.cancel()
 
     async def _why_fenced_out(self) -> str:
         """After a write the fence refused: ``deleted`` if the run's row is gone, else
@@ -551,8 +634,11 @@ class RunDriver:
             error = {"error": type(exc).__name__, "message": f"Graph not available: {exc}"}
             return Outcome(RunStatus.ERROR, result={"__error__": error}, error=error)
         config = dict(self.kwargs.get("config") or {})
-        task = asyncio.create_task(self._consume(graph, config))
-        watcher = asyncio.create_task(self._watch(task))
+        task = self._task = asyncio.create_task(self._consume(graph, config))
+        if self.stop_reason is not None:  # released before the graph started
+            task.cancel()
+        watch = RunWatch.of_running_loop()
+        watch.add(self)
         outcome: Outcome
         try:
             async with asyncio.timeout(_timeout()):
@@ -578,19 +664,20 @@ class RunDriver:
                 outcome.state = await self._state(graph)
                 return outcome
         finally:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+            watch.discard(self)
         if self.stop_reason is None and self.writes.fenced_out:  # a refused write the graph missed
             self.stop_reason = await self._why_fenced_out()
         if self.stop_reason == SUPERSEDED:
             await asyncio.gather(task, return_exceptions=True)
             return Outcome(SUPERSEDED)
-        if self.stop_reason in (CancelAction.ROLLBACK, "deleted"):
+        if self.stop_reason in (CancelAction.ROLLBACK, "deleted", RELEASED):
             await asyncio.gather(task, return_exceptions=True)
             try:
                 await self.writes.drain()  # no checkpoint of the run may land after the deletion
             except FenceClosed:  # the run's row is gone: the fence refused what was left
                 await self.writes.abandon()
+            if self.stop_reason == RELEASED:  # its checkpoints go with the release (``release``)
+                return Outcome(RELEASED)
             await sync_to_async(run_delete_checkpoints)(run_ids=[self.run.pk])
             if hasattr(saver, "forget"):
                 saver.forget()  # what it remembers was just deleted
@@ -713,8 +800,9 @@ def _thread_fields(outcome: Outcome, now) -> dict[str, Any]:
     return fields
 
 
-def _wait_until_due(run: Run) -> bool:
-    """Sleep through a short after_seconds delay; hand a long one to django-q2's scheduler."""
+def _wait_until_due(run: Run, *, sleep: bool = True) -> bool:
+    """Sleep through a short after_seconds delay (unless not to ``sleep``: True then says the
+    caller is to wait); hand a long one to django-q2's scheduler."""
     delay = (run.created_at - timezone.now()).total_seconds()
     if delay <= 0:
         return True
@@ -730,7 +818,8 @@ def _wait_until_due(run: Run) -> bool:
             next_run=run.created_at,
         )
         return False
-    time.sleep(delay)
+    if sleep:
+        time.sleep(delay)
     return True
 
 
@@ -748,13 +837,7 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:
-    # uvloop (as uvicorn picks for the API) where installed: its thread hand-offs and loop turns
-    # cost less CPU than asyncio's own loop, and a run takes a few milliseconds of them.
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+    return worker_loop.new_event_loop()
 
 
 def _run_in_loop(coro: Any) -> Any:
@@ -778,7 +861,15 @@ def _run_in_loop(coro: Any) -> Any:
 
 
 def run_execute(run_id: str) -> str:
-    """django-q2 entry point: run one run to a final state. Returns what happened, for logs."""
+    """django-q2 entry point: run one run to a final state. Returns what happened, for logs.
+
+    In a worker process with its event loop (``executions.worker_loop``), the run is claimed here
+    and handed to that loop, and this returns at once (``handed over``): the worker takes its next
+    task while the run goes on beside the others. Elsewhere (tests, django-q2's sync mode) the run
+    is driven here, on this thread's own loop."""
+    host = worker_loop.current()
+    if host is not None:
+        return _hand_over(host, run_id)
     close_old_connections()
     # The claim comes first: it is the common case, and it finds everything the checks below
     # would (a run gone, not pending, not due, or behind another run of its thread).
@@ -807,15 +898,31 @@ def run_execute(run_id: str) -> str:
         outcome = Outcome(SUPERSEDED)
     except Exception as exc:  # our own failure (database, checkpointer): the run must still end
         logger.exception("run %s failed outside its graph", run_id)
-        error = {"error": type(exc).__name__, "message": str(exc) or type(exc).__name__}
-        outcome = Outcome(RunStatus.ERROR, result={"__error__": error}, error=error)
+        outcome = _failure(exc)
+    return _record(run, driver, outcome, events, connection_used_at=connection_used_at)
+
+
+def _failure(exc: Exception) -> Outcome:
+    error = {"error": type(exc).__name__, "message": str(exc) or type(exc).__name__}
+    return Outcome(RunStatus.ERROR, result={"__error__": error}, error=error)
+
+
+def _record(
+    run: Run, driver: RunDriver, outcome: Outcome, events: list[statements.EventRow], *,
+    connection_used_at: float | None,
+) -> str:
+    """The run's end as ``outcome`` says (or its release), in the caller's thread."""
     if outcome.kind == SUPERSEDED:
         logger.warning(
             "run %s: this worker's claim (attempt %d) was superseded while it was frozen or cut "
             "off (recovery ended the run); its graph stopped and nothing it wrote since was kept",
-            run_id, driver.claim.attempt,
+            run.pk, driver.claim.attempt,
         )
         return SUPERSEDED
+    if outcome.kind == RELEASED:
+        released = release(run)
+        logger.warning("run %s %s as its worker stopped", run.pk, "released" if released else "not released")
+        return RELEASED
     # After a failure of our own, events that did not make it are dropped: they may be what
     # failed, and the run's end must be recorded.
     finish(
@@ -823,3 +930,74 @@ def run_execute(run_id: str) -> str:
         events=events,
     )
     return outcome.kind
+
+
+def release(run: Run) -> bool:
+    """Give a running run back to the queue under this worker's claim (its worker stopping), with
+    the checkpoints its attempt wrote deleted in the same transaction: the next attempt starts
+    from the thread's state before it, and applies its input once. False if the claim no longer
+    held (recovery or a cancel ended the run first)."""
+    close_old_connections()
+    with transaction.atomic():
+        if not transitions.run_release(claim=RunClaim.of(run), now=timezone.now()):
+            return False
+        run_delete_checkpoints(run_ids=[run.pk])
+        transaction.on_commit(partial(dispatch.run_enqueue, run.pk))
+    return True
+
+
+def _hand_over(host: worker_loop.WorkerLoop, run_id: str) -> str:
+    """Claim the run in this (the worker's) thread and hand it to the process's event loop."""
+    host.take("runs")
+    try:
+        close_old_connections()
+        run = claim_run(run_id)
+        if run is None:
+            pending = Run.objects.filter(pk=run_id, status=RunStatus.PENDING).first()
+            if pending is None:
+                return _given_back(host, "skipped")
+            delay = (pending.created_at - timezone.now()).total_seconds()
+            if delay > 0 and not _wait_until_due(pending, sleep=False):
+                return _given_back(host, "not due")
+            if delay <= 0:
+                return _given_back(host, "waiting")  # behind a run of its thread: dispatched after it
+            # Due soon: the loop waits for it, rather than this thread (it would take no task).
+            host.spawn("runs", f"run {run_id}", partial(_claim_when_due, run_id, delay))
+            return "handed over"
+        driver = RunDriver(run)
+        driver.prepare()
+    except BaseException:
+        host.give("runs")
+        raise
+    host.spawn("runs", f"run {run_id}", partial(_drive_claimed, run, driver))
+    return "handed over"
+
+
+def _given_back(host: worker_loop.WorkerLoop, what: str) -> str:
+    host.give("runs")
+    return what
+
+
+async def _claim_when_due(run_id: str, delay: float, job: worker_loop.Job) -> str:
+    await asyncio.sleep(delay)
+    run = await sync_to_async(claim_run)(run_id)
+    if run is None:
+        return "waiting"
+    driver = RunDriver(run)
+    await sync_to_async(driver.prepare)()
+    return await _drive_claimed(run, driver, job)
+
+
+async def _drive_claimed(run: Run, driver: RunDriver, job: worker_loop.Job) -> str:
+    """A claimed run on the worker's loop, beside the others, to its end (or release)."""
+    job.release = partial(driver.stop, RELEASED)
+    events: list[statements.EventRow] = []
+    try:
+        outcome = await driver.drive()
+        events = driver.writes.unwritten()
+    except FenceClosed:
+        outcome = Outcome(SUPERSEDED)
+    except Exception as exc:
+        logger.exception("run %s failed outside its graph", run.pk)
+        outcome = _failure(exc)
+    return await sync_to_async(_record)(run, driver, outcome, events, connection_used_at=None)

@@ -50,6 +50,7 @@ _REAP_FROM = _from(RunStatus.RUNNING, RunStatus.ERROR)
 _INTERRUPT_PENDING_FROM = _from(RunStatus.PENDING, RunStatus.INTERRUPTED)
 _ROLLBACK_PENDING_FROM = _from(RunStatus.PENDING, RUN_DELETED)
 _ROLLBACK_RUNNING_FROM = _from(RunStatus.RUNNING, RUN_DELETED)
+_RELEASE_FROM = _from(RunStatus.RUNNING, RunStatus.PENDING)
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,19 @@ def run_rollback_running(*, claim: RunClaim) -> bool:
     else (the reaper) keeps its end."""
     deleted, _ = Run.objects.filter(claim.holds(), status=_ROLLBACK_RUNNING_FROM).delete()
     return bool(deleted)
+
+
+def run_release(*, claim: RunClaim, now: datetime) -> bool:
+    """running -> pending: the worker stopping (a deploy) gives back a run it could not finish
+    within its grace, under its ``claim``; the caller deletes the checkpoints the attempt wrote in
+    the same transaction and enqueues the run on commit. The attempt stays counted (the next
+    claim's fence is a new attempt), but a run has no attempt limit: nothing is used up."""
+    won = Run.objects.filter(claim.holds(), status=_RELEASE_FROM).update(
+        status=RunStatus.PENDING, started_at=None, heartbeat_at=None, worker="", updated_at=now,
+    )
+    if won:
+        run_changed(claim.run_id)
+    return bool(won)
 
 
 def run_cancel_request(*, run_id: UUID | str, action: str, now: datetime) -> bool:

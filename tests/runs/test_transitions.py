@@ -74,6 +74,10 @@ MOVES = [
         "rollback running", (RunStatus.RUNNING,), DELETED,
         lambda run: transitions.run_rollback_running(claim=transitions.RunClaim.of(run)),
     ),
+    Move(
+        "release", (RunStatus.RUNNING,), RunStatus.PENDING,
+        lambda run: transitions.run_release(claim=transitions.RunClaim.of(run), now=timezone.now()),
+    ),
 ]
 
 
@@ -115,9 +119,9 @@ def test_the_docstring_table_is_the_moves_there_are() -> None:
     implemented = {(source, move.target) for move in MOVES for source in move.sources}
     assert documented == {(str(source), str(target)) for source, target in RUN_TRANSITIONS}
     assert documented == implemented
-    # Terminal statuses never move again; nothing goes back to pending.
+    # Terminal statuses never move again; only a worker's release goes back to pending.
     assert not {source for source, _ in documented} & set(RunStatus.terminal())
-    assert RunStatus.PENDING not in {target for _, target in documented}
+    assert {source for source, target in documented if target == RunStatus.PENDING} == {RunStatus.RUNNING}
 
 
 @pytest.mark.django_db
