@@ -131,6 +131,7 @@ class BrokerLink:
         while not self._leased:
             # A worker whose sentinel is gone has no one to replace it or to enforce timeouts.
             if self._stop.value or os.getppid() != self._parent:
+                self._reading.value = 0.0  # not reading: draining its jobs is not a stall
                 return "STOP"
             self._reading.value = time.monotonic()
             if self.host is not None and not self.host.wait_for_room(ROOM_WAIT):
@@ -317,6 +318,10 @@ class Sentinel(django_q_cluster.Sentinel):
                 scheduler(broker=self.broker)
             Stat(self).save()
             if self.stop_event.wait(cycle):
+                break
+            if os.getppid() != self.parent_pid:
+                # The cluster's main process is gone (killed): nobody would ever stop this one.
+                logger.critical("the cluster's main process %s is gone: stopping", self.parent_pid)
                 break
         self.stop()
 
