@@ -134,6 +134,11 @@ def bench_setup(args: argparse.Namespace) -> Setup:
     env.setdefault("API_CREATE_RATE", "100000000/min")
     env.setdefault("EXECUTIONS_MAX_ACTIVE_PER_USER", "0")
     env.setdefault("STREAMS_MAX_PER_USER", "0")  # the stream phase opens 1,000 streams as one user
+    env.setdefault("RUNS_MAX_ACTIVE_PER_USER", "0")  # the concurrency phase has 1,000 runs in flight
+    from bench.concurrency_bench import BENCH_RUNS_CONCURRENCY
+
+    # Room for the concurrency phase's 1,000 runs in flight on 2 workers (the default is 10 each).
+    env.setdefault("RUNS_CONCURRENCY_PER_WORKER", str(BENCH_RUNS_CONCURRENCY))
     from bench.streams_bench import streams_server_env
 
     streams_server_env(env)  # registers the bench's `burst` graph (bench/langgraph.json)
@@ -583,10 +588,11 @@ def report(setup: Setup, args: argparse.Namespace, results: dict[str, Any], elap
          "", ""),
         ("  cluster CPU while idle", f"{results['cpu_ms_idle_qcluster']:.0f} ms/s", "", ""),
     ]
+    from bench.concurrency_bench import concurrency_report_rows
     from bench.runs_bench import runs_report_rows
     from bench.streams_bench import streams_report_rows
 
-    rows += runs_report_rows(results) + streams_report_rows(results)
+    rows += runs_report_rows(results) + concurrency_report_rows(results) + streams_report_rows(results)
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = [
         (
@@ -624,6 +630,7 @@ def run(args: argparse.Namespace) -> int:
     from django_q.brokers import get_broker
 
     from accounts.models import api_key_create
+    from bench.concurrency_bench import concurrency_measure
     from bench.runs_bench import runs_measure
     from bench.streams_bench import streams_measure
 
@@ -661,6 +668,9 @@ def run(args: argparse.Namespace) -> int:
             ("cancel latency", bench.cancel),
             ("runs.wait through langgraph-sdk", lambda: bench.results.update(runs_measure(
                 base_url=bench.base_url, api_key=api_key, check=children.check, cpu=children.cpu_seconds))),
+            ("graph runs that wait, many at once", lambda: bench.results.update(concurrency_measure(
+                base_url=bench.base_url, api_key=api_key, check=children.check,
+                cluster_pgid=children.procs["qcluster"].pid))),
             ("event streams", lambda: bench.results.update(streams_measure(
                 base_url=bench.base_url, api_key=api_key, server_pgid=children.procs["server"].pid,
                 check=children.check))),

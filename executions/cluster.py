@@ -19,6 +19,10 @@ dead worker could leave taken:
   worker whose sentinel is gone stops too.
 - The one lock left is each worker's django-q2 timer, shared with the sentinel alone, which waits
   for it a bounded time: a worker that died holding it cannot stall the sentinel.
+- A worker hands graph runs to its process's event loop (``executions.worker_loop``) and reads the
+  broker again only while that loop has room (``RUNS_CONCURRENCY_PER_WORKER``). When it stops
+  (the flag, or recycled) it lets the jobs on its loop finish for ``WORKER_GRACE_SECONDS``, then
+  gives the rest back to the queue before it exits; the sentinel waits for that.
 
 The sentinel keeps django-q2's supervision (replacing dead, timed-out and recycled workers) and
 adds two duties:

@@ -1,10 +1,15 @@
 """Worker side of a run: claim, run the graph with asyncio, watch for cancel, finish.
 
+In a worker process, ``run_execute`` claims the run and hands it to the process's event loop
+(``executions.worker_loop``), where up to ``RUNS_CONCURRENCY_PER_WORKER`` runs go on side by side;
+elsewhere (tests, django-q2's sync mode) it drives the run itself on its thread's loop.
+
 The claim is a conditional UPDATE pending -> running that skips runs with an older due pending
 sibling on the same thread (FIFO) and that the partial unique index refuses while another run of
 the thread is running (IntegrityError: the run stays pending, and the thread's running run
-dispatches it when it ends). While the graph runs, a watcher polls the row every
-``RUNS_CANCEL_CHECK_INTERVAL`` seconds (0.2 s) and beats ``heartbeat_at``; a cancel request (or
+dispatches it when it ends). While the graph runs, its loop's watcher (``RunWatch``, one for all
+the loop's runs) polls the rows every ``RUNS_CANCEL_CHECK_INTERVAL`` seconds (0.2 s) and beats
+``heartbeat_at``; a cancel request (or
 the row vanishing) cancels the graph's asyncio task, so the graph stops within that interval.
 Every event a client may stream (``metadata`` first, each requested mode's chunks, ``error``)
 is stored as a ``RunEvent`` (run, seq, event, data) before the run's final status, or in the

@@ -48,10 +48,10 @@ class Command(BaseCommand):
              "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "5"],
             process_group=0,
         )
-        children = [(server, SERVER_STOP)]
+        children = [(server, "the server", SERVER_STOP)]
         if not no_worker:
             cluster = subprocess.Popen([sys.executable, "manage.py", "qcluster"], process_group=0)
-            children.append((cluster, float(settings.WORKER_GRACE_SECONDS) + RELEASE_MARGIN))
+            children.append((cluster, "the worker cluster", float(settings.WORKER_GRACE_SECONDS) + RELEASE_MARGIN))
         self.stdout.write(f"Serving on http://{host}:{port}/ (admin at /admin/, API docs at /api/docs/)")
 
         stopping: list[int] = []
@@ -60,11 +60,11 @@ class Command(BaseCommand):
             if stopping and signum == signal.SIGINT:
                 # A second Ctrl-C: no more waiting.
                 self.stderr.write("Killing the server and the workers now.")
-                for child, _ in children:
+                for child, _, _ in children:
                     _kill_group(child)
                 return
             stopping.append(signum)
-            for child, _ in children:
+            for child, _, _ in children:
                 if child.poll() is None:
                     child.send_signal(signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
 
@@ -72,17 +72,17 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, stop)
         try:
             # Either child dying ends the group: a platform without its worker would queue forever.
-            while all(child.poll() is None for child, _ in children):
+            while all(child.poll() is None for child, _, _ in children):
                 time.sleep(0.2)
         finally:
             if not stopping:
                 stop()
             started = time.monotonic()
-            for child, allowed in children:
+            for child, name, allowed in children:
                 try:
                     child.wait(timeout=max(0.1, started + allowed - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    self.stderr.write(f"{child.args[1:3]} did not stop within {allowed:.0f} s: killed")
+                    self.stderr.write(f"{name} did not stop within {allowed:.0f} s: killed")
                 # Gone or not, what is left of its group goes too (a sentinel or a worker whose
                 # parent was killed would run on, orphaned).
                 _kill_group(child)
