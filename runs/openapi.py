@@ -92,7 +92,13 @@ STATUSES: dict[str, tuple[int, ...]] = {
     # The v2 protocol: a command's own failures are 200s with a ProtocolError body.
     "post /threads/{thread_id}/commands": (200, 400, 422, 429),
     "post /threads/{thread_id}/stream/events": (200, 400, 404, 422, 429),
+    # MCP: JSON-RPC errors are 200s; a notification is a 202; no sessions, so DELETE is a 404.
+    "post /mcp": (200, 202, 400),
+    "delete /mcp": (404,),
 }
+# The methods of plain (non-DRF) views whose path the spec lists with more methods than they
+# serve: GET /mcp/ is the spec's own 405.
+PLAIN_VIEW_METHODS: dict[str, tuple[str, ...]] = {"/mcp": ("post", "delete")}
 
 _ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
 # Responses for statuses the spec's operation lacks.
@@ -348,11 +354,12 @@ def add_langgraph_operations(result: dict, generator: Any, request: Any, public:
     # In the real server's order, whatever the order of our URL patterns (the router's is its own).
     order = {path: index for index, path in enumerate(spec_paths)}
     for route in sorted(runs_routes(), key=lambda route: order.get(route.path, len(order))):
-        spec_item = spec_paths.get(route.path)
+        # The spec writes /mcp/ with its slash; our paths have none.
+        spec_item = spec_paths.get(route.path) or spec_paths.get(route.path + "/")
         if spec_item is None:
             warn(f"runs.openapi: {route.path} is served but not in the vendored LangGraph spec")
             continue
-        methods = route.view_methods() or tuple(spec_item)
+        methods = route.view_methods() or PLAIN_VIEW_METHODS.get(route.path) or tuple(spec_item)
         for method in methods:
             if method not in spec_item:
                 continue  # served here but not by the real server: tests/test_schema.py reports it

@@ -5,10 +5,10 @@ before it, so ``runs/stream`` is not taken for a run id. Ids are matched as plai
 malformed one gets the real server's 422, not a 404. No trailing slash, as on the real server.
 """
 
-from django.urls import path
+from django.urls import path, re_path
 from rest_framework.routers import SimpleRouter
 
-from runs import protocol_events, store_views, streams, views
+from runs import mcp, protocol_events, store_views, streams, views
 
 app_name = "runs"
 
@@ -38,5 +38,7 @@ urlpatterns = [
         "threads/<str:thread_id>/runs/<str:run_id>/stream", streams.run_join_stream, name="run-join-stream"  # type: ignore[arg-type]
     ),
     path("runs/stream", streams.stateless_run_stream, name="run-stream"),  # type: ignore[arg-type]
+    # /mcp/ as the spec writes it, and /mcp.
+    re_path(r"^mcp/?$", mcp.mcp_endpoint, name="mcp"),
     *router.urls,
 ]

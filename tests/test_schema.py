@@ -197,6 +197,8 @@ Recipe = Callable[[Ctx], requests.Response]
 # are generic (see _generic_recipe); the rest is here.
 COMMAND = {"id": 1, "method": "agent.getTree", "params": {}}
 EVENT_FILTER = {"channels": ["lifecycle", "values"]}
+MCP_PING = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+MCP_ACCEPT = {"Accept": "application/json, text/event-stream"}
 
 RECIPES: dict[str, Recipe] = {
     # system
@@ -418,6 +420,13 @@ RECIPES: dict[str, Recipe] = {
     "429 POST /threads/{thread_id}/stream/events": lambda c: _streams_full(
         c, "/threads/{thread}/stream/events", method="POST", json=EVENT_FILTER
     ),
+    # MCP
+    "200 POST /mcp": lambda c: c.call("POST", "/mcp/", json=MCP_PING, headers=MCP_ACCEPT),
+    "202 POST /mcp": lambda c: c.call(
+        "POST", "/mcp/", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=MCP_ACCEPT
+    ),
+    "400 POST /mcp": lambda c: c.call("POST", "/mcp/", json=MCP_PING, headers={"Accept": "application/json"}),
+    "404 DELETE /mcp": lambda c: c.call("DELETE", "/mcp/"),
     "204 POST /runs/cancel": lambda c: c.call("POST", "/runs/cancel", json={"status": "pending"}),
     "404 POST /runs/cancel": lambda c: c.call(
         "POST", "/runs/cancel", json={"thread_id": RANDOM, "run_ids": [RANDOM]}
