@@ -223,8 +223,9 @@ class AssistantVersion(models.Model):
 
 class ThreadQuerySet(OwnedQuerySet):
     def inactive_since(self, moment: datetime) -> ThreadQuerySet:
-        """Threads not updated since ``moment`` and with no pending or running run."""
-        return self.filter(updated_at__lt=moment).exclude(
+        """Threads not updated since ``moment``, with no pending or running run and no cron (a
+        monthly cron's thread is quiet between its runs, not abandoned)."""
+        return self.filter(updated_at__lt=moment, crons__isnull=True).exclude(
             runs__status__in=RunStatus.active()
         )
 

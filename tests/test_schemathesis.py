@@ -68,6 +68,7 @@ ID_PARAMETERS = {
     "assistant_id": "assistant_id",
     "checkpoint_id": "checkpoint_id",
     "id": "execution_id",
+    "cron_id": "cron_id",
 }
 
 
@@ -138,12 +139,17 @@ def _seed(base_url: str, identity: Identity) -> None:
     execution = call(
         "POST", "/api/v1/executions", json={"type": "agent", "target_id": "echo", "inputs": meta}
     )
+    cron = call(
+        "POST", f"/threads/{thread_id}/runs/crons",
+        json={"assistant_id": assistant["assistant_id"], "schedule": "0 0 1 1 *", "metadata": meta},
+    )
     identity.seed = {
         "assistant_id": assistant["assistant_id"],
         "thread_id": thread_id,
         "run_id": run["run_id"],
         "checkpoint_id": state["checkpoint"]["checkpoint_id"],
         "execution_id": execution["execution_id"],
+        "cron_id": cron["cron_id"],
     }
 
 

@@ -6,6 +6,7 @@
 - ``state``: a new checkpoint from the API, the latest state cached on the thread row;
 - ``runs``: create (the API's hottest write), take over a temporary thread, delete;
 - ``cancel``: cancelling one run, a thread's or a user's;
+- ``crons``: scheduled runs (create, update, delete) and their firing by the workers' sweep;
 - ``waiting``: the responses that follow a run to its end (``/wait``, ``/join``, the run streams):
   the run they create, its end read, a client hanging up;
 - ``idempotency`` and ``inputs``: the ``Idempotency-Key`` rule and the checks of ids and sizes.

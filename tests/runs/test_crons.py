@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from io import StringIO
 
 import pytest
+from django.core.management import call_command
 from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
 from runs.graphs import system_assistant_id
-from runs.models import Cron, CronFiring, Run, RunStatus
-from runs.services.crons import crons_fire_due
+from runs.models import Cron, CronFiring, Run, RunStatus, Thread
+from runs.services.crons import cron_fire, crons_fire_due
 from tests.runs.test_api import assert_matches
 
 pytestmark = pytest.mark.django_db
@@ -336,8 +338,6 @@ def test_a_cron_read_before_another_worker_fired_it_fires_nothing(api) -> None:
     stale = Cron.objects.select_related("owner").get(pk=cron["cron_id"])
     now = _next_run(cron) + timedelta(seconds=1)
     assert crons_fire_due(now=now) == 1
-    from runs.services.crons import cron_fire
-
     assert cron_fire(cron=stale, now=now) is None
     assert len(_runs(api, thread_id)) == 1
 
@@ -402,3 +402,12 @@ def test_admin_lists_crons_and_enables_disables(client, make_user, api, django_a
     assert "Enabled 1 cron(s)" in response.content.decode()
     enabled = api.get(f"/runs/crons/{on_thread['cron_id']}").json()
     assert enabled["enabled"] is True and _next_run(enabled) > datetime.now(UTC)
+
+
+def test_threads_prune_keeps_a_thread_with_a_cron(api) -> None:
+    with_cron, without = _thread(api), _thread(api)
+    _thread_cron(api, with_cron, schedule="0 0 1 * *")
+    Thread.objects.update(updated_at=timezone.now() - timedelta(days=40))
+    call_command("threads", "prune", "--older-than", "30", stdout=StringIO())
+    assert api.get(f"/threads/{with_cron}").status_code == 200
+    assert api.get(f"/threads/{without}").status_code == 404
