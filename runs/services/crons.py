@@ -120,6 +120,8 @@ def cron_create(*, owner, body: dict[str, Any], thread_id: Any = None) -> Cron:
     _check_run_body(payload, metadata)
     if thread is not None:
         # A thread cron's runs go on its thread: on_run_completed is a stateless cron's.
+        if body.get("on_run_completed") is not None:
+            raise Unprocessable("on_run_completed applies to stateless crons only; this cron runs on a thread.")
         on_run_completed = ""
     else:
         on_run_completed = body.get("on_run_completed") or "delete"
@@ -168,12 +170,15 @@ def cron_update(*, cron: Cron, body: dict[str, Any]) -> Cron:
     now = timezone.now()
     for name, value in changes.items():
         setattr(cron, name, value)
+    fields = [*changes, "updated_at"]
     if {"schedule", "timezone", "end_time", "enabled"} & changes.keys():
         cron.next_run_date = cron_next_run(
             schedule=cron.schedule, tz_name=cron.timezone, after=now, end_time=cron.end_time
         )
+        fields.append("next_run_date")
     cron.updated_at = now
-    cron.save()
+    # Only what changed: a firing may have moved next_run_date on since this cron was read.
+    cron.save(update_fields=fields)
     return cron
 
 
@@ -215,35 +220,37 @@ def cron_fire(*, cron: Cron, now: datetime) -> CronFiring | None:
         schedule=cron.schedule, tz_name=cron.timezone, after=max(now, scheduled), end_time=cron.end_time
     )
     past_end = cron.end_time is not None and scheduled > cron.end_time
-    try:
-        with transaction.atomic():
-            moved = Cron.objects.filter(pk=cron.pk, enabled=True, next_run_date=scheduled).update(
-                next_run_date=following
-            )
-            if not moved or past_end:
-                return None
-            firing = CronFiring.objects.create(cron=cron, scheduled_for=scheduled, fired_at=now)
-            try:
-                with transaction.atomic():
-                    run = run_create(
-                        owner=cron.owner,
-                        body=_fire_body(cron),
-                        thread_id=cron.thread_id,
-                        on_completion=cron.on_run_completed if cron.thread_id is None else "",
-                        thread_metadata=cron.metadata if cron.thread_id is None else None,
-                    )
-            except APIException as exc:
-                # The thread's reject strategy, the active-runs cap, a webhook no longer allowed:
-                # this firing makes no run; the next one tries again.
-                firing.error = f"{type(exc).__name__}: {exc.detail}"
-                logger.info("cron %s fired for %s without a run: %s", cron.pk, scheduled, firing.error)
-            else:
-                firing.run_id, firing.thread_id = run.pk, run.thread_id
-            firing.save(update_fields=["run_id", "thread_id", "error"])
-            return firing
-    except IntegrityError:
-        # This time's firing is already recorded (a concurrent sweep with a stale read).
-        return None
+    with transaction.atomic():
+        moved = Cron.objects.filter(pk=cron.pk, enabled=True, next_run_date=scheduled).update(
+            next_run_date=following
+        )
+        if not moved or past_end:
+            return None
+        try:
+            with transaction.atomic():
+                firing = CronFiring.objects.create(cron=cron, scheduled_for=scheduled, fired_at=now)
+        except IntegrityError:
+            # This time already fired (next_run_date was set back to it since): moving on is all
+            # there is to do.
+            return None
+        try:
+            with transaction.atomic():
+                run = run_create(
+                    owner=cron.owner,
+                    body=_fire_body(cron),
+                    thread_id=cron.thread_id,
+                    on_completion=cron.on_run_completed if cron.thread_id is None else "",
+                    thread_metadata=cron.metadata if cron.thread_id is None else None,
+                )
+        except APIException as exc:
+            # The thread's reject strategy, the active-runs cap, a webhook no longer allowed:
+            # this firing makes no run; the next one tries again.
+            firing.error = f"{type(exc).__name__}: {exc.detail}"
+            logger.info("cron %s fired for %s without a run: %s", cron.pk, scheduled, firing.error)
+        else:
+            firing.run_id, firing.thread_id = run.pk, run.thread_id
+        firing.save(update_fields=["run_id", "thread_id", "error"])
+        return firing
 
 
 def crons_fire_due(*, now: datetime | None = None) -> int:

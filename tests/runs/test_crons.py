@@ -411,3 +411,25 @@ def test_threads_prune_keeps_a_thread_with_a_cron(api) -> None:
     call_command("threads", "prune", "--older-than", "30", stdout=StringIO())
     assert api.get(f"/threads/{with_cron}").status_code == 200
     assert api.get(f"/threads/{without}").status_code == 404
+
+
+def test_a_time_that_already_fired_is_skipped_not_stuck(api) -> None:
+    thread_id = _thread(api)
+    cron = _thread_cron(api, thread_id)
+    first = _next_run(cron)
+    assert crons_fire_due(now=first + timedelta(seconds=1)) == 1
+    # Set back to a time that fired (a write that raced the firing): passed over, not retried forever.
+    Cron.objects.filter(pk=cron["cron_id"]).update(next_run_date=first)
+    assert crons_fire_due(now=first + timedelta(seconds=2)) == 0
+    assert _next_run(api.get(f"/runs/crons/{cron['cron_id']}").json()) == first + timedelta(minutes=1)
+    assert crons_fire_due(now=first + timedelta(minutes=1, seconds=1)) == 1
+    assert len(_runs(api, thread_id)) == 2
+
+
+def test_a_thread_cron_refuses_on_run_completed(api) -> None:
+    thread_id = _thread(api)
+    response = api.post(
+        f"/threads/{thread_id}/runs/crons", {**EVERY_MINUTE, "on_run_completed": "keep"}, format="json"
+    )
+    assert response.status_code == 422
+    assert "stateless crons only" in response.json()["detail"]

@@ -13,7 +13,8 @@ import pytest
 from langgraph_sdk import get_client, get_sync_client
 from langgraph_sdk.errors import NotFoundError, UnprocessableEntityError
 
-from tests.conftest import figure, wait_for
+from tests.conftest import Cluster, figure, wait_for
+from tests.runs.conftest import GRAPHS_CONFIG
 
 pytestmark = pytest.mark.live
 
@@ -78,11 +79,19 @@ def test_crons_through_the_sdk(live) -> None:
     asyncio.run(scenario())
 
 
+@pytest.fixture
+def second_cluster(live):
+    cluster = Cluster(workers=2, LANGGRAPH_CONFIG=str(GRAPHS_CONFIG))
+    yield cluster
+    cluster.stop()
+
+
 @pytest.mark.slow
-def test_one_minute_crons_fire_within_70_s_and_stop_when_deleted(live) -> None:
-    """Five thread crons and a stateless one, every minute, on the cluster's own sweep (every
-    EXECUTIONS_SWEEP_INTERVAL = 5 s per worker): each fires within 70 s, then once a minute, and
-    never after it is deleted. Lateness: the run's creation after the minute it was due."""
+def test_one_minute_crons_fire_within_70_s_and_stop_when_deleted(live, second_cluster) -> None:
+    """Five thread crons and a stateless one, every minute, swept by two clusters of two workers
+    (each worker every EXECUTIONS_SWEEP_INTERVAL = 5 s): each fires within 70 s, then once a
+    minute, exactly once per minute, and never after it is deleted. Lateness: the run's creation
+    after the minute it was due."""
     client = get_sync_client(url=live.url, api_key=live.api_key)
     threads = [client.threads.create()["thread_id"] for _ in range(5)]
     crons = [
@@ -111,6 +120,17 @@ def test_one_minute_crons_fire_within_70_s_and_stop_when_deleted(live) -> None:
     # A second minute, for more lateness samples.
     wait_for(lambda: len(runs()) >= 2 * len(crons), timeout=70, interval=1, message="the second firings")
     fired = runs()
+    # Exactly once per minute: never two runs of one cron in the same minute, whichever of the
+    # four sweeping workers fired it.
+    for thread_id in threads:
+        minutes = [
+            datetime.fromisoformat(run["created_at"]).replace(second=0, microsecond=0)
+            for run in client.runs.list(thread_id, limit=100)
+        ]
+        assert len(minutes) == len(set(minutes)), minutes
+    kept = client.threads.search(metadata={"cron": "stateless"}, limit=100)
+    minutes = [datetime.fromisoformat(t["created_at"]).replace(second=0, microsecond=0) for t in kept]
+    assert len(minutes) == len(set(minutes)), minutes
     late = []
     for run in fired:
         at = datetime.fromisoformat(run["created_at"])
@@ -119,7 +139,7 @@ def test_one_minute_crons_fire_within_70_s_and_stop_when_deleted(live) -> None:
     late.sort()
     p95 = late[min(len(late) - 1, round(0.95 * (len(late) - 1)))]
     figure(
-        f"cron firing lateness (sweep every 5 s per worker, 2 workers, {len(late)} firings): "
+        f"cron firing lateness (sweep every 5 s per worker, 2 clusters of 2 workers, {len(late)} firings): "
         f"p50 {statistics.median(late):.1f} s, p95 {p95:.1f} s after the minute"
     )
     # Every run goes through a worker like any other.
