@@ -7,7 +7,10 @@ Measured against the already started uvicorn + qcluster of `bench/run.py` (whose
    model call), each on a thread of its own, all started together through langgraph-sdk's async
    client (``runs.wait``): time until the last answer, runs/s, p50 / p95 per wait. Target (issue
    12): all done in <= 4 s with 2 workers (>= 25 runs/s, 0.98 /s before), p95 <= 3 s.
-2. memory: ``IN_FLIGHT`` such runs (sleeping ``IN_FLIGHT_SLEEP`` s) created through the API and
+2. the same burst of ``async def`` executions: ``BURST`` executions of the ``wait`` agent
+   (``seconds``: 2) created together through the Executions API; time until the last completed,
+   p50 / p95 of created -> completed from their rows. Same targets.
+3. memory: ``IN_FLIGHT`` such runs (sleeping ``IN_FLIGHT_SLEEP`` s) created through the API and
    in flight at once; the cluster's resident memory (every process of its group) before and
    while they run, divided by the runs in flight. Target: < 2 MB per run.
 """
@@ -27,7 +30,7 @@ BURST_SLEEP = 2.0
 BURST_TARGET_S = 4.0
 BURST_P95_TARGET_S = 3.0
 IN_FLIGHT = 1000
-IN_FLIGHT_SLEEP = 20.0
+IN_FLIGHT_SLEEP = 60.0  # long enough for 1,000 creates through one API process to overlap
 MB_PER_RUN_TARGET = 2.0
 # Runs in flight per worker the bench's cluster allows: the memory phase's 1,000 on 2 workers.
 BENCH_RUNS_CONCURRENCY = 500
@@ -80,6 +83,40 @@ async def _burst(base_url: str, api_key: str, count: int) -> tuple[float, list[f
     return time.perf_counter() - started, list(latencies)
 
 
+async def _executions_burst(base_url: str, api_key: str, count: int) -> list[str]:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {api_key}"},
+                                 timeout=60, limits=httpx.Limits(max_connections=count)) as client:
+        async def one() -> str:
+            response = await client.post("/api/v1/executions", json={
+                "type": "agent", "target_id": "wait", "inputs": {"seconds": BURST_SLEEP}})
+            if response.status_code != 201:
+                raise ConcurrencyBenchError(
+                    f"POST /api/v1/executions answered {response.status_code}: {response.text[:300]}"
+                )
+            return response.json()["execution_id"]
+
+        return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+def _executions_measure(base_url: str, api_key: str, count: int) -> tuple[float, list[float]]:
+    from executions.models import Execution, ExecutionStatus
+
+    started = time.perf_counter()
+    ids = asyncio.run(_executions_burst(base_url, api_key, count))
+    deadline = time.monotonic() + 120
+    while Execution.objects.filter(pk__in=ids, status__in=[ExecutionStatus.PENDING, ExecutionStatus.RUNNING]).exists():
+        if time.monotonic() > deadline:
+            raise ConcurrencyBenchError("the async executions did not end within 2 minutes")
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    rows = list(Execution.objects.filter(pk__in=ids).values_list("status", "created_at", "completed_at"))
+    if any(status != ExecutionStatus.COMPLETED for status, _, _ in rows):
+        raise ConcurrencyBenchError(f"async executions ended {sorted({status for status, _, _ in rows})}")
+    return elapsed, [(completed - created).total_seconds() for _, created, completed in rows]
+
+
 async def _in_flight(base_url: str, api_key: str, count: int) -> list[str]:
     from langgraph_sdk import get_client
 
@@ -109,10 +146,13 @@ def concurrency_measure(
     asyncio.run(_burst(base_url, api_key, 8))
     elapsed, latencies = asyncio.run(_burst(base_url, api_key, burst))
     check()
+    _executions_measure(base_url, api_key, 8)  # the wait agent's first runs: not measured
+    executions_elapsed, executions_latencies = _executions_measure(base_url, api_key, burst)
+    check()
 
     rss_before = group_rss_bytes(cluster_pgid)
     run_ids = asyncio.run(_in_flight(base_url, api_key, in_flight))
-    deadline = time.monotonic() + IN_FLIGHT_SLEEP
+    deadline = time.monotonic() + IN_FLIGHT_SLEEP / 2
     peak_running, rss_at_peak = 0, rss_before
     while time.monotonic() < deadline:
         running = Run.objects.filter(pk__in=run_ids, status=RunStatus.RUNNING).count()
@@ -138,6 +178,9 @@ def concurrency_measure(
         "concurrency_burst_s": elapsed,
         "concurrency_burst_per_s": burst / elapsed,
         "concurrency_burst_ms": [1000 * v for v in latencies],
+        "concurrency_executions_s": executions_elapsed,
+        "concurrency_executions_per_s": burst / executions_elapsed,
+        "concurrency_executions_ms": [1000 * v for v in executions_latencies],
         "concurrency_in_flight": peak_running,
         "concurrency_rss_before_mb": rss_before / 2**20,
         "concurrency_rss_in_flight_mb": rss_at_peak / 2**20,
@@ -155,6 +198,8 @@ def concurrency_report_rows(results: dict[str, Any]) -> list[tuple[str, str, str
 
     latencies = results["concurrency_burst_ms"]
     p95 = _percentile(latencies, 0.95)
+    executions = results["concurrency_executions_ms"]
+    executions_p95 = _percentile(executions, 0.95)
     per_run = results["concurrency_mb_per_run"]
     return [
         (f"runs.wait echo sleeping {BURST_SLEEP:.0f} s, {results['concurrency_burst_n']} at once, a thread each",
@@ -162,6 +207,11 @@ def concurrency_report_rows(results: dict[str, Any]) -> list[tuple[str, str, str
          f"<= {BURST_TARGET_S:.0f} s", verdict(results["concurrency_burst_s"] <= BURST_TARGET_S)),
         ("  p50 / p95 per wait", f"{_percentile(latencies, 0.5):.0f} / {p95:.0f} ms",
          f"p95 <= {1000 * BURST_P95_TARGET_S:.0f} ms", verdict(p95 <= 1000 * BURST_P95_TARGET_S)),
+        (f"async executions of `wait` ({BURST_SLEEP:.0f} s), {results['concurrency_burst_n']} created at once",
+         f"{results['concurrency_executions_s']:.2f} s ({results['concurrency_executions_per_s']:.1f} /s)",
+         f"<= {BURST_TARGET_S:.0f} s", verdict(results["concurrency_executions_s"] <= BURST_TARGET_S)),
+        ("  p50 / p95 created -> completed", f"{_percentile(executions, 0.5):.0f} / {executions_p95:.0f} ms",
+         f"p95 <= {1000 * BURST_P95_TARGET_S:.0f} ms", verdict(executions_p95 <= 1000 * BURST_P95_TARGET_S)),
         (f"cluster memory per run in flight ({results['concurrency_in_flight']} sleeping echo runs)",
          f"{per_run:.2f} MB", f"< {MB_PER_RUN_TARGET:.0f} MB", verdict(per_run < MB_PER_RUN_TARGET)),
         ("  cluster RSS idle / with them in flight",

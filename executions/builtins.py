@@ -37,6 +37,18 @@ def sleep(inputs: dict, ctx) -> dict:
     return {"slept": seconds}
 
 
+@agent("wait", inputs=SleepInputs)
+async def wait(inputs: dict, ctx) -> dict:
+    """Awaits `seconds` (a stand-in for a model API call), reporting progress every second: an
+    `async def` agent, so a worker process runs many at once; a cancel stops it at once."""
+    seconds = inputs["seconds"]
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < seconds:
+        await ctx.progress(percentage=100.0 * elapsed / seconds, step_name="waiting")
+        await ctx.sleep(min(1.0, seconds - elapsed))
+    return {"waited": seconds}
+
+
 class FailInputs(serializers.Serializer):
     message = serializers.CharField(
         required=False, default="failed on purpose", help_text="The error message to fail with."

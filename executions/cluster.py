@@ -19,8 +19,9 @@ dead worker could leave taken:
   worker whose sentinel is gone stops too.
 - The one lock left is each worker's django-q2 timer, shared with the sentinel alone, which waits
   for it a bounded time: a worker that died holding it cannot stall the sentinel.
-- A worker hands graph runs to its process's event loop (``executions.worker_loop``) and reads the
-  broker again only while that loop has room (``RUNS_CONCURRENCY_PER_WORKER``). When it stops
+- A worker hands graph runs and ``async def`` executions to its process's event loop
+  (``executions.worker_loop``) and reads the broker again only while that loop has room
+  (``RUNS_CONCURRENCY_PER_WORKER``, ``EXECUTIONS_CONCURRENCY_PER_WORKER``). When it stops
   (the flag, or recycled) it lets the jobs on its loop finish for ``WORKER_GRACE_SECONDS``, then
   gives the rest back to the queue before it exits; the sentinel waits for that.
 
@@ -193,7 +194,10 @@ class BrokerLink:
 def _work(link: BrokerLink, timer: Synchronized, timeout: int | None) -> None:
     """A worker process: django-q2's loop on its own link to the broker, and the process's event
     loop for the jobs its tasks hand over (``executions.worker_loop``), drained at the end."""
-    capacity = {"runs": int(settings.RUNS_CONCURRENCY_PER_WORKER)}
+    capacity = {
+        "runs": int(settings.RUNS_CONCURRENCY_PER_WORKER),
+        "executions": int(settings.EXECUTIONS_CONCURRENCY_PER_WORKER),
+    }
     host = None
     if max(capacity.values()) > 1:
         host = worker_loop.start(capacity, block_warn=float(settings.WORKER_LOOP_BLOCK_WARN_SECONDS))

@@ -12,6 +12,8 @@ worker, or failed it: its writes change nothing, and it stops its target with th
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import logging
 import os
@@ -19,19 +21,25 @@ import socket
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from typing import Any, ClassVar, TypeVar, cast
 from uuid import UUID
 
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import Error as DatabaseFailure
 from django.db import InterfaceError, OperationalError, connection
+from django.db.models import F
 from django.utils import timezone
 from django_q.exceptions import TimeoutException
 
+from executions import worker_loop
 from executions.completion import execution_ended_notify
 from executions.models import Execution, ExecutionEventType, ExecutionStatus, ExecutionType
+from executions.queueing import enqueue_execution
 from executions.registry import TargetNotFound, registry
 from executions.scheduling import execution_claim, execution_slot_freed
 from executions.transitions import (
@@ -455,18 +463,44 @@ def _stopped(ctx: ExecutionContext) -> str:
 def execute(execution_id: UUID | str) -> str:
     """Run one execution to a terminal state. Returns what happened, for logs and tests:
     ``completed``, ``failed``, ``retrying``, ``cancelled``, ``superseded`` (this worker lost its
-    claim meanwhile and stopped), or ``skipped`` (nothing to claim)."""
+    claim meanwhile and stopped), ``released`` (given back to the queue by its stopping worker),
+    ``handed over`` (an ``async def`` target, handed to the worker's event loop, where it runs
+    beside others) or ``skipped`` (nothing to claim)."""
     execution = claim(execution_id)
     if execution is None:
         return "skipped"
     ctx = ExecutionContext(execution)
     heartbeat = Heartbeat(ctx, settings.EXECUTIONS_HEARTBEAT_INTERVAL)
     heartbeat.start()
+    if not _is_async(execution):
+        return _conclude(execution, ctx, heartbeat, lambda: _run_target(execution, ctx))
+    host = worker_loop.current()
+    if host is None or "executions" not in host.capacity:
+        # No loop of the worker's here (tests, django-q2's sync mode): this thread waits for it.
+        return _conclude(execution, ctx, heartbeat, lambda: async_to_sync(_drive_async)(execution, ctx, None))
+    host.take("executions")
+    host.spawn("executions", f"execution {execution.pk}", partial(_execute_on_loop, execution, ctx, heartbeat))
+    return "handed over"
+
+
+def _conclude(
+    execution: Execution, ctx: ExecutionContext, heartbeat: Heartbeat, produce: Callable[[], Any]
+) -> str:
+    """Record the end of the execution as ``produce()`` (the target's outputs, or what it raised)
+    says."""
     try:
         try:
-            outputs = _jsonable(_run_target(execution, ctx))
+            outputs = _jsonable(produce())
+        except Released:
+            return _release(ctx, execution)
         except ExecutionCancelled:
             return _stopped(ctx)
+        except TimeoutError:  # an async target past EXECUTIONS_TIMEOUT, stopped by its loop
+            finished = execution_finish(
+                claim=ctx.claim, status=ExecutionStatus.FAILED,
+                error=_error("timeout", f"The execution exceeded its time limit ({settings.EXECUTIONS_TIMEOUT} s)."),
+            )
+            return "failed" if finished else _stopped(ctx)
         except TimeoutException as exc:
             execution_finish(
                 claim=ctx.claim,
@@ -506,6 +540,215 @@ def execute(execution_id: UUID | str) -> str:
         if ctx.stop_reason != SUPERSEDED:
             execution_slot_freed(execution)
         # Whatever ended it (this worker, a cancel, recovery), once; a superseded worker's job
-        # has not ended, or whoever ended it notified.
-        if execution.webhook and ctx.stop_reason != SUPERSEDED:
+        # has not ended, or whoever ended it notified; a released one has not ended.
+        if execution.webhook and ctx.stop_reason not in (SUPERSEDED, RELEASED):
             execution_ended_notify(execution_id=execution.pk)
+
+
+# --- async targets, on the worker's event loop -------------------------------------------------------
+
+RELEASED = "released"
+
+
+class Released(Exception):
+    """The worker stopped (a deploy) before the target ended: it goes back to the queue."""
+
+
+def _is_async(execution: Execution) -> bool:
+    """Whether the execution's target is ``async def`` (an agent, or a pipeline with such a step):
+    it then runs on the worker's event loop, beside others, rather than holding the worker."""
+    try:
+        target = registry.get(execution.type, execution.target_id)
+        if execution.type == ExecutionType.AGENT:
+            return inspect.iscoroutinefunction(target.agent_function)
+        steps = target.steps_for(target.validate_inputs(execution.inputs))
+    except Exception:  # noqa: BLE001 a target or inputs the sync path reports as its failure
+        return False
+    return any(inspect.iscoroutinefunction(pipeline_step.function) for pipeline_step in steps)
+
+
+class AsyncExecutionContext:
+    """What an ``async def`` target sees as ``ctx``: ``ExecutionContext``'s calls, awaited (they
+    write to the database in the worker's database thread, not on the event loop).
+
+    A cancel stops the target at its current ``await`` (its task is cancelled: ``CancelledError``,
+    re-raised after any cleanup) within ``EXECUTIONS_CANCEL_CHECK_INTERVAL``."""
+
+    def __init__(self, ctx: ExecutionContext) -> None:
+        self._ctx = ctx
+        self.execution_id = ctx.execution_id
+        self.inputs = ctx.inputs
+        self.config = ctx.config
+
+    async def progress(
+        self, current_step: int | None = None, total_steps: int | None = None,
+        step_name: str | None = None, percentage: float | None = None,
+    ) -> None:
+        await sync_to_async(self._ctx.progress)(current_step, total_steps, step_name, percentage)
+
+    async def log(self, message: str, **data: Any) -> None:
+        await sync_to_async(self._ctx.log)(message, **data)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the execution was cancelled or lost (the loop's watcher keeps this current)."""
+        return self._ctx._cancelled.is_set()
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self._ctx._stop_reason if self.cancelled else None
+
+    async def sleep(self, seconds: float) -> None:
+        """``asyncio.sleep``; a cancel interrupts it like any await."""
+        await asyncio.sleep(seconds)
+
+
+async def _run_target_async(execution: Execution, ctx: ExecutionContext) -> Any:
+    target = registry.get(execution.type, execution.target_id)
+    inputs = target.validate_inputs(execution.inputs)
+    actx = AsyncExecutionContext(ctx)
+    if execution.type == ExecutionType.AGENT:
+        return await cast(Callable[..., Any], target.agent_function)(inputs, actx)
+    steps = target.steps_for(inputs)
+    data: Any = inputs
+    for index, pipeline_step in enumerate(steps, start=1):
+        await actx.progress(current_step=index, total_steps=len(steps), step_name=pipeline_step.name)
+        if inspect.iscoroutinefunction(pipeline_step.function):
+            data = await pipeline_step.function(data, actx)
+        else:  # a sync step of an async pipeline: in a thread of the loop's pool, with the sync ctx
+            data = await sync_to_async(pipeline_step.function, thread_sensitive=False)(data, ctx)
+    return data
+
+
+class ExecutionWatch:
+    """The one watcher of every async execution on an event loop: it reads their rows together
+    every ``EXECUTIONS_CANCEL_CHECK_INTERVAL`` and cancels the task of each one cancelled or lost
+    meanwhile (the heartbeats are ``Heartbeat``'s, as for every execution)."""
+
+    _of_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ExecutionWatch] = weakref.WeakKeyDictionary()
+
+    def __init__(self) -> None:
+        self.watched: dict[ExecutionContext, asyncio.Task] = {}
+        self._task: asyncio.Task | None = None
+
+    @classmethod
+    def of_running_loop(cls) -> ExecutionWatch:
+        loop = asyncio.get_running_loop()
+        watch = cls._of_loop.get(loop)
+        if watch is None:
+            watch = cls._of_loop[loop] = cls()
+        return watch
+
+    def add(self, ctx: ExecutionContext, task: asyncio.Task) -> None:
+        self.watched[ctx] = task
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._watch())
+
+    def discard(self, ctx: ExecutionContext) -> None:
+        self.watched.pop(ctx, None)
+
+    async def _watch(self) -> None:
+        read = sync_to_async(_claims_read)
+        while self.watched:
+            await asyncio.sleep(float(settings.EXECUTIONS_CANCEL_CHECK_INTERVAL))
+            watched = dict(self.watched)
+            try:
+                rows = await read([ctx.execution_id for ctx in watched])
+            except Exception:  # a failed read must not stop the watching; the next one may work
+                logger.exception("cancel check of %d executions failed", len(watched))
+                continue
+            for ctx, task in watched.items():
+                row = rows.get(ctx.execution_id)
+                if row is None or row[0] != ExecutionStatus.RUNNING or not ctx._is_ours(row):
+                    self.discard(ctx)
+                    ctx._stop(ctx._reason_from(row))
+                    task.cancel()
+        self._task = None
+
+
+def _claims_read(ids: list[UUID]) -> dict[UUID, tuple[str, str, int]]:
+    """(status, worker, attempts) of each execution, by id."""
+    try:
+        return {
+            pk: (status, worker, attempts)
+            for pk, status, worker, attempts in Execution.objects.filter(pk__in=ids).values_list(
+                "pk", "status", "worker", "attempts"
+            )
+        }
+    except DatabaseFailure:
+        connection.close()  # reconnect at the next read
+        raise
+
+
+async def _drive_async(execution: Execution, ctx: ExecutionContext, job: worker_loop.Job | None) -> Any:
+    """The async target's outputs; raises what it raised, ``ExecutionCancelled`` once it was
+    stopped, ``Released`` when its worker gave it back, ``TimeoutError`` past the time limit."""
+    task = asyncio.create_task(_run_target_async(execution, ctx))
+    if job is not None:
+        def release() -> None:
+            ctx._stop(RELEASED)
+            task.cancel()
+
+        job.release = release
+    watch = ExecutionWatch.of_running_loop()
+    watch.add(ctx, task)
+    try:
+        async with asyncio.timeout(float(settings.EXECUTIONS_TIMEOUT)):
+            return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not ctx._cancelled.is_set():
+            raise  # the loop itself is going away
+        await asyncio.gather(task, return_exceptions=True)
+        if ctx._stop_reason == RELEASED:
+            raise Released() from None
+        raise ExecutionCancelled() from None
+    except TimeoutError:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
+    finally:
+        watch.discard(ctx)
+
+
+async def _execute_on_loop(
+    execution: Execution, ctx: ExecutionContext, heartbeat: Heartbeat, job: worker_loop.Job
+) -> str:
+    """An async execution on the worker's loop, to its end; recorded in the database thread."""
+    outputs: Any = None
+    failure: BaseException | None = None
+    try:
+        outputs = await _drive_async(execution, ctx, job)
+    except Exception as exc:  # noqa: BLE001 handed to _conclude, which records it as the sync path would
+        failure = exc
+
+    def produce() -> Any:
+        if failure is not None:
+            raise failure
+        return outputs
+
+    return await sync_to_async(_conclude)(execution, ctx, heartbeat, produce)
+
+
+def _release(ctx: ExecutionContext, execution: Execution) -> str:
+    """running -> pending, by a worker that stopped (a deploy) before the target ended: back in
+    the queue at once, the attempt given back (``max_attempts`` is not used up by a deploy). Its
+    fence still holds: the next claim names another worker."""
+    released = _reconnecting(
+        execution_transition,
+        execution_id=ctx.execution_id,
+        allowed=[ExecutionStatus.RUNNING],
+        where=ctx.claim.holds(),
+        event_type=ExecutionEventType.STATUS,
+        event_data={
+            "status": ExecutionStatus.PENDING, "reason": RELEASED, "worker": ctx.claim.worker,
+            "attempt": ctx.claim.attempt,
+        },
+        status=ExecutionStatus.PENDING,
+        heartbeat_at=None,
+        worker="",
+        attempts=F("attempts") - 1,
+    )
+    if not released:
+        return _stopped(ctx)
+    enqueue_execution(execution)
+    return RELEASED

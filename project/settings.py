@@ -302,6 +302,9 @@ RUNS_MAX_ACTIVE_PER_USER = env_int("RUNS_MAX_ACTIVE_PER_USER", 1000)
 # Graph runs one worker process runs at once on its event loop (executions.worker_loop); 1 runs
 # them one at a time in the worker's thread, as django-q2 runs any task.
 RUNS_CONCURRENCY_PER_WORKER = env_int("RUNS_CONCURRENCY_PER_WORKER", 10)
+# Executions of ``async def`` agents and pipelines one worker process runs at once on that loop
+# (sync targets run one at a time in the worker's own thread).
+EXECUTIONS_CONCURRENCY_PER_WORKER = env_int("EXECUTIONS_CONCURRENCY_PER_WORKER", 10)
 # On stop (SIGTERM to the cluster), seconds a worker lets its jobs in flight finish before it
 # gives what is left back to the queue.
 WORKER_GRACE_SECONDS = env_float("WORKER_GRACE_SECONDS", 30.0)

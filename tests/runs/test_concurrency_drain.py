@@ -19,7 +19,7 @@ from tests.conftest import Cluster, figure, wait_for
 from tests.runs.conftest import LiveStack, Server
 from tests.runs.test_concurrency_live import GRAPHS, nap, start_runs
 
-pytestmark = [pytest.mark.slow, pytest.mark.live]
+pytestmark = [pytest.mark.slow, pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
 
 def runs_by_label(inputs: dict[str, dict], runs: dict[str, dict]) -> dict[str, Run]:
@@ -114,3 +114,33 @@ def test_sigterm_lets_short_runs_finish_and_releases_long_ones_at_once_to_run_ag
         if second is not None:
             second.stop()
         server.stop()
+
+
+def test_sigterm_gives_async_executions_left_after_the_grace_back_without_using_an_attempt(api) -> None:
+    from executions.models import Execution, ExecutionStatus
+
+    grace = 3
+    cluster = Cluster(workers=1, WORKER_GRACE_SECONDS=str(grace))
+    second: Cluster | None = None
+    try:
+        def create(seconds: float) -> str:
+            body = {"type": "agent", "target_id": "wait", "inputs": {"seconds": seconds}}
+            return api.post("/api/v1/executions", body, format="json").json()["execution_id"]
+
+        short, long = [create(1) for _ in range(3)], [create(15) for _ in range(3)]
+        wait_for(lambda: Execution.objects.filter(pk__in=short + long, status=ExecutionStatus.RUNNING).count() == 6,
+                 timeout=30, message=lambda: cluster.log()[-3000:])
+        cluster.process.send_signal(signal.SIGTERM)
+        cluster.process.wait(timeout=grace + 15)
+        assert Execution.objects.filter(pk__in=short, status=ExecutionStatus.COMPLETED).count() == 3
+        for execution in Execution.objects.filter(pk__in=long):
+            assert (execution.status, execution.attempts) == (ExecutionStatus.PENDING, 0)
+            assert execution.events.filter(type="status", data__reason="released").exists()
+        second = Cluster(workers=1)
+        wait_for(lambda: Execution.objects.filter(pk__in=long, status=ExecutionStatus.COMPLETED).count() == 3,
+                 timeout=60, message=lambda: (second.log() if second else "")[-3000:])
+        assert set(Execution.objects.filter(pk__in=long).values_list("attempts", flat=True)) == {1}
+    finally:
+        cluster.stop()
+        if second is not None:
+            second.stop()
