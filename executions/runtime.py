@@ -47,6 +47,7 @@ from executions.transitions import (
     execution_event_append_if,
     execution_transition,
 )
+from project.telemetry import job_reported
 
 logger = logging.getLogger(__name__)
 
@@ -469,6 +470,14 @@ def execute(execution_id: UUID | str) -> str:
     execution = claim(execution_id)
     if execution is None:
         return "skipped"
+    with job_reported(
+        kind="execution", job_id=execution.pk, target=execution.target_id, attempt=execution.attempts
+    ) as report:
+        report.outcome = _execute_claimed(execution)
+        return report.outcome
+
+
+def _execute_claimed(execution: Execution) -> str:
     ctx = ExecutionContext(execution)
     heartbeat = Heartbeat(ctx, settings.EXECUTIONS_HEARTBEAT_INTERVAL)
     heartbeat.start()

@@ -26,6 +26,7 @@ from executions.registry import InputsInvalid, TargetNotFound, registry
 from executions.transitions import execution_transition
 from project.api.errors import Conflict, InvalidInput, TooManyActive
 from project.api.idempotency import Idempotency, create_once
+from project.telemetry import job_created
 
 
 def _validated(type_: str, target_id: str, inputs: Any) -> dict:
@@ -148,6 +149,7 @@ def execution_create(
             data={"status": ExecutionStatus.PENDING, "retry_of": str(retry_of.pk) if retry_of else None},
         )
         enqueue_execution_on_commit(execution)
+    job_created(kind="execution", target=target_id)
     return execution
 
 

@@ -152,6 +152,36 @@ PLAIN_VIEW_OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             },
         }
     },
+    # The Agent Server's operation, served by operations.metrics.
+    "metrics": {
+        "get": {
+            "operationId": "system_metrics_metrics_get",
+            "summary": "System Metrics",
+            "description": (
+                "Prometheus text (the default) or a JSON summary of queues, workers, jobs and HTTP "
+                "requests. Open to loopback and staff; from elsewhere it needs "
+                "`Authorization: Bearer $METRICS_TOKEN`."
+            ),
+            "tags": ["System"],
+            "security": [],
+            "parameters": [
+                {
+                    "in": "query", "name": "format", "required": False,
+                    "schema": {"type": "string", "enum": ["prometheus", "json"], "default": "prometheus"},
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "The metrics.",
+                    "content": {
+                        "text/plain": {"schema": {"type": "string"}},
+                        "application/json": {"schema": {"type": "object"}},
+                    },
+                },
+                "422": _error("format is neither prometheus nor json."),
+            },
+        }
+    },
 }
 
 
@@ -161,7 +191,8 @@ def document_plain_views(result: dict, generator: Any, request: Any, public: boo
         for method, operation in PLAIN_VIEW_OPERATIONS.get(route.name, {}).items():
             names = [p["name"] for p in operation.get("parameters", []) if p["in"] == "path"]
             path = rename_parameters(route.path, names)
-            result["paths"].setdefault(path, {})[method] = {**copy.deepcopy(operation), "security": SECURITY}
+            # An operation open to anyone says so with its own empty security.
+            result["paths"].setdefault(path, {})[method] = {"security": SECURITY, **copy.deepcopy(operation)}
     return result
 
 

@@ -18,6 +18,12 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("DATA_DIR", BASE_DIR / "var"))
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 
+# prometheus_client picks its multiprocess mode from this variable when first imported: set here,
+# before any app imports it, and inherited by every process started from this one (workers).
+PROMETHEUS_MULTIPROC_DIR = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or DATA_DIR / "prometheus")
+PROMETHEUS_MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
+
 
 def env_bool(name: str, default: bool) -> bool:
     value = os.environ.get(name)
@@ -92,6 +98,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "project.request_log.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
@@ -315,6 +322,8 @@ METADATA_MAX_BYTES = env_int("METADATA_MAX_BYTES", 64 * 1024)
 
 # --- Operations (health probes, metrics, dashboard) -----------------------------------------------
 
+# Bearer token that GET /metrics asks of requests not from loopback; empty: loopback and staff only.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 # Off: /readyz leaves the workers out (API processes whose workers are scaled on their own).
 HEALTH_REQUIRE_WORKERS = env_bool("HEALTH_REQUIRE_WORKERS", True)
 
@@ -424,12 +433,26 @@ USE_TZ = True
 
 LOGIN_URL = "admin:login"
 
+# LOG_FORMAT=json: one JSON object per line (project.log_format); else one readable line each.
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "text")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "project.log_format.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "text",
+        }
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "WARNING")},
     "loggers": {
         "django_q": {"level": os.environ.get("Q_LOG_LEVEL", "WARNING"), "propagate": True},
+        # One line per HTTP request (agentjobs.http) and per job start and end (agentjobs.jobs);
+        # ACCESS_LOG=0 silences both.
+        "agentjobs": {"level": "INFO" if env_bool("ACCESS_LOG", True) else "WARNING"},
     },
 }

@@ -48,6 +48,7 @@ from django_q.exceptions import TimeoutException
 from checkpoints.sql import Fence, FenceClosed
 from executions import worker_loop
 from project.realtime.sse import encode_data
+from project.telemetry import job_reported
 from runs import dispatch, statements, transitions
 from runs.completion import run_ended_notify
 from runs.graphs import GraphLoadError, GraphNotFound, checkpointer, graph_get, store_index
@@ -888,6 +889,15 @@ def run_execute(run_id: str) -> str:
         run = claim_run(run_id)
         if run is None:
             return "waiting"
+    with job_reported(
+        kind="run", job_id=run.pk, target=run.assistant.graph_id, attempt=run.attempts
+    ) as report:
+        report.outcome = _execute_claimed(run)
+        return report.outcome
+
+
+def _execute_claimed(run: Run) -> str:
+    run_id = run.pk
     connection_used_at = time.monotonic()
     driver = RunDriver(run)
     events: list[statements.EventRow] = []
@@ -995,6 +1005,14 @@ async def _claim_when_due(run_id: str, delay: float, job: worker_loop.Job) -> st
 
 async def _drive_claimed(run: Run, driver: RunDriver, job: worker_loop.Job) -> str:
     """A claimed run on the worker's loop, beside the others, to its end (or release)."""
+    with job_reported(
+        kind="run", job_id=run.pk, target=run.assistant.graph_id, attempt=run.attempts
+    ) as report:
+        report.outcome = await _drive_on_loop(run, driver, job)
+        return report.outcome
+
+
+async def _drive_on_loop(run: Run, driver: RunDriver, job: worker_loop.Job) -> str:
     job.release = partial(driver.stop, RELEASED)
     events: list[statements.EventRow] = []
     try:

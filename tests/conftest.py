@@ -19,6 +19,7 @@ from django.test import override_settings
 from rest_framework.test import APIClient
 
 from accounts.models import api_key_create
+from project.telemetry import multiprocess_files_clean
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,6 +43,8 @@ def worker_environment(worker_id: str, environ: Mapping[str, str]) -> dict[str, 
     env = {
         "DATA_DIR": str(data_dir),
         "Q_CLUSTER_NAME": f"{environ.get('Q_CLUSTER_NAME') or 'agentjobs'}-{worker_id}",
+        # Else inherited from the controller, whose settings set it to its own DATA_DIR's.
+        "PROMETHEUS_MULTIPROC_DIR": str(data_dir / "prometheus"),
     }
     if environ.get("LOCAL_WAKEUPS_DIR"):  # empty turns them off: keep that
         env["LOCAL_WAKEUPS_DIR"] = str(Path(environ["LOCAL_WAKEUPS_DIR"]) / f"xdist-{worker_id}")
@@ -77,6 +80,8 @@ class FewRoundsPBKDF2PasswordHasher(PBKDF2PasswordHasher):
 
 def pytest_configure(config: pytest.Config) -> None:
     override_settings(PASSWORD_HASHERS=[f"{__name__}.FewRoundsPBKDF2PasswordHasher"]).enable()
+    # Every process a session starts leaves its metric files; a scrape reads them all.
+    multiprocess_files_clean(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]), dead_only=True)
     _flush_retries_a_deadlock()
 
 

@@ -76,7 +76,7 @@ def test_the_schema_is_openapi_3_1_with_api_key_security(client) -> None:
     assert schema["openapi"] == "3.1.0"
     assert set(schema["components"]["securitySchemes"]) == {"ApiKeyAuth", "BearerAuth"}
     for key, (_, _, operation) in _operations(schema).items():
-        public = key in {"GET /ok", "GET /info"}
+        public = key in {"GET /ok", "GET /info", "GET /metrics"}
         assert operation["security"] == ([] if public else [{"ApiKeyAuth": []}, {"BearerAuth": []}]), key
         assert public or "401" in operation["responses"], key
 
@@ -204,6 +204,8 @@ RECIPES: dict[str, Recipe] = {
     # system
     "200 GET /ok": lambda c: c.call("GET", "/ok", session=requests.Session()),
     "200 GET /info": lambda c: c.call("GET", "/info", session=requests.Session()),
+    "200 GET /metrics": lambda c: c.call("GET", "/metrics", session=requests.Session()),
+    "422 GET /metrics": lambda c: c.call("GET", "/metrics?format=xml", session=requests.Session()),
     # assistants
     "200 POST /assistants": lambda c: c.call("POST", "/assistants", json={"graph_id": "echo"}),
     "404 POST /assistants": lambda c: c.call(

@@ -31,6 +31,7 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from project.shared_broker import forget_broker, shared_broker
+from project.telemetry import webhook_attempted
 from webhooks.destinations import WebhookUrlInvalid, webhook_url_check
 from webhooks.models import WebhookAttempt, WebhookMessage, WebhookSource, WebhookStatus
 from webhooks.signing import webhook_headers
@@ -195,6 +196,7 @@ def webhook_deliver(*, message_id: UUID | str) -> str:
         WebhookMessage.objects.filter(
             pk=message.pk, status=WebhookStatus.PENDING, attempts=number
         ).update(**fields)
+    webhook_attempted(outcome=outcome)
     if outcome != "delivered":
         logger.info("webhook %s attempt %d: %s", message.pk, number, result.error)
     return outcome

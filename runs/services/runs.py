@@ -20,6 +20,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from project.api.errors import TooManyActive
+from project.telemetry import job_created
 from runs import dispatch, statements
 from runs.completion import run_webhook_check
 from runs.errors import (
@@ -276,6 +277,7 @@ def run_create(
             for other in inflight:
                 run_cancel_locked(run=other, action=strategy)
         dispatch.run_enqueue_on_commit(run.pk, package=queued)
+    job_created(kind="run", target=assistant.graph_id)
     return run
 
 

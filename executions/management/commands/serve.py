@@ -20,6 +20,8 @@ from types import FrameType
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+from project.telemetry import multiprocess_files_clean
+
 # Beyond the cluster's grace, how long its release of what is left may take before it is killed.
 RELEASE_MARGIN = 10.0
 # How long uvicorn gets to close its connections (its own --timeout-graceful-shutdown is 5 s).
@@ -43,6 +45,9 @@ class Command(BaseCommand):
         parser.add_argument("--no-worker", action="store_true", help="serve the API and admin only")
 
     def handle(self, *args, host: str, port: int, no_worker: bool, **options) -> None:
+        # The counters of the last run start again from zero, as Prometheus expects of a restart;
+        # the files of processes still running (another instance on this DATA_DIR) stay.
+        multiprocess_files_clean(settings.PROMETHEUS_MULTIPROC_DIR, dead_only=True)
         server = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", host,
              "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "5"],

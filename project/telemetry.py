@@ -1,0 +1,142 @@
+"""What the platform reports about its own work: Prometheus counters and one log line per job
+start and end.
+
+Counters and histograms live in ``prometheus_client``'s multiprocess mode: every process (API,
+worker, the cluster's reapers) writes its own memory-mapped files in
+``PROMETHEUS_MULTIPROC_DIR`` (set by ``project.settings`` before this module is imported) and
+``GET /metrics`` sums them. Gauges of the present (queue depth, running jobs, workers alive) are
+not kept here: ``operations.metrics`` reads them from the database at scrape time, so no dead
+process leaves a stale value behind.
+
+``kind`` is ``execution`` or ``run``; ``target`` an execution's target id or a run's graph id.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+
+logger = logging.getLogger("agentjobs.jobs")
+
+# From a no-op (milliseconds) to the default one-hour timeout. Few buckets and labels on purpose:
+# every series is read from every process's file at each scrape (operations.metric_files).
+DURATION_BUCKETS = (0.01, 0.05, 0.25, 1, 2.5, 10, 30, 60, 300, 900, 3600)
+
+JOBS_CREATED = Counter(
+    "agentjobs_jobs_created", "Jobs created through the APIs.", ["kind", "target"]
+)
+JOBS_FINISHED = Counter(
+    "agentjobs_jobs_finished",
+    "Attempts that ended in a worker, by how they ended (completed, failed, cancelled, retrying, "
+    "timeout, error, interrupted, superseded, ...).",
+    ["kind", "target", "status"],
+)
+JOB_DURATION = Histogram(
+    "agentjobs_job_duration_seconds",
+    "Seconds from a worker's claim to the attempt's end (any status).",
+    ["kind", "target"],
+    buckets=DURATION_BUCKETS,
+)
+WEBHOOK_DELIVERIES = Counter(
+    "agentjobs_webhook_deliveries",
+    "Webhook delivery attempts, by outcome (delivered, retrying, failed).",
+    ["outcome"],
+)
+HTTP_REQUESTS = Counter(
+    "agentjobs_http_requests",
+    "HTTP requests answered, by route pattern, method and status code.",
+    ["route", "method", "status"],
+)
+HTTP_DURATION = Histogram(
+    "agentjobs_http_request_duration_seconds",
+    "Seconds to answer an HTTP request (to its first byte for a stream).",
+    ["route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+)
+
+
+def job_created(*, kind: str, target: str) -> None:
+    JOBS_CREATED.labels(kind, target).inc()
+
+
+@dataclass
+class JobReport:
+    """One worker attempt at a job, between its claim and its end; ``outcome`` is set by the
+    code that ran it."""
+
+    kind: str
+    job_id: str
+    target: str
+    attempt: int
+    outcome: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+
+@contextmanager
+def job_reported(*, kind: str, job_id: Any, target: str, attempt: int) -> Iterator[JobReport]:
+    """Log the start of a claimed job, and at its end one line and its metrics. An exception
+    that escapes (the task's timeout) counts as ``timeout`` unless an outcome was set."""
+    report = JobReport(kind=kind, job_id=str(job_id), target=target, attempt=attempt)
+    logger.info(
+        "%s %s started: %s (attempt %d)", kind, report.job_id, target, attempt,
+        extra={"event": "job_started", "kind": kind, "job_id": report.job_id, "target": target,
+               "attempt": attempt, "pid": os.getpid()},
+    )
+    try:
+        yield report
+    except BaseException:
+        report.outcome = report.outcome or "timeout"
+        raise
+    finally:
+        seconds = time.monotonic() - report.started
+        status = report.outcome or "unknown"
+        JOBS_FINISHED.labels(kind, target, status).inc()
+        JOB_DURATION.labels(kind, target).observe(seconds)
+        logger.info(
+            "%s %s %s: %s in %.3fs", kind, report.job_id, status, target, seconds,
+            extra={"event": "job_ended", "kind": kind, "job_id": report.job_id, "target": target,
+                   "attempt": attempt, "status": status, "duration_s": round(seconds, 4),
+                   "pid": os.getpid()},
+        )
+
+
+def webhook_attempted(*, outcome: str) -> None:
+    WEBHOOK_DELIVERIES.labels(outcome).inc()
+
+
+def http_answered(*, route: str, method: str, status: int, seconds: float) -> None:
+    HTTP_REQUESTS.labels(route, method, str(status)).inc()
+    HTTP_DURATION.labels(route).observe(seconds)
+
+
+def multiprocess_files_clean(directory: Path, *, dead_only: bool) -> int:
+    """Remove the metric files of earlier processes; returns how many. ``dead_only`` keeps those
+    of processes still running (a test session beside a served instance); otherwise all go, as
+    at a fresh start, where counters starting again from zero is what Prometheus expects."""
+    removed = 0
+    for path in directory.glob("*.db"):
+        if dead_only:
+            pid = path.stem.rsplit("_", 1)[-1]
+            if pid.isdigit() and _alive(int(pid)):
+                continue
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
