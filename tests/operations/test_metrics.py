@@ -140,7 +140,19 @@ def test_worker_processes_count_what_they_run(client: Client, api) -> None:
                        for i in ids)
 
         wait_for(ended, timeout=30, message=cluster.log)
+        waited = api.post(
+            "/runs/wait",
+            {"assistant_id": "echo", "input": {"messages": [{"role": "user", "content": "hi"}]}},
+            format="json",
+        )
+        assert waited.status_code == 200, waited.content
         wait_for(lambda: value(scrape(client), "agentjobs_workers_alive") == 2, timeout=10)
+        # The worker counts a run's end just after recording it, which /wait may answer first.
+        wait_for(
+            lambda: value(scrape(client), "agentjobs_jobs_finished_total", kind="run", target="echo")
+            > value(before, "agentjobs_jobs_finished_total", kind="run", target="echo"),
+            timeout=10,
+        )
         after = scrape(client)
     finally:
         cluster.stop()
@@ -151,6 +163,8 @@ def test_worker_processes_count_what_they_run(client: Client, api) -> None:
     assert delta("agentjobs_jobs_finished_total", kind="execution", target="echo", status="completed") == 2
     assert delta("agentjobs_jobs_finished_total", kind="execution", target="fail", status="failed") == 1
     assert delta("agentjobs_job_duration_seconds_count", kind="execution", target="echo") == 2
+    assert delta("agentjobs_jobs_created_total", kind="run", target="echo") == 1
+    assert delta("agentjobs_jobs_finished_total", kind="run", target="echo", status="success") == 1
     assert value(after, "agentjobs_worker_clusters_alive") == 1
     assert value(after, "agentjobs_queue_depth", kind="execution") == 0
 
