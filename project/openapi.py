@@ -20,9 +20,9 @@ from rest_framework.schemas.generators import EndpointEnumerator
 SECURITY: list[dict[str, list[str]]] = [{"ApiKeyAuth": []}, {"BearerAuth": []}]
 BODY_METHODS = ("post", "put", "patch")
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
-# Routes that are not the API: the admin (HTML, session login), the schema and its viewers, and
-# the orchestrator's probes (/healthz, /readyz).
-NOT_API = re.compile(r"^/(admin|api/schema|api/docs|api/redoc|docs|healthz|readyz)(/|$)")
+# Routes that are not the API: the admin (HTML, session login), the schema and its viewers, the
+# orchestrator's probes (/healthz, /readyz), and A2A's discovery documents (agent cards).
+NOT_API = re.compile(r"^/(admin|api/schema|api/docs|api/redoc|docs|healthz|readyz)(/|$)|^.*/\.well-known/")
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,8 @@ STATUSES: dict[str, tuple[int, ...]] = {
     # MCP: JSON-RPC errors are 200s; a notification is a 202; no sessions, so DELETE is a 404.
     "post /mcp": (200, 202, 400),
     "delete /mcp": (404,),
+    # A2A: a JSON-RPC error is a 200 too; 400 for a body that is no JSON-RPC request.
+    "post /a2a/{assistant_id}": (200, 400, 404, 422),
 }
 # The methods of plain (non-DRF) views whose path the spec lists with more methods than they
 # serve: GET /mcp/ is the spec's own 405.
@@ -216,6 +218,21 @@ PROTOCOL_EVENT = {
     },
 }
 
+# A2A's message/stream: each event's data a JSON-RPC response (Task, status or artifact update).
+A2A_EVENT = {
+    "type": "object",
+    "description": (
+        "One Server-Sent Event per JSON-RPC response: the Task (`submitted`), a `status-update` "
+        "(`working`), an `artifact-update`, then a `status-update` with `final: true`."
+    ),
+    "required": ["data"],
+    "properties": {"data": {"type": "string", "contentMediaType": "application/json"}},
+}
+EVENT_SCHEMAS = {
+    "post /threads/{thread_id}/stream/events": PROTOCOL_EVENT,
+    "post /a2a/{assistant_id}": A2A_EVENT,
+}
+
 # Query parameters of the real server's operations that our views do not read: not documented,
 # rather than documented and ignored.
 UNSUPPORTED_PARAMETERS: dict[str, set[str]] = {
@@ -321,8 +338,7 @@ def _operation(route: Route, method: str, spec_op: dict[str, Any]) -> dict[str, 
     for response in operation["responses"].values():
         for media_type, content in (response.get("content") or {}).items():
             if media_type == "text/event-stream":
-                protocol = key == "post /threads/{thread_id}/stream/events"
-                content["schema"] = copy.deepcopy(PROTOCOL_EVENT if protocol else RUN_EVENT)
+                content["schema"] = copy.deepcopy(EVENT_SCHEMAS.get(key, RUN_EVENT))
     if key in IDEMPOTENT:
         operation["parameters"] = [*operation.get("parameters", []), copy.deepcopy(IDEMPOTENCY_KEY)]
         headers = operation["responses"]["200"].setdefault("headers", {})

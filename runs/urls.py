@@ -8,7 +8,7 @@ malformed one gets the real server's 422, not a 404. No trailing slash, as on th
 from django.urls import path, re_path
 from rest_framework.routers import SimpleRouter
 
-from runs import mcp, protocol_events, store_views, streams, views
+from runs import a2a, mcp, protocol_events, store_views, streams, views
 
 app_name = "runs"
 
@@ -40,5 +40,8 @@ urlpatterns = [
     path("runs/stream", streams.stateless_run_stream, name="run-stream"),  # type: ignore[arg-type]
     # /mcp/ as the spec writes it, and /mcp.
     re_path(r"^mcp/?$", mcp.mcp_endpoint, name="mcp"),
+    path("a2a/<str:assistant_id>", a2a.a2a_endpoint, name="a2a"),
+    path("a2a/<str:assistant_id>/.well-known/agent-card.json", a2a.agent_card_view, name="a2a-agent-card"),
+    path(".well-known/agent-card.json", a2a.agent_card_view, name="agent-card"),
     *router.urls,
 ]

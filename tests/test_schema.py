@@ -429,6 +429,14 @@ RECIPES: dict[str, Recipe] = {
     ),
     "400 POST /mcp": lambda c: c.call("POST", "/mcp/", json=MCP_PING, headers={"Accept": "application/json"}),
     "404 DELETE /mcp": lambda c: c.call("DELETE", "/mcp/"),
+    # A2A
+    "200 POST /a2a/{assistant_id}": lambda c: c.call(
+        "POST", f"/a2a/{c.system_assistant}",
+        json={"jsonrpc": "2.0", "id": "1", "method": "tasks/get", "params": {"id": RANDOM, "contextId": RANDOM}},
+    ),
+    "400 POST /a2a/{assistant_id}": lambda c: c.call(
+        "POST", f"/a2a/{c.system_assistant}", data=b"{", headers={"Content-Type": "application/json"}
+    ),
     "204 POST /runs/cancel": lambda c: c.call("POST", "/runs/cancel", json={"status": "pending"}),
     "404 POST /runs/cancel": lambda c: c.call(
         "POST", "/runs/cancel", json={"thread_id": RANDOM, "run_ids": [RANDOM]}
