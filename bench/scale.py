@@ -100,7 +100,7 @@ class Dialect:
 
     def numbers(self, count: int) -> str:
         if self.vendor == "postgresql":
-            return f"WITH g(n) AS (SELECT generate_series(0, {count - 1}))"
+            return f"WITH g(n) AS (SELECT generate_series(0::bigint, {count - 1}))"
         return f"WITH RECURSIVE g(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM g WHERE n < {count - 1})"
 
     def uuid(self, salt: str) -> str:
