@@ -161,11 +161,11 @@ def load(size: int, *, log: Callable[[str], None] = print) -> dict[str, Any]:
                 "runs_runevent", "runs_run", "runs_thread", "executions_executionevent",
                 "executions_execution",
             ):
-                cursor.execute(f"DELETE FROM {table}")  # noqa: S608 fixed table names
+                cursor.execute(f"DELETE FROM {table}")
         User.objects.filter(username__startswith="scale-").delete()
         user = User.objects.create_user("scale-bench")
         other = User.objects.create_user("scale-other")
-        User.objects.create_superuser("scale-admin", password="scale-admin")  # noqa: S106 bench only
+        User.objects.create_superuser("scale-admin", password="scale-admin")
         _, api_key = api_key_create(user=user, name="scale bench")
         assistant = Assistant.objects.create(owner=user, graph_id="agent", name="scale bench")
 
@@ -173,6 +173,8 @@ def load(size: int, *, log: Callable[[str], None] = print) -> dict[str, Any]:
         owner = f"CASE WHEN n % 10 = 9 THEN {other.pk} ELSE {user.pk} END"
         age = f"(n * {span}.0 / {size})"
         status = _status_case("n", size, ("pending", "running"), ("completed", "failed", "cancelled"))
+        outputs = d.json("'summary'", "'A short summary of report ' || " + d.text("n"), "'tokens'", "n % 900")
+        error = d.json("'type'", "'RuntimeError'", "'message'", "'upstream timed out'")
         target = "CASE n % 5 " + " ".join(f"WHEN {i} THEN '{t}'" for i, t in enumerate(TARGETS)) + " END"
         statements = [
             (
@@ -193,8 +195,8 @@ def load(size: int, *, log: Callable[[str], None] = print) -> dict[str, Any]:
                     CASE WHEN s = 'cancelled' THEN {d.ago(age + " - 2")} END,
                     CASE WHEN s = 'completed' THEN 3 ELSE 1 END, 3, 'summarize',
                     CASE WHEN s = 'completed' THEN 100 ELSE 33 END,
-                    CASE WHEN s = 'completed' THEN {d.json("'summary'", "'A short summary of report ' || " + d.text("n"), "'tokens'", "n % 900")} END,
-                    CASE WHEN s = 'failed' THEN {d.json("'type'", "'RuntimeError'", "'message'", "'upstream timed out'")} END,
+                    CASE WHEN s = 'completed' THEN {outputs} END,
+                    CASE WHEN s = 'failed' THEN {error} END,
                     CASE WHEN s = 'pending' THEN '' ELSE 'bench-host:4242' END,
                     CASE WHEN s = 'pending' THEN NULL ELSE {d.ago(age + " - 1")} END,
                     CASE WHEN s = 'pending' THEN 0 ELSE 1 END, 2, '', ''
@@ -228,6 +230,7 @@ def load(size: int, *, log: Callable[[str], None] = print) -> dict[str, Any]:
                 """,
             ),
         ]
+        run_age = f"(rows.n * {span}.0 / {runs})"
         run_status = _status_case("n", runs, ("pending", "running"), ("success", "error", "interrupted"))
         statements += [
             (
@@ -240,9 +243,9 @@ def load(size: int, *, log: Callable[[str], None] = print) -> dict[str, Any]:
                 )
                 SELECT {d.uuid("r")}, t.thread_id, '{assistant.pk.hex if d.vendor == "sqlite" else assistant.pk}',
                     {user.pk}, rows.s, {d.json()}, {d.json("'input'", d.json("'n'", "rows.n"))}, 'enqueue',
-                    {d.ago(f"(rows.n * {span}.0 / {runs})")}, {d.ago(f"(rows.n * {span}.0 / {runs}) - 2")},
-                    CASE WHEN rows.s = 'pending' THEN NULL ELSE {d.ago(f"(rows.n * {span}.0 / {runs}) - 0.5")} END,
-                    CASE WHEN rows.s IN ('pending', 'running') THEN NULL ELSE {d.ago(f"(rows.n * {span}.0 / {runs}) - 2")} END,
+                    {d.ago(run_age)}, {d.ago(run_age + " - 2")},
+                    CASE WHEN rows.s = 'pending' THEN NULL ELSE {d.ago(run_age + " - 0.5")} END,
+                    CASE WHEN rows.s IN ('pending', 'running') THEN NULL ELSE {d.ago(run_age + " - 2")} END,
                     NULL, '', 1, '', NULL, NULL, '', ''
                 FROM (SELECT n, {run_status} AS s FROM g) AS rows
                 JOIN (SELECT thread_id, ROW_NUMBER() OVER (ORDER BY created_at DESC) - 1 AS k
@@ -273,7 +276,8 @@ def load(size: int, *, log: Callable[[str], None] = print) -> dict[str, Any]:
             cursor.execute(
                 _escaped(f"""{d.numbers(BIG_EVENTS)}
                 INSERT INTO executions_executionevent (execution_id, seq, type, data, at)
-                SELECT %(id)s, n + 3, 'progress', {d.json("'step'", "n", "'message'", "'chunk ' || " + d.text("n"))}, %(now)s
+                SELECT %(id)s, n + 3, 'progress',
+                    {d.json("'step'", "n", "'message'", "'chunk ' || " + d.text("n"))}, %(now)s
                 FROM g
                 """),
                 {**params, "id": big_execution},
@@ -399,7 +403,10 @@ def measure(*, api_key: str, repeat: int, log: Callable[[str], None] = print) ->
         ("GET /api/v1/executions (default)", get(api, "/api/v1/executions")),
         ("?status=failed", get(api, "/api/v1/executions?status=failed")),
         ("?status=pending&status=running", get(api, "/api/v1/executions?status=pending&status=running")),
-        ("?target_id=summarize&ordering=-created_at", get(api, "/api/v1/executions?target_id=summarize&ordering=-created_at")),
+        (
+            "?target_id=summarize&ordering=-created_at",
+            get(api, "/api/v1/executions?target_id=summarize&ordering=-created_at"),
+        ),
         ("?ordering=-created_at", get(api, "/api/v1/executions?ordering=-created_at")),
         ("?ordering=created_at", get(api, "/api/v1/executions?ordering=created_at")),
         ("?ordering=-started_at", get(api, "/api/v1/executions?ordering=-started_at")),
@@ -417,7 +424,10 @@ def measure(*, api_key: str, repeat: int, log: Callable[[str], None] = print) ->
     more = [
         ("GET /api/v1/executions/{id}", get(api, f"/api/v1/executions/{execution}")),
         ("threads search (default)", post("/threads/search", {"limit": 10})),
-        ("threads search by a metadata key", post("/threads/search", {"metadata": {"user_id": "user-42"}, "limit": 10})),
+        (
+            "threads search by a metadata key",
+            post("/threads/search", {"metadata": {"user_id": "user-42"}, "limit": 10}),
+        ),
         ("threads search, status=busy", post("/threads/search", {"status": "busy", "limit": 10})),
         ("threads search, sort_by=updated_at", post("/threads/search", {"sort_by": "updated_at", "limit": 10})),
         ("threads search, offset 10,000", post("/threads/search", {"limit": 10, "offset": 10_000})),

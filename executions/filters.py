@@ -5,6 +5,9 @@ from django_filters.fields import MultipleChoiceField
 
 from executions.models import PRIORITY_MAX, PRIORITY_MIN, Execution, ExecutionStatus, ExecutionType
 
+# Timestamps a row may lack (not started, not finished): they sort last in both directions.
+NULLABLE_ORDERINGS = frozenset({"started_at", "completed_at"})
+
 
 class AnyValueMultipleChoiceField(MultipleChoiceField):
     """Repeatable free-text values (``?target_id=a&target_id=b``): targets come and go, rows stay."""
@@ -19,29 +22,38 @@ class RepeatableValueFilter(django_filters.MultipleChoiceFilter):
 
 class NullsLastOrderingFilter(django_filters.OrderingFilter):
     """Rows without a timestamp (not started, not finished) sort last in both directions, on every
-    database; PostgreSQL and SQLite disagree by default."""
+    database (PostgreSQL and SQLite disagree by default). Only the nullable columns say NULLS LAST:
+    on a NOT NULL column it would stop PostgreSQL from reading the order off an index. The id
+    breaks ties, so pages never repeat or skip rows that share a timestamp."""
 
     def filter(self, qs, value):
         value = [param for param in (value or []) if param.strip("-")]  # `?ordering=,` is no order
         if value in EMPTY_VALUES:
             return qs
         ordering = []
+        descending = False
         for param in value:
             descending = param.startswith("-")
-            expression = F(self.get_ordering_value(param.lstrip("-")).lstrip("-"))
+            name = self.get_ordering_value(param.lstrip("-")).lstrip("-")
+            expression = F(name)
+            nulls_last = True if name in NULLABLE_ORDERINGS else None
             ordering.append(
-                expression.desc(nulls_last=True) if descending else expression.asc(nulls_last=True)
+                expression.desc(nulls_last=nulls_last) if descending else expression.asc(nulls_last=nulls_last)
             )
+        ordering.append(F("id").desc() if descending else F("id").asc())
         return qs.order_by(*ordering)
 
 
 class ExecutionFilter(django_filters.FilterSet):
-    status = django_filters.MultipleChoiceFilter(choices=ExecutionStatus.choices)
-    type = django_filters.MultipleChoiceFilter(choices=ExecutionType.choices)
-    target_id = RepeatableValueFilter()
+    # distinct=False: these filters join nothing, and django-filter's default SELECT DISTINCT over
+    # every column (JSON included) made PostgreSQL sort the whole filtered set.
+    status = django_filters.MultipleChoiceFilter(choices=ExecutionStatus.choices, distinct=False)
+    type = django_filters.MultipleChoiceFilter(choices=ExecutionType.choices, distinct=False)
+    target_id = RepeatableValueFilter(distinct=False)
     priority = django_filters.MultipleChoiceFilter(
         choices=[(str(value), str(value)) for value in range(PRIORITY_MIN, PRIORITY_MAX + 1)],
         help_text="Exact priorities (may repeat).",
+        distinct=False,
     )
     priority_min = django_filters.NumberFilter(
         field_name="priority", lookup_expr="gte", help_text="Priority at least this."

@@ -174,9 +174,33 @@ class Execution(models.Model):
     objects = ExecutionQuerySet.as_manager()
 
     class Meta:
-        ordering = ["-created_at"]
+        # The id breaks ties between rows created in the same microsecond: pages (and cursors)
+        # never repeat or skip a row.
+        ordering = ["-created_at", "-id"]
+        # Every filter and ordering of GET /api/v1/executions is scoped to the owner, so each index
+        # starts with it and ends with the ordering (created_at, id): PostgreSQL reads a page off
+        # the index, forwards or backwards, without sorting the owner's rows. The descending
+        # NULLS LAST orderings of started_at / completed_at have PostgreSQL-only indexes
+        # (migration 0006; SQLite cannot write NULLS LAST in an index and sorts NULLs first).
         indexes = [
-            models.Index(fields=["owner", "-created_at"], name="execution_owner_created"),
+            models.Index(fields=["owner", "created_at", "id"], name="execution_owner_created_id"),
+            models.Index(
+                fields=["owner", "status", "created_at", "id"], name="execution_owner_status_created"
+            ),
+            models.Index(
+                fields=["owner", "target_id", "created_at", "id"], name="execution_owner_target_created"
+            ),
+            # ?status=pending&status=running: an IN list cannot follow (owner, status, created_at)
+            # in created_at order; this small partial index can.
+            models.Index(
+                fields=["owner", "created_at", "id"],
+                condition=Q(status__in=ExecutionStatus.active()),
+                name="execution_owner_active_created",
+            ),
+            models.Index(fields=["owner", "started_at", "id"], name="execution_owner_started"),
+            models.Index(fields=["owner", "completed_at", "id"], name="execution_owner_completed"),
+            # The admin sees every owner's executions, newest first.
+            models.Index(fields=["created_at", "id"], name="execution_created_id"),
             models.Index(fields=["status", "created_at"], name="execution_status_created"),
             models.Index(fields=["target_id", "-created_at"], name="execution_target_created"),
             # The claim walks this index in claiming order: it does not slow down as the queue

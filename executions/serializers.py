@@ -115,8 +115,17 @@ class ExecutionSerializer(serializers.ModelSerializer):
 # The list answers one page object, not the bare array drf-spectacular assumes for list views.
 @extend_schema_serializer(many=False)
 class ExecutionPageSerializer(serializers.Serializer):
-    count = serializers.IntegerField()
-    page = serializers.IntegerField()
+    count = serializers.IntegerField(
+        required=False, help_text="Page-number mode: the matching rows, exact up to 10,000."
+    )
+    count_is_estimate = serializers.BooleanField(
+        required=False, help_text="Page-number mode: true when `count` is PostgreSQL's estimate."
+    )
+    page = serializers.IntegerField(required=False, help_text="Page-number mode only.")
+    next = serializers.URLField(allow_null=True, required=False, help_text="Cursor mode: the next page.")
+    previous = serializers.URLField(
+        allow_null=True, required=False, help_text="Cursor mode: the previous page."
+    )
     page_size = serializers.IntegerField()
     executions = ExecutionSerializer(many=True)
 

@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 from uuid import UUID
 
-from django.db import transaction
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import F, FloatField, Q
+from django.db.models import F, FloatField, Model, Q
 from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
@@ -216,3 +216,23 @@ def claim_sql(
         "pending", when, hint_param, *saturated_targets, *saturated_owners,
     ]
     return sql, params
+
+
+def indexed_distinct_values(model: type[Model], column: str, *, using: str = DEFAULT_DB_ALIAS) -> list[Any]:
+    """The distinct non-NULL values of ``column``, which must lead an index, in order.
+
+    A recursive "loose index scan": one index probe per distinct value (MIN above the previous
+    one) instead of ``SELECT DISTINCT``, which reads the whole table or index. The admin's filter
+    sidebars ask this of a million rows with a handful of targets and owners.
+    """
+    connection = connections[using]
+    table = connection.ops.quote_name(model._meta.db_table)
+    name = connection.ops.quote_name(column)
+    sql = (
+        f"WITH RECURSIVE v(x) AS (SELECT MIN({name}) FROM {table} "
+        f"UNION ALL SELECT (SELECT MIN({name}) FROM {table} WHERE {name} > v.x) FROM v "
+        f"WHERE v.x IS NOT NULL) SELECT x FROM v WHERE x IS NOT NULL"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        return [row[0] for row in cursor.fetchall()]

@@ -5,7 +5,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -13,7 +13,14 @@ from rest_framework.views import APIView
 from executions import selectors, services
 from executions.filters import ExecutionFilter
 from executions.models import Execution
-from executions.pagination import page_params
+from executions.pagination import (
+    EXACT_COUNT_LIMIT,
+    MAX_OFFSET,
+    count_bounded,
+    cursor_ordering,
+    cursor_page,
+    page_params,
+)
 from executions.serializers import (
     ErrorResponseSerializer,
     ExecutionCreatedSerializer,
@@ -57,25 +64,40 @@ class ExecutionViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("page", OpenApiTypes.INT, description="Page number, from 1."),
+            OpenApiParameter(
+                "cursor", OpenApiTypes.STR,
+                description="Cursor pagination, the recommended mode: empty for the first page, "
+                "then the `next` / `previous` links. Each page costs the same however deep; "
+                "ordering by created_at or -created_at (default) only.",
+            ),
+            OpenApiParameter(
+                "page", OpenApiTypes.INT,
+                description=f"Page number, from 1 (without `cursor`). Pages reach the first "
+                f"{MAX_OFFSET:,} rows; `count` is exact up to {EXACT_COUNT_LIMIT:,} rows and an "
+                "estimate above (`count_is_estimate: true`).",
+            ),
             OpenApiParameter("page_size", OpenApiTypes.INT, description="1 to 100, default 20."),
         ],
         responses={200: ExecutionPageSerializer, 400: ErrorResponseSerializer, **ERRORS_401},
     )
     def list(self, request: Request) -> Response:
-        page, page_size = page_params(request)
         queryset = self.filter_queryset(self.get_queryset())
-        count = queryset.count()
-        start = (page - 1) * page_size
-        rows = list(queryset[start : start + page_size]) if start < count else []
-        return Response(
-            {
-                "count": count,
-                "page": page,
-                "page_size": page_size,
-                "executions": ExecutionSerializer(rows, many=True, context={"request": request}).data,
-            }
-        )
+        if "cursor" in request.query_params:
+            if "page" in request.query_params:
+                raise ValidationError({"page": ["`page` and `cursor` exclude each other."]})
+            _, page_size = page_params(request)
+            rows, next_url, previous_url = cursor_page(
+                request, queryset, ordering=cursor_ordering(request), page_size=page_size
+            )
+            body = {"next": next_url, "previous": previous_url, "page_size": page_size}
+        else:
+            page, page_size = page_params(request)
+            count, estimated = count_bounded(queryset)
+            start = (page - 1) * page_size
+            rows = list(queryset[start : start + page_size])
+            body = {"count": count, "count_is_estimate": estimated, "page": page, "page_size": page_size}
+        body["executions"] = ExecutionSerializer(rows, many=True, context={"request": request}).data
+        return Response(body)
 
     @extend_schema(
         request=ExecutionCreateSerializer,

@@ -14,14 +14,17 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from executions.pagination import EstimatedCountPaginator
 from project.api.renderers import json_text
+from project.uuid_prefix import uuid_prefix_range
 from runs import services
 from runs.admin_streams import run_status_snapshot, run_status_stream
 from runs.models import (
@@ -103,7 +106,11 @@ class ThreadAdmin(ReadOnlyAdmin):
     list_display = ("thread_id", "owner", "status", "run_count", "latest_run", "updated_at")
     list_filter = ("status", "temporary")
     search_fields = ("thread_id", "owner__username")
+    search_help_text = "Search by thread id (full, or its first characters) or owner's username."
     list_select_related = ("owner",)
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
+    show_facets = admin.ShowFacets.NEVER
     readonly_fields = (
         "thread_id", "owner", "status", "metadata_json", "created_at", "updated_at",
         "state_updated_at", "error_json", "state_viewer",
@@ -112,18 +119,34 @@ class ThreadAdmin(ReadOnlyAdmin):
     metadata_json = _json_field("metadata")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        latest = Run.objects.filter(thread=OuterRef("pk")).order_by("-created_at")
+        runs = Run.objects.filter(thread=OuterRef("pk"))
+        latest = runs.order_by("-created_at")
+        # Subqueries, not Count("runs") with a GROUP BY: those are computed for the page's rows
+        # only, where the GROUP BY joined every thread with every run before the LIMIT.
+        count = runs.order_by().values("thread").annotate(n=Count("*")).values("n")
         return (
             super()
             .get_queryset(request)
             .annotate(
-                _run_count=Count("runs"),
+                _run_count=Coalesce(Subquery(count), 0),
                 _latest_run_id=Subquery(latest.values("run_id")[:1]),
                 _latest_run_status=Subquery(latest.values("status")[:1]),
             )
         )
 
-    @admin.display(description="runs", ordering="_run_count")
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet, search_term: str
+    ) -> tuple[QuerySet, bool]:
+        """Each word must be the thread's id (full or prefix) or the owner's username (exact)."""
+        for term in search_term.split():
+            condition = Q(owner__username=term)
+            id_range = uuid_prefix_range(term)
+            if id_range is not None:
+                condition |= Q(thread_id__gte=id_range[0], thread_id__lte=id_range[1])
+            queryset = queryset.filter(condition)
+        return queryset, False
+
+    @admin.display(description="runs")
     def run_count(self, thread: Thread) -> int:
         return thread._run_count  # type: ignore[attr-defined]  # annotated by get_queryset
 
@@ -149,18 +172,23 @@ class ThreadAdmin(ReadOnlyAdmin):
         return _pretty_json({key: state[key] for key in ("values", "next", "interrupts", "checkpoint_id")})
 
 
-class RunEventInline(admin.TabularInline):
-    model = RunEvent
-    fields = ("seq", "event", "data", "created_at")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    ordering = ("seq",)
+@admin.register(RunEvent)
+class RunEventAdmin(ReadOnlyAdmin):
+    """Every event of a run (``?run=<run id>``), the run page showing only its latest ones."""
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).order_by("seq")
+    list_display = ("seq", "run", "event", "data_preview", "created_at")
+    list_display_links = None
+    list_per_page = 200
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
+    show_facets = admin.ShowFacets.NEVER
+    ordering = ("run", "seq")
 
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+    @admin.display(description="data")
+    def data_preview(self, event: RunEvent) -> str:
+        return event.data if len(event.data) <= 300 else event.data[:300] + "…"
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
 
@@ -186,18 +214,23 @@ class RunAdmin(ReadOnlyAdmin):
     )
     list_filter = ("status", "multitask_strategy", GraphFilter, "created_at")
     search_fields = ("run_id", "thread__thread_id", "owner__username")
+    search_help_text = "Search by run or thread id (full, or its first characters) or owner's username."
     list_select_related = ("thread", "assistant")
-    date_hierarchy = "created_at"
+    # Half a million rows: no date drill-down (it reads every row's date), no COUNT(*) of the
+    # table, an estimated count of the filtered rows, no facet counts.
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
+    show_facets = admin.ShowFacets.NEVER
     actions = ("cancel_interrupt", "cancel_rollback")
     readonly_fields = (
         "run_id", "status_badge", "duration", "thread_link", "assistant_name", "owner",
         "multitask_strategy", "created_at", "started_at", "ended_at", "heartbeat_at", "worker",
         "attempts", "cancel_action", "metadata_json", "kwargs_json", "result_json", "error_json",
+        "events",
     )
     fields = readonly_fields
     metadata_json = _json_field("metadata")
     error_json = _json_field("error")
-    inlines = [RunEventInline]
 
     class Media:
         css = {"all": ("runs/admin_status.css",)}
@@ -245,6 +278,47 @@ class RunAdmin(ReadOnlyAdmin):
         active (``runs.admin_streams``). Not ``admin_view`` (sync-only, and it redirects): a
         script needs a 403 when the session ends."""
         return await run_status_stream(request, may_view=self.has_view_permission)
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet, search_term: str
+    ) -> tuple[QuerySet, bool]:
+        """Each word must be a run's or its thread's id (full or prefix, read off their indexes)
+        or the owner's username (exact); a LIKE over half a million ids would read them all."""
+        for term in search_term.split():
+            condition = Q(owner__username=term)
+            for field in ("run_id", "thread_id"):
+                id_range = uuid_prefix_range(term)
+                if id_range is not None:
+                    condition |= Q(**{f"{field}__gte": id_range[0], f"{field}__lte": id_range[1]})
+            queryset = queryset.filter(condition)
+        return queryset, False
+
+    @admin.display(description="events")
+    def events(self, run: Run) -> str:
+        """The latest ``EVENTS_SHOWN`` events, oldest first, and a link to all of them."""
+        latest = list(run.events.order_by("-seq")[:EVENTS_SHOWN])
+        latest.reverse()
+        if not latest:
+            return "-"
+        rows = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+            (
+                (e.seq, e.event, e.data if len(e.data) <= 500 else e.data[:500] + "…", e.created_at)
+                for e in latest
+            ),
+        )
+        url = reverse("admin:runs_runevent_changelist") + f"?run={run.pk}"
+        total = run.events.count() if len(latest) == EVENTS_SHOWN else len(latest)
+        note = (
+            format_html('The latest {} of {} events. <a href="{}">All of them</a>', len(latest), total, url)
+            if total > len(latest)
+            else format_html('<a href="{}">{} event(s)</a>', url, total)
+        )
+        return format_html(
+            '<p>{}</p><table class="run-events"><thead><tr><th>seq</th><th>event</th><th>data</th>'
+            "<th>at</th></tr></thead><tbody>{}</tbody></table>",
+            note, rows,
+        )
 
     @admin.display(description="kwargs")
     def kwargs_json(self, run: Run) -> str:

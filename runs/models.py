@@ -269,8 +269,20 @@ class Thread(IdempotentCreate):
 
     class Meta:
         ordering = ["-created_at"]
+        # threads/search is scoped to the owner and sorted by created_at (default), updated_at or
+        # state_updated_at, then thread_id: each index serves one order, forwards or backwards.
+        # Its metadata filter uses a PostgreSQL-only GIN index (migration 0005).
         indexes = [
-            models.Index(fields=["owner", "-created_at"], name="thread_owner_created"),
+            models.Index(fields=["owner", "created_at", "thread_id"], name="thread_owner_created_id"),
+            models.Index(fields=["owner", "updated_at", "thread_id"], name="thread_owner_updated_id"),
+            models.Index(
+                fields=["owner", "state_updated_at", "thread_id"], name="thread_owner_state_updated"
+            ),
+            models.Index(
+                fields=["owner", "status", "created_at", "thread_id"], name="thread_owner_status_created"
+            ),
+            # The admin lists every owner's threads, newest first.
+            models.Index(fields=["created_at", "thread_id"], name="thread_created_id"),
             models.Index(fields=["status"], name="thread_status"),
             models.Index(fields=["updated_at"], name="thread_updated"),
         ]
@@ -345,6 +357,8 @@ class Run(IdempotentCreate):
             models.Index(fields=["status", "created_at"], name="run_status_created"),
             # The per-user cap on active runs counts these.
             models.Index(fields=["owner", "status"], name="run_owner_status"),
+            # The admin lists every owner's runs, newest first.
+            models.Index(fields=["created_at", "run_id"], name="run_created_id"),
         ]
         constraints = [
             # The database, not the code, guarantees that a thread runs one graph at a time.
