@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test test-slow bench bench-metrics lint migrate install clean
+.PHONY: run test test-slow bench bench-metrics bench-scale lint migrate install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ bench: install
 ## bench-metrics: what a scrape of GET /metrics costs on 100,000 executions and 40 processes' counters
 bench-metrics: install
 	$(BIN)/python bench/metrics_bench.py $(BENCH_ARGS)
+## bench-scale: lists, searches and admin pages on a quarter's data set (PostgreSQL: DATABASE_URL)
+SIZE ?= 1000000
+bench-scale: install
+	$(BIN)/python bench/scale.py --size $(SIZE) $(BENCH_ARGS)
 
 ## lint: ruff (the rules in pyproject.toml) and mypy (the app packages); .pre-commit-config.yaml runs the same
 lint: install

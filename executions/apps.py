@@ -23,3 +23,8 @@ class ExecutionsConfig(AppConfig):
 
         # Webhook retries whose backoff passed, and messages whose task or worker was lost.
         register_sweep(webhook_messages_enqueue_due)
+
+        from executions.retention import executions_prune_expired
+
+        # EXECUTIONS_RETENTION_DAYS: old finished executions deleted a few batches at a time.
+        register_sweep(executions_prune_expired)

@@ -15,7 +15,7 @@ import binascii
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from django.core.paginator import Paginator
 from django.db import connections
@@ -174,4 +174,5 @@ class EstimatedCountPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        return count_bounded(self.object_list)[0]
+        # The admin hands its changelist queryset; the stubs type object_list as any sequence.
+        return count_bounded(cast(QuerySet, self.object_list))[0]

@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
 from django_filters.rest_framework import DjangoFilterBackend
@@ -89,7 +91,7 @@ class ExecutionViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
             rows, next_url, previous_url = cursor_page(
                 request, queryset, ordering=cursor_ordering(request), page_size=page_size
             )
-            body = {"next": next_url, "previous": previous_url, "page_size": page_size}
+            body: dict[str, Any] = {"next": next_url, "previous": previous_url, "page_size": page_size}
         else:
             page, page_size = page_params(request)
             count, estimated = count_bounded(queryset)

@@ -271,6 +271,10 @@ EXECUTIONS_MAX_ATTEMPTS = env_int("EXECUTIONS_MAX_ATTEMPTS", 3)
 EXECUTIONS_REQUEUE_AFTER = env_float("EXECUTIONS_REQUEUE_AFTER", 30.0)
 # Seconds between recovery sweeps in each worker process (0 turns them off).
 EXECUTIONS_SWEEP_INTERVAL = env_float("EXECUTIONS_SWEEP_INTERVAL", 5.0)
+# Finished executions older than this many days are deleted by the workers' sweep (0: kept
+# forever; `manage.py executions prune` deletes on demand), checked every RETENTION_INTERVAL s.
+EXECUTIONS_RETENTION_DAYS = env_float("EXECUTIONS_RETENTION_DAYS", 0.0)
+EXECUTIONS_RETENTION_INTERVAL = env_float("EXECUTIONS_RETENTION_INTERVAL", 300.0)
 # A worker idle in its read of the broker this long (seconds) is wedged: its cluster replaces it.
 EXECUTIONS_WORKER_STALL_TIMEOUT = env_float("EXECUTIONS_WORKER_STALL_TIMEOUT", 30.0)
 # Pending + running executions one user may have at once (429 beyond); 0 = no limit.

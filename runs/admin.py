@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest
@@ -60,6 +61,12 @@ def _json_field(name: str) -> Any:
         return json_text(value) if value not in (None, "", [], {}) else "-"
 
     return display
+
+
+def _owner_condition(term: str) -> Q:
+    """Rows owned by the user named ``term``, as an owner_id condition (an index), not a join."""
+    owner_ids = list(get_user_model().objects.filter(username=term).values_list("pk", flat=True))
+    return Q(owner_id__in=owner_ids) if owner_ids else Q(pk__in=[])
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -139,7 +146,7 @@ class ThreadAdmin(ReadOnlyAdmin):
     ) -> tuple[QuerySet, bool]:
         """Each word must be the thread's id (full or prefix) or the owner's username (exact)."""
         for term in search_term.split():
-            condition = Q(owner__username=term)
+            condition = _owner_condition(term)
             id_range = uuid_prefix_range(term)
             if id_range is not None:
                 condition |= Q(thread_id__gte=id_range[0], thread_id__lte=id_range[1])
@@ -285,7 +292,7 @@ class RunAdmin(ReadOnlyAdmin):
         """Each word must be a run's or its thread's id (full or prefix, read off their indexes)
         or the owner's username (exact); a LIKE over half a million ids would read them all."""
         for term in search_term.split():
-            condition = Q(owner__username=term)
+            condition = _owner_condition(term)
             for field in ("run_id", "thread_id"):
                 id_range = uuid_prefix_range(term)
                 if id_range is not None:

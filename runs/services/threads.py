@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, cast
 
 from django.db import IntegrityError, transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from runs.errors import Conflict
@@ -140,19 +140,52 @@ def threads_prune(*, user, thread_ids: list, strategy: str = "delete") -> int:
     return len(owned)
 
 
-def threads_prune_inactive(*, older_than: datetime, dry_run: bool = False) -> int:
+THREADS_PRUNE_BATCH_SIZE = 500
+
+
+def threads_prune_inactive(
+    *,
+    older_than: datetime,
+    dry_run: bool = False,
+    batch_size: int = THREADS_PRUNE_BATCH_SIZE,
+    progress: Callable[[int], object] | None = None,
+) -> int:
     """Delete threads without activity since ``older_than`` and no active run (operators), and
-    the idempotency records of stateless runs discarded before then."""
+    the idempotency records of stateless runs discarded before then; returns how many threads.
+
+    Least recently updated first, ``batch_size`` threads (with their runs, events and
+    checkpoints) per transaction, walking the updated_at index from where the previous batch
+    stopped: memory stays that of one batch however many threads are due, and each batch checks
+    again, under the runs' locks, that no run became active meanwhile.
+    """
     queryset = Thread.objects.inactive_since(older_than)
-    pks = list(queryset.values_list("pk", flat=True).distinct())
-    if not dry_run:
-        DiscardedRun.objects.filter(discarded_at__lt=older_than).delete()
-    if not dry_run and pks:
+    if dry_run:
+        return queryset.count()
+    DiscardedRun.objects.filter(discarded_at__lt=older_than).delete()
+    deleted = 0
+    after: tuple[datetime, uuid.UUID] | None = None
+    while True:
+        batch = queryset
+        if after is not None:
+            at, pk = after
+            batch = batch.filter(
+                Q(updated_at__gt=at) | Q(updated_at=at, thread_id__gt=pk), updated_at__gte=at
+            )
+        rows = list(batch.order_by("updated_at", "thread_id").values_list("updated_at", "thread_id")[:batch_size])
+        if not rows:
+            break
+        after = rows[-1]
+        pks = [pk for _, pk in rows]
         with transaction.atomic():
             lock_runs_before_delete(Run.objects.filter(thread_id__in=pks))
-            Thread.objects.filter(pk__in=pks).delete()
-        thread_checkpoints_delete(thread_ids=pks)
-    return len(pks)
+            # A run created since the batch was read keeps its thread.
+            gone = list(queryset.filter(pk__in=pks).values_list("pk", flat=True))
+            Thread.objects.filter(pk__in=gone).delete()
+        thread_checkpoints_delete(thread_ids=gone)
+        deleted += len(gone)
+        if progress is not None:
+            progress(deleted)
+    return deleted
 
 
 def thread_status_now(thread: Thread) -> str:

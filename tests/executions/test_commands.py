@@ -17,8 +17,9 @@ from django.core.management.base import CommandError, OutputWrapper
 from django.utils import timezone
 
 from executions import services
-from executions.models import Execution, ExecutionStatus
+from executions.models import Execution, ExecutionEvent, ExecutionStatus
 from executions.registry import Target, registry
+from executions.services import executions_prune
 from executions.terminal import ProgressBar, ProgressSnapshot
 from tests.conftest import ROOT, subprocess_env, wait_for
 
@@ -46,6 +47,8 @@ def make(target_id: str = "echo", type_: str = "agent", *, status: str | None = 
         now = timezone.now()
         ended = now - timedelta(days=finished_days_ago or 0)
         fields = {"status": status}
+        if finished_days_ago is not None:  # created before it started, as every real row is
+            fields["created_at"] = ended - timedelta(seconds=5)
         if status != ExecutionStatus.PENDING:
             fields["started_at"] = ended - timedelta(seconds=3)
         if status in (ExecutionStatus.COMPLETED, ExecutionStatus.FAILED):
@@ -527,6 +530,52 @@ def test_prune_deletes_only_finished_executions_older_than_the_cutoff():
     out, _ = run("executions", "prune", "--older-than", "0.5")
     assert out == "Deleted 1 execution finished more than 0.5 days ago.\n"
     assert set(Execution.objects.values_list("pk", flat=True)) == {recent.pk, active.pk}
+
+
+@pytest.mark.django_db
+def test_prune_deletes_in_batches_oldest_first_and_reports_progress():
+    old = [make("echo", status=ExecutionStatus.COMPLETED, finished_days_ago=10 + i) for i in range(7)]
+    kept = make("echo", status=ExecutionStatus.COMPLETED, finished_days_ago=1)
+    retry = services.execution_retry(execution=old[0])  # a retry outlives the execution it retried
+
+    out, _ = run("executions", "prune", "--older-than", "5", "--batch-size", "2")
+
+    assert out == "Deleted 7 executions finished more than 5 days ago.\n"
+    assert set(Execution.objects.values_list("pk", flat=True)) == {kept.pk, retry.pk}
+    assert ExecutionEvent.objects.filter(execution_id__in=[e.pk for e in old]).count() == 0
+    assert Execution.objects.get(pk=retry.pk).retry_of_id is None
+    assert executions_prune(older_than=timezone.now() - timedelta(days=5)) == 0
+
+
+@pytest.mark.django_db
+def test_scheduled_prune_keeps_the_retention_period_and_runs_once_per_interval(settings, monkeypatch):
+    from executions import recovery, retention
+
+    # Every worker's sweeper calls it (the sweeps registered at start-up).
+    assert retention.executions_prune_expired in recovery._sweeps
+    recovery_sweep = retention.executions_prune_expired
+    monkeypatch.setattr(retention, "_last_run", None)
+    make("echo", status=ExecutionStatus.FAILED, finished_days_ago=40)
+    recent = make("echo", status=ExecutionStatus.COMPLETED, finished_days_ago=20)
+    pending = make("echo")
+    Execution.objects.filter(pk=pending.pk).update(created_at=timezone.now() - timedelta(days=90))
+
+    settings.EXECUTIONS_RETENTION_DAYS = 0  # the default: nothing is ever deleted
+    recovery_sweep()
+    assert Execution.objects.count() == 3
+
+    settings.EXECUTIONS_RETENTION_DAYS = 30
+    settings.EXECUTIONS_RETENTION_INTERVAL = 300
+    recovery_sweep()
+    assert set(Execution.objects.values_list("pk", flat=True)) == {recent.pk, pending.pk}
+
+    # Within the interval the sweep does not look again; after it, it does.
+    settings.EXECUTIONS_RETENTION_DAYS = 10
+    recovery_sweep()
+    assert Execution.objects.filter(pk=recent.pk).exists()
+    settings.EXECUTIONS_RETENTION_INTERVAL = 0
+    recovery_sweep()
+    assert set(Execution.objects.values_list("pk", flat=True)) == {pending.pk}
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,12 @@ from django.utils import timezone
 
 from executions.models import Execution, ExecutionStatus, ExecutionType
 from executions.recovery import executions_reap_stale, executions_requeue_stranded
-from executions.services import execution_cancel, execution_retry, executions_prune
+from executions.services import (
+    PRUNE_BATCH_SIZE,
+    execution_cancel,
+    execution_retry,
+    executions_prune,
+)
 from executions.terminal import validation_messages
 from project.api.errors import Conflict, InvalidInput
 from project.command_arguments import positive_days, positive_int
@@ -96,6 +101,10 @@ class Command(BaseCommand):
         )
         prune_parser.add_argument(
             "--dry-run", action="store_true", help="count what would be deleted, delete nothing"
+        )
+        prune_parser.add_argument(
+            "--batch-size", type=positive_int, default=PRUNE_BATCH_SIZE,
+            help=f"executions deleted per transaction (default {PRUNE_BATCH_SIZE})",
         )
 
         recover_parser = subcommands.add_parser(
@@ -201,9 +210,18 @@ class Command(BaseCommand):
         if failures:
             raise CommandError(f"{failures} of {len(ids)} could not be retried.")
 
-    def _prune(self, *, older_than: float, dry_run: bool, **options: Any) -> None:
+    def _prune(self, *, older_than: float, dry_run: bool, batch_size: int, **options: Any) -> None:
+        reported = [0]
+
+        def progress(deleted: int) -> None:
+            # A line per 50,000 rows: a prune of millions shows it is moving.
+            if deleted - reported[0] >= 50_000:
+                reported[0] = deleted
+                self.stderr.write(f"… {deleted} deleted so far")
+
         count = executions_prune(
-            older_than=timezone.now() - timedelta(days=older_than), dry_run=dry_run
+            older_than=timezone.now() - timedelta(days=older_than), dry_run=dry_run,
+            batch_size=batch_size, progress=progress,
         )
         noun = "execution" if count == 1 else "executions"
         age = f"finished more than {older_than:g} days ago"
