@@ -115,7 +115,8 @@ class Dialect:
         """The moment ``seconds`` (an SQL expression) before the load started."""
         if self.vendor == "postgresql":
             return f"(%(now)s::timestamptz - make_interval(secs => ({seconds})))"
-        return f"strftime('%Y-%m-%d %H:%M:%f', %(now)s, '-' || ({seconds}) || ' seconds')"
+        # printf's sign: "+60.0 seconds" for a moment after the load started (an update time).
+        return f"strftime('%Y-%m-%d %H:%M:%f', %(now)s, printf('%+.3f seconds', -({seconds})))"
 
     def json(self, *pairs: str) -> str:
         function = "jsonb_build_object" if self.vendor == "postgresql" else "json_object"
@@ -272,7 +273,8 @@ def load(size: int, *, log: Callable[[str], None] = print) -> dict[str, Any]:
             for label, sql in statements:
                 began = time.monotonic()
                 cursor.execute(_escaped(sql), params)
-                log(f"  loaded {label}: {cursor.rowcount:,} rows in {time.monotonic() - began:.1f} s")
+                rows = f"{cursor.rowcount:,} rows" if cursor.rowcount >= 0 else "rows"
+                log(f"  loaded {label}: {rows} in {time.monotonic() - began:.1f} s")
             # One execution and one run whose pages have 5,000 events each.
             cursor.execute(
                 "SELECT id FROM executions_execution WHERE owner_id = %s AND status = 'completed' "
