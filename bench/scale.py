@@ -191,7 +191,8 @@ def load(size: int, *, log: Callable[[str], None] = print) -> dict[str, Any]:
                 INSERT INTO executions_execution (
                     id, owner_id, type, target_id, inputs, config, status, created_at, started_at,
                     completed_at, cancelled_at, current_step, total_steps, step_name, percentage,
-                    outputs, error, worker, heartbeat_at, attempts, event_seq, request_hash, webhook
+                    outputs, error, worker, heartbeat_at, attempts, event_seq, request_hash, webhook,
+                    priority
                 )
                 SELECT {d.uuid("e")}, {owner},
                     CASE WHEN {target} = 'demo.pipeline' THEN 'pipeline' ELSE 'agent' END, {target},
@@ -207,7 +208,8 @@ def load(size: int, *, log: Callable[[str], None] = print) -> dict[str, Any]:
                     CASE WHEN s = 'failed' THEN {error} END,
                     CASE WHEN s = 'pending' THEN '' ELSE 'bench-host:4242' END,
                     CASE WHEN s = 'pending' THEN NULL ELSE {d.ago(age + " - 1")} END,
-                    CASE WHEN s = 'pending' THEN 0 ELSE 1 END, 2, '', ''
+                    CASE WHEN s = 'pending' THEN 0 ELSE 1 END, 2, '', '',
+                    CASE WHEN n % 50 = 0 THEN 5 ELSE 0 END
                 FROM (SELECT n, {status} AS s FROM g) AS rows
                 """,
             ),
@@ -447,6 +449,8 @@ API_LIST_QUERIES = (
     "?ordering=started_at",
     "?ordering=-completed_at",
     "?ordering=completed_at",
+    "?priority=0",
+    "?ordering=-priority",
 )
 
 

@@ -24,7 +24,7 @@ class NullsLastOrderingFilter(django_filters.OrderingFilter):
     """Rows without a timestamp (not started, not finished) sort last in both directions, on every
     database (PostgreSQL and SQLite disagree by default). Only the nullable columns say NULLS LAST:
     on a NOT NULL column it would stop PostgreSQL from reading the order off an index. The id
-    breaks ties, so pages never repeat or skip rows that share a timestamp."""
+    breaks ties, so pages never repeat or skip rows that share a value."""
 
     def filter(self, qs, value):
         value = [param for param in (value or []) if param.strip("-")]  # `?ordering=,` is no order
@@ -32,15 +32,20 @@ class NullsLastOrderingFilter(django_filters.OrderingFilter):
             return qs
         ordering = []
         descending = False
+        names = []
         for param in value:
             descending = param.startswith("-")
             name = self.get_ordering_value(param.lstrip("-")).lstrip("-")
+            names.append(name)
             expression = F(name)
             nulls_last = True if name in NULLABLE_ORDERINGS else None
             ordering.append(
                 expression.desc(nulls_last=nulls_last) if descending else expression.asc(nulls_last=nulls_last)
             )
-        ordering.append(F("id").desc() if descending else F("id").asc())
+        # Many rows share a priority: within one, by age (as the claim takes them), then by id;
+        # the (owner, priority, created_at, id) index reads that order.
+        tiebreak = ["created_at", "id"] if names == ["priority"] else ["id"]
+        ordering += [F(name).desc() if descending else F(name).asc() for name in tiebreak]
         return qs.order_by(*ordering)
 
 

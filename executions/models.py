@@ -181,7 +181,7 @@ class Execution(models.Model):
         # starts with it and ends with the ordering (created_at, id): PostgreSQL reads a page off
         # the index, forwards or backwards, without sorting the owner's rows. The descending
         # NULLS LAST orderings of started_at / completed_at have PostgreSQL-only indexes
-        # (migration 0006; SQLite cannot write NULLS LAST in an index and sorts NULLs first).
+        # (migration 0007; SQLite cannot write NULLS LAST in an index and sorts NULLs first).
         indexes = [
             models.Index(fields=["owner", "created_at", "id"], name="execution_owner_created_id"),
             models.Index(
@@ -196,6 +196,9 @@ class Execution(models.Model):
                 fields=["owner", "created_at", "id"],
                 condition=Q(status__in=ExecutionStatus.active()),
                 name="execution_owner_active_created",
+            ),
+            models.Index(
+                fields=["owner", "priority", "created_at", "id"], name="execution_owner_priority"
             ),
             models.Index(fields=["owner", "started_at", "id"], name="execution_owner_started"),
             models.Index(fields=["owner", "completed_at", "id"], name="execution_owner_completed"),

@@ -271,7 +271,7 @@ class Thread(IdempotentCreate):
         ordering = ["-created_at"]
         # threads/search is scoped to the owner and sorted by created_at (default), updated_at or
         # state_updated_at, then thread_id: each index serves one order, forwards or backwards.
-        # Its metadata filter uses a PostgreSQL-only GIN index (migration 0005).
+        # Its metadata filter uses a PostgreSQL-only GIN index (migration 0006).
         indexes = [
             models.Index(fields=["owner", "created_at", "thread_id"], name="thread_owner_created_id"),
             models.Index(fields=["owner", "updated_at", "thread_id"], name="thread_owner_updated_id"),

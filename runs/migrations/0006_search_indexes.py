@@ -22,7 +22,7 @@ def metadata_gin_drop(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('runs', '0004_discarded_runs'),
+        ('runs', '0005_crons'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -33,7 +33,7 @@ def nulls_last_indexes_drop(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('executions', '0005_execution_webhook'),
+        ('executions', '0006_execution_priority'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
@@ -73,6 +73,10 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name='execution',
             index=models.Index(fields=['created_at', 'id'], name='execution_created_id'),
+        ),
+        migrations.AddIndex(
+            model_name='execution',
+            index=models.Index(fields=['owner', 'priority', 'created_at', 'id'], name='execution_owner_priority'),
         ),
         migrations.RunPython(nulls_last_indexes_create, nulls_last_indexes_drop),
     ]
