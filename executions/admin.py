@@ -259,7 +259,7 @@ class ExecutionAdmin(admin.ModelAdmin):
             {
                 "fields": (
                     "id", "status_badge", "type", "target_id", "priority", "owner", "retry_of",
-                    "retries",
+                    "retries", "schedule",
                 )
             },
         ),
@@ -289,6 +289,7 @@ class ExecutionAdmin(admin.ModelAdmin):
         "owner",
         "retry_of",
         "retries",
+        "schedule",
         "progress",
         "duration",
         "created_at",

@@ -66,6 +66,9 @@ class ExecutionFilter(django_filters.FilterSet):
     priority_max = django_filters.NumberFilter(
         field_name="priority", lookup_expr="lte", help_text="Priority at most this."
     )
+    schedule_id = django_filters.UUIDFilter(
+        field_name="schedule_id", help_text="Only the executions this schedule started."
+    )
     ordering = NullsLastOrderingFilter(
         fields=("created_at", "started_at", "completed_at", "priority"),
         help_text="created_at, started_at, completed_at or priority; prefix '-' for descending.",

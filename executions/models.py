@@ -167,6 +167,11 @@ class Execution(models.Model):
     retry_of = models.ForeignKey(
         "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="retries"
     )
+    # SET_NULL: deleting a schedule keeps the executions it started.
+    schedule = models.ForeignKey(
+        "schedules.Schedule", on_delete=models.SET_NULL, null=True, blank=True,
+        related_name="executions", help_text="The schedule whose firing started it, if any.",
+    )
     # Last sequence number used in this execution's event stream; bumped in the same
     # transaction as each event insert, so writers never collide on (execution, seq).
     event_seq = models.PositiveIntegerField(default=0)

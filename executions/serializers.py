@@ -67,6 +67,9 @@ class ExecutionSerializer(serializers.ModelSerializer):
     error = serializers.SerializerMethodField()
     status_url = serializers.SerializerMethodField()
     webhook = serializers.SerializerMethodField()
+    schedule_id = serializers.UUIDField(
+        allow_null=True, read_only=True, help_text="The schedule whose firing started it, if any."
+    )
 
     class Meta:
         model = Execution
@@ -87,6 +90,7 @@ class ExecutionSerializer(serializers.ModelSerializer):
             "error",
             "attempts",
             "retry_of",
+            "schedule_id",
             "webhook",
             "status_url",
         ]

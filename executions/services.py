@@ -31,6 +31,14 @@ from project.api.idempotency import Idempotency, create_once
 from project.telemetry import job_created
 
 
+def execution_request_validate(
+    *, type: str, target_id: str, inputs: Any, config: Any
+) -> tuple[dict, dict]:
+    """The inputs and config an execution of ``target_id`` would be created with, or
+    ``InvalidInput`` naming the field: what a schedule checks when it is saved."""
+    return _validated(type, target_id, inputs), _validated_config(config)
+
+
 def _validated(type_: str, target_id: str, inputs: Any) -> dict:
     if type_ not in ExecutionType.values:
         raise InvalidInput({"type": [f"Must be one of: {', '.join(ExecutionType.values)}."]})
@@ -123,10 +131,12 @@ def execution_create(
     idempotency: Idempotency | None = None,
     webhook: str = "",
     priority: int | None = None,
+    schedule_id: UUID | None = None,
 ) -> Execution:
     """Validate, store and queue a new execution. Workers get the id when the row commits.
     ``webhook``: a URL already checked (``webhooks.destinations``), POSTed to when it ends.
-    ``priority``: −10 to 10, higher claimed first (default 0, or ``config.priority``)."""
+    ``priority``: −10 to 10, higher claimed first (default 0, or ``config.priority``).
+    ``schedule_id``: the schedule whose firing starts it."""
     inputs = inputs if inputs is not None else {}
     config = _validated_config(config if config is not None else {})
     chosen_priority = _priority(priority, config)
@@ -142,6 +152,7 @@ def execution_create(
             priority=chosen_priority,
             retry_of=retry_of,
             webhook=webhook or "",
+            schedule_id=schedule_id,
             event_seq=1,
             **(idempotency.stored() if idempotency else {}),
         )

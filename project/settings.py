@@ -92,6 +92,7 @@ INSTALLED_APPS = [
     "runs",
     "webhooks",
     "operations",
+    "schedules",
     # After executions: an app listed earlier wins a management command's name, and
     # executions' `qcluster` (executions.cluster) replaces django-q2's.
     "django_q",

@@ -1,0 +1,153 @@
+"""Firing schedules: the sweep every worker runs (``executions.recovery.register_sweep``).
+
+Exactly once: a due schedule fires in one transaction that first moves its ``next_run_at`` on
+with a conditional UPDATE (``WHERE next_run_at = <the due time read>``). Of several sweepers,
+in one cluster or many, only one changes the row; the others change nothing and fire nothing.
+The ``ScheduleFiring`` row, unique on (schedule, fire time), records the fire time once more.
+
+A missed window fires once: after an outage (every worker down, or the clock jumping ahead)
+a schedule fires for its latest fire time that has passed, and ``next_run_at`` goes to the first
+one after now; the windows in between are not replayed.
+
+Overlap: while an execution the schedule started is still pending or running, a new fire time
+is skipped (``skip``) or queued (``queue``); queued firings start one at a time, in fire-time
+order, once nothing of the schedule is active.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from django.db import IntegrityError, transaction
+from django.db.models import Min
+from django.utils import timezone
+from rest_framework.exceptions import APIException, ValidationError
+
+from executions.models import Execution
+from executions.services import execution_create
+from executions.terminal import validation_messages
+from schedules.cron import last_fire_at_or_before, next_fire_after
+from schedules.models import FiringOutcome, FiringTrigger, Schedule, ScheduleFiring, ScheduleOverlap
+
+logger = logging.getLogger(__name__)
+
+# Firings one queue-overlap schedule may have waiting; later fire times are skipped meanwhile,
+# so a target slower than its cron cannot pile up work without bound.
+MAX_QUEUED = 10
+
+
+class _AlreadyFired(Exception):
+    pass
+
+
+def schedules_fire_due(*, now: datetime | None = None, limit: int = 200) -> int:
+    """Fire every enabled schedule whose ``next_run_at`` has come, then start the queued firings
+    that may start. ``now``: the clock (tests move it); returns how many schedules fired."""
+    at = now or timezone.now()
+    due = list(
+        Schedule.objects.due(at=at).order_by("next_run_at").values_list("pk", "next_run_at")[:limit]
+    )
+    fired = 0
+    for schedule_id, due_at in due:
+        fired += _fire(schedule_id=schedule_id, due_at=due_at, now=now or timezone.now())
+    queued_firings_start()
+    return fired
+
+
+def _fire(*, schedule_id, due_at: datetime, now: datetime) -> bool:
+    next_run_at: datetime | None = None
+    try:
+        with transaction.atomic():
+            schedule = Schedule.objects.filter(pk=schedule_id, enabled=True, next_run_at=due_at).first()
+            if schedule is None:
+                return False
+            # The latest fire time that has passed: after an outage, one firing for the last
+            # window, not one per window missed.
+            scheduled_for = max(due_at, last_fire_at_or_before(schedule.cron, schedule.timezone, now))
+            next_run_at = next_fire_after(schedule.cron, schedule.timezone, now)
+            won = Schedule.objects.filter(pk=schedule_id, enabled=True, next_run_at=due_at).update(
+                next_run_at=next_run_at, last_run_at=now
+            )
+            if not won:
+                return False
+            try:
+                with transaction.atomic():
+                    firing = ScheduleFiring.objects.create(
+                        schedule=schedule, trigger=FiringTrigger.CRON, scheduled_for=scheduled_for,
+                        fired_at=now, outcome=FiringOutcome.STARTED,
+                    )
+            except IntegrityError:
+                raise _AlreadyFired from None
+            _settle(schedule, firing)
+    except _AlreadyFired:
+        # This fire time was recorded already: move next_run_at on all the same, start nothing.
+        Schedule.objects.filter(pk=schedule_id, next_run_at=due_at).update(next_run_at=next_run_at)
+        return False
+    return True
+
+
+def _settle(schedule: Schedule, firing: ScheduleFiring) -> None:
+    """Start the firing's execution, or skip or queue it behind the schedule's active one."""
+    busy = Execution.objects.filter(schedule_id=schedule.pk).active().exists()
+    waiting = ScheduleFiring.objects.filter(schedule=schedule, outcome=FiringOutcome.QUEUED).count()
+    if not busy and not waiting:
+        _start(schedule, firing)
+        return
+    if schedule.overlap == ScheduleOverlap.QUEUE and waiting < MAX_QUEUED:
+        firing.outcome = FiringOutcome.QUEUED
+    else:
+        firing.outcome = FiringOutcome.SKIPPED
+        firing.error = (
+            f"{waiting} earlier firings are queued already (at most {MAX_QUEUED})."
+            if schedule.overlap == ScheduleOverlap.QUEUE
+            else "The previous execution of this schedule was still pending or running."
+        )
+    firing.save(update_fields=["outcome", "error"])
+
+
+def _start(schedule: Schedule, firing: ScheduleFiring) -> None:
+    try:
+        with transaction.atomic():
+            execution = execution_create(
+                owner=schedule.owner, type=schedule.type, target_id=schedule.target_id,
+                inputs=schedule.inputs, config=schedule.config, webhook=schedule.webhook,
+                schedule_id=schedule.pk,
+            )
+    except ValidationError as exc:  # the target, or its inputs, changed since the schedule was saved
+        firing.outcome, firing.error = FiringOutcome.FAILED, "; ".join(validation_messages(exc.detail))
+    except APIException as exc:  # the owner's active cap (429)
+        firing.outcome, firing.error = FiringOutcome.FAILED, str(exc.detail)
+    else:
+        firing.outcome, firing.execution = FiringOutcome.STARTED, execution
+    if firing.outcome == FiringOutcome.FAILED:
+        logger.warning("schedule %s could not start its execution: %s", schedule.pk, firing.error)
+    firing.save(update_fields=["outcome", "error", "execution"])
+
+
+def queued_firings_start() -> int:
+    """Start the oldest queued firing of each enabled schedule that has nothing active."""
+    heads = (
+        ScheduleFiring.objects.filter(outcome=FiringOutcome.QUEUED, schedule__enabled=True)
+        .values("schedule_id").annotate(first=Min("scheduled_for")).values_list("schedule_id", "first")
+    )
+    started = 0
+    for schedule_id, first in list(heads[:200]):
+        with transaction.atomic():
+            if Execution.objects.filter(schedule_id=schedule_id).active().exists():
+                continue
+            firing = (
+                ScheduleFiring.objects.select_related("schedule", "schedule__owner")
+                .filter(schedule_id=schedule_id, outcome=FiringOutcome.QUEUED, scheduled_for=first)
+                .first()
+            )
+            if firing is None:
+                continue
+            # The claim: of two sweepers taking the same queued firing, one changes the row.
+            if not ScheduleFiring.objects.filter(pk=firing.pk, outcome=FiringOutcome.QUEUED).update(
+                outcome=FiringOutcome.STARTED
+            ):
+                continue
+            _start(firing.schedule, firing)
+            started += 1
+    return started
