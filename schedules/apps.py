@@ -8,8 +8,8 @@ class SchedulesConfig(AppConfig):
 
     def ready(self) -> None:
         from executions.recovery import register_sweep
-        from schedules.firing import schedules_fire_due
+        from schedules.firing import schedules_sweep
 
-        # Every worker's sweeper fires the due schedules; the conditional UPDATE of next_run_at
-        # lets one of them win each fire time.
-        register_sweep(schedules_fire_due)
+        # Every worker's sweeper fires the due schedules (the conditional UPDATE of next_run_at
+        # lets one of them win each fire time) and sets a timer for the next one when it is near.
+        register_sweep(schedules_sweep)
