@@ -33,6 +33,8 @@ class ScheduleViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     filterset_class = ScheduleFilter
 
     queryset = Schedule.objects.none()  # for schema generation only
+    # Named apart from the executions' {pk}: the docs and the id-route tests tell them apart.
+    lookup_url_kwarg = "schedule_id"
 
     throttle_scope = "create"
 
@@ -46,7 +48,7 @@ class ScheduleViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     def get_object(self) -> Schedule:
         # A malformed id is just an id nobody owns: 404, like another user's.
         try:
-            return get_object_or_404(self.get_queryset(), pk=self.kwargs["pk"])
+            return get_object_or_404(self.get_queryset(), pk=self.kwargs["schedule_id"])
         except DjangoValidationError:
             raise NotFound() from None
 
@@ -98,7 +100,7 @@ class ScheduleViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
         request=ScheduleUpdateSerializer,
         responses={200: ScheduleSerializer, 400: ErrorResponseSerializer, **ERRORS_401, **ERRORS_404},
     )
-    def partial_update(self, request: Request, pk: str | None = None) -> Response:
+    def partial_update(self, request: Request, schedule_id: str | None = None) -> Response:
         schedule = self.get_object()
         params = ScheduleUpdateSerializer(data=request.data)
         params.is_valid(raise_exception=True)
@@ -106,7 +108,7 @@ class ScheduleViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
         return Response(ScheduleSerializer(schedule, context={"request": request}).data)
 
     @extend_schema(responses={204: None, **ERRORS_401, **ERRORS_404})
-    def destroy(self, request: Request, pk: str | None = None) -> Response:
+    def destroy(self, request: Request, schedule_id: str | None = None) -> Response:
         """Delete the schedule. The executions it started stay (their schedule_id becomes null)."""
         services.schedule_delete(schedule=self.get_object())
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -119,7 +121,7 @@ class ScheduleViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
         },
     )
     @action(detail=True, methods=["post"])
-    def trigger(self, request: Request, pk: str | None = None) -> Response:
+    def trigger(self, request: Request, schedule_id: str | None = None) -> Response:
         """Start one execution of the schedule now, whatever its cron, enabled and overlap."""
         execution = services.schedule_trigger(schedule=self.get_object())
         body = ExecutionCreatedSerializer(execution, context={"request": request}).data

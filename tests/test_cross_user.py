@@ -2,9 +2,9 @@
 
 The routes come from the URL resolver, so a new route with an id is tested as soon as it exists,
 and fails here until it has a request in ``REQUESTS`` (a method it does not serve must answer 405
-to its owner too). Alice owns an assistant, a thread with a checkpoint, a run and an execution,
-each carrying a secret marker; Bob asks for them by id and must get a 404 that holds none of
-Alice's data, and must leave every row as it was. Streams answer before they start streaming.
+to its owner too). Alice owns an assistant, a thread with a checkpoint, a run, an execution and
+a schedule, each carrying a secret marker; Bob asks for them by id and must get a 404 that holds
+none of Alice's data, and must leave every row as it was. Streams answer before they start streaming.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from accounts.models import api_key_create
 from executions.models import Execution
 from project.openapi import HTTP_METHODS, Route, api_routes
 from runs.models import Assistant, Run, Thread
+from schedules.models import Schedule
 
 # Streams are async views that read the database from other threads: data must be committed.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -33,6 +34,10 @@ REQUESTS: dict[str, list[dict[str, Any]]] = {
     "POST /api/v1/executions/{pk}/cancel": [{}],
     "GET /api/v1/executions/{pk}/webhooks": [{}],
     "GET /api/v1/executions/{pk}/events": [{}, {"headers": {"HTTP_LAST_EVENT_ID": "0"}}],
+    "GET /api/v1/schedules/{schedule_id}": [{}],
+    "PATCH /api/v1/schedules/{schedule_id}": [{"json": {"enabled": False, "cron": "* * * * *"}}],
+    "DELETE /api/v1/schedules/{schedule_id}": [{}],
+    "POST /api/v1/schedules/{schedule_id}/trigger": [{}],
     "GET /assistants/{assistant_id}": [{}],
     "PATCH /assistants/{assistant_id}": [{"json": {"metadata": {"taken": True}, "name": "bob's"}}],
     "DELETE /assistants/{assistant_id}": [{}],
@@ -142,12 +147,19 @@ def alices(clients: tuple[APIClient, APIClient]) -> dict[str, str]:
         "/api/v1/executions", {"type": "agent", "target_id": "echo", "inputs": meta}, format="json"
     )
     assert execution.status_code == 201, execution.content
+    schedule = api.post(
+        "/api/v1/schedules",
+        {"type": "agent", "target_id": "echo", "inputs": meta, "cron": "0 0 1 1 *"},
+        format="json",
+    )
+    assert schedule.status_code == 201, schedule.content
     return {
         "assistant_id": assistant.json()["assistant_id"],
         "thread_id": thread_id,
         "run_id": run.json()["run_id"],
         "checkpoint_id": state.json()["checkpoint_id"],
         "pk": execution.json()["execution_id"],
+        "schedule_id": schedule.json()["schedule_id"],
         "namespace": "echo",
     }
 
@@ -168,6 +180,7 @@ def _rows() -> list[Any]:
             Assistant.objects.values_list("pk", "owner_id", "version", "metadata", "updated_at")
         ),
         sorted(Execution.objects.values_list("pk", "status", "cancelled_at")),
+        sorted(Schedule.objects.values_list("pk", "enabled", "cron", "next_run_at", "updated_at")),
     ]
 
 

@@ -171,6 +171,9 @@ class Ctx:
         finally:
             self.call("POST", f"/threads/{thread_id}/runs/{run['run_id']}/cancel")
 
+    def schedule(self) -> str:
+        return self.ok("POST", "/api/v1/schedules", json=SCHEDULE)["schedule_id"]
+
     def execution(self, **body: Any) -> str:
         return self.ok(
             "POST", "/api/v1/executions", json={"type": "agent", "target_id": "echo", **body}
@@ -518,7 +521,28 @@ RECIPES: dict[str, Recipe] = {
         "GET", f"/api/v1/executions/{c.ids['execution']}/events", headers={"Last-Event-ID": "abc"}
     ),
     "200 GET /api/v1/targets": lambda c: c.call("GET", "/api/v1/targets"),
+    # schedules
+    "200 GET /api/v1/schedules": lambda c: c.call("GET", "/api/v1/schedules?enabled=true"),
+    "201 POST /api/v1/schedules": lambda c: c.call("POST", "/api/v1/schedules", json=SCHEDULE),
+    "429 POST /api/v1/schedules": lambda c: _throttled(c, "/api/v1/schedules", SCHEDULE),
+    "200 GET /api/v1/schedules/{schedule_id}": lambda c: c.call(
+        "GET", f"/api/v1/schedules/{c.schedule()}"
+    ),
+    "200 PATCH /api/v1/schedules/{schedule_id}": lambda c: c.call(
+        "PATCH", f"/api/v1/schedules/{c.schedule()}", json={"enabled": False}
+    ),
+    "204 DELETE /api/v1/schedules/{schedule_id}": lambda c: c.call(
+        "DELETE", f"/api/v1/schedules/{c.schedule()}"
+    ),
+    "201 POST /api/v1/schedules/{schedule_id}/trigger": lambda c: c.call(
+        "POST", f"/api/v1/schedules/{c.schedule()}/trigger"
+    ),
+    "429 POST /api/v1/schedules/{schedule_id}/trigger": lambda c: _throttled(
+        c, f"/api/v1/schedules/{c.schedule()}/trigger", None
+    ),
 }
+
+SCHEDULE = {"type": "agent", "target_id": "echo", "cron": "0 0 1 1 *"}
 
 
 def _idempotency_conflict(c: Ctx) -> requests.Response:

@@ -267,5 +267,5 @@ def test_the_schedules_are_in_the_openapi_document(api):
     schema = api.get("/api/schema/", {"format": "json"}).json()
     paths = schema["paths"]
     assert {"get", "post"} <= set(paths["/api/v1/schedules"])
-    assert {"get", "patch", "delete"} <= set(paths["/api/v1/schedules/{id}"])
-    assert "post" in paths["/api/v1/schedules/{id}/trigger"]
+    assert {"get", "patch", "delete"} <= set(paths["/api/v1/schedules/{schedule_id}"])
+    assert "post" in paths["/api/v1/schedules/{schedule_id}/trigger"]
