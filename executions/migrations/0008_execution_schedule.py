@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('executions', '0006_execution_priority'),
+        ('executions', '0007_list_indexes'),
         ('schedules', '0001_schedules_and_firings'),
     ]
 
