@@ -24,7 +24,12 @@ class NullsLastOrderingFilter(django_filters.OrderingFilter):
     """Rows without a timestamp (not started, not finished) sort last in both directions, on every
     database (PostgreSQL and SQLite disagree by default). Only the nullable columns say NULLS LAST:
     on a NOT NULL column it would stop PostgreSQL from reading the order off an index. The id
-    breaks ties, so pages never repeat or skip rows that share a value."""
+    breaks ties, so pages never repeat or skip rows that share a value. ``nullable``: the columns
+    that may be NULL (another model's list names its own)."""
+
+    def __init__(self, *args, nullable: frozenset[str] = NULLABLE_ORDERINGS, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.nullable = nullable
 
     def filter(self, qs, value):
         value = [param for param in (value or []) if param.strip("-")]  # `?ordering=,` is no order
@@ -38,7 +43,7 @@ class NullsLastOrderingFilter(django_filters.OrderingFilter):
             name = self.get_ordering_value(param.lstrip("-")).lstrip("-")
             names.append(name)
             expression = F(name)
-            nulls_last = True if name in NULLABLE_ORDERINGS else None
+            nulls_last = True if name in self.nullable else None
             ordering.append(
                 expression.desc(nulls_last=nulls_last) if descending else expression.asc(nulls_last=nulls_last)
             )

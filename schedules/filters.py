@@ -26,11 +26,13 @@ class StrictBooleanFilter(django_filters.Filter):
 
 class ScheduleFilter(django_filters.FilterSet):
     enabled = StrictBooleanFilter(help_text="true: only enabled schedules; false: only paused ones.")
-    type = django_filters.MultipleChoiceFilter(choices=ExecutionType.choices)
-    target_id = RepeatableValueFilter()
-    overlap = django_filters.MultipleChoiceFilter(choices=ScheduleOverlap.choices)
+    # distinct=False: these filters join nothing (as the executions list's).
+    type = django_filters.MultipleChoiceFilter(choices=ExecutionType.choices, distinct=False)
+    target_id = RepeatableValueFilter(distinct=False)
+    overlap = django_filters.MultipleChoiceFilter(choices=ScheduleOverlap.choices, distinct=False)
     ordering = NullsLastOrderingFilter(
         fields=("created_at", "next_run_at", "last_run_at"),
+        nullable=frozenset({"next_run_at", "last_run_at"}),  # paused; never fired
         help_text="created_at, next_run_at or last_run_at; prefix '-' for descending.",
     )
 
