@@ -48,6 +48,7 @@ from runs.services.waiting import run_create_awaited, run_result_chunks
 from runs.validation import parse_json_body, validate_body
 
 IDEMPOTENT_REPLAYED = "Idempotent-Replayed"
+COPY_OMITS = frozenset({"values", "error", "interrupts"})
 # Ids are matched as plain strings so a malformed one gets the real server's 422 from the
 # service that parses it, not a 404 from the resolver.
 ID_PATTERN = "[^/]+"
@@ -442,7 +443,10 @@ class ThreadViewSet(LangGraphViewSet):
     @action(detail=True, methods=["post"])
     def copy(self, request: Request, thread_id: str) -> Response:
         thread = services.thread_get(user=request.user, thread_id=thread_id)
-        return Response(thread_json(services.thread_copy(thread=thread)))
+        copied = thread_json(services.thread_copy(thread=thread))
+        # The real server answers a copy without its values, error and interrupts (they are in the
+        # copy's state and on a GET of it).
+        return Response({key: value for key, value in copied.items() if key not in COPY_OMITS})
 
     @action(detail=True, methods=["get"])
     def state(self, request: Request, thread_id: str) -> Response:

@@ -150,6 +150,8 @@ def test_wait_state_history_update_and_copy(client) -> None:
 
     copy = client.threads.copy(thread_id)
     assert copy["thread_id"] != thread_id
+    # As the real server answers it: the copy's values are in its state, not in this answer.
+    assert set(copy) == {"thread_id", "created_at", "updated_at", "state_updated_at", "metadata", "status", "config"}
     assert client.threads.get_state(copy["thread_id"])["values"] == state["values"]
 
     # A second turn runs on the same thread state.
