@@ -47,7 +47,7 @@ from executions.transitions import (
     execution_event_append_if,
     execution_transition,
 )
-from project.telemetry import job_reported
+from project.telemetry import job_ending, job_started
 
 logger = logging.getLogger(__name__)
 
@@ -470,14 +470,7 @@ def execute(execution_id: UUID | str) -> str:
     execution = claim(execution_id)
     if execution is None:
         return "skipped"
-    with job_reported(
-        kind="execution", job_id=execution.pk, target=execution.target_id, attempt=execution.attempts
-    ) as report:
-        report.outcome = _execute_claimed(execution)
-        return report.outcome
-
-
-def _execute_claimed(execution: Execution) -> str:
+    job_started(kind="execution", job_id=execution.pk, target=execution.target_id, attempt=execution.attempts)
     ctx = ExecutionContext(execution)
     heartbeat = Heartbeat(ctx, settings.EXECUTIONS_HEARTBEAT_INTERVAL)
     heartbeat.start()
@@ -493,6 +486,16 @@ def _execute_claimed(execution: Execution) -> str:
 
 
 def _conclude(
+    execution: Execution, ctx: ExecutionContext, heartbeat: Heartbeat, produce: Callable[[], Any]
+) -> str:
+    """Record the end of the execution as ``produce()`` says; logged and counted
+    (``project.telemetry``) on either path, the worker's thread or its event loop."""
+    with job_ending(kind="execution", job_id=execution.pk, target=execution.target_id) as report:
+        report.outcome = _record_end(execution, ctx, heartbeat, produce)
+        return report.outcome
+
+
+def _record_end(
     execution: Execution, ctx: ExecutionContext, heartbeat: Heartbeat, produce: Callable[[], Any]
 ) -> str:
     """Record the end of the execution as ``produce()`` (the target's outputs, or what it raised)

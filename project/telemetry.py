@@ -79,16 +79,42 @@ class JobReport:
     outcome: str = ""
     started: float = field(default_factory=time.monotonic)
 
+    def ended(self) -> None:
+        seconds = time.monotonic() - self.started
+        status = self.outcome or "unknown"
+        JOBS_FINISHED.labels(self.kind, self.target, status).inc()
+        JOB_DURATION.labels(self.kind, self.target).observe(seconds)
+        logger.info(
+            "%s %s %s: %s in %.3fs", self.kind, self.job_id, status, self.target, seconds,
+            extra={"event": "job_ended", "kind": self.kind, "job_id": self.job_id,
+                   "target": self.target, "attempt": self.attempt, "status": status,
+                   "duration_s": round(seconds, 4), "pid": os.getpid()},
+        )
 
-@contextmanager
-def job_reported(*, kind: str, job_id: Any, target: str, attempt: int) -> Iterator[JobReport]:
-    """Log the start of a claimed job, and at its end one line and its metrics. An exception
-    that escapes (the task's timeout) counts as ``timeout`` unless an outcome was set."""
+
+# Attempts started in this process and not ended yet, for an end recorded in another function
+# (or on the worker's event loop) than the claim: (kind, job id) -> report.
+_started: dict[tuple[str, str], JobReport] = {}
+
+
+def job_started(*, kind: str, job_id: Any, target: str, attempt: int) -> JobReport:
+    """Log the start of a claimed job; ``job_ending`` (or the report's ``ended``) ends it."""
     report = JobReport(kind=kind, job_id=str(job_id), target=target, attempt=attempt)
+    _started[(kind, report.job_id)] = report
     logger.info(
         "%s %s started: %s (attempt %d)", kind, report.job_id, target, attempt,
         extra={"event": "job_started", "kind": kind, "job_id": report.job_id, "target": target,
                "attempt": attempt, "pid": os.getpid()},
+    )
+    return report
+
+
+@contextmanager
+def job_ending(*, kind: str, job_id: Any, target: str = "") -> Iterator[JobReport]:
+    """Around the code that records a job's end: its line and metrics once it returns. An
+    exception that escapes (the task's timeout) counts as ``timeout`` unless an outcome was set."""
+    report = _started.pop((kind, str(job_id)), None) or JobReport(
+        kind=kind, job_id=str(job_id), target=target, attempt=0
     )
     try:
         yield report
@@ -96,16 +122,15 @@ def job_reported(*, kind: str, job_id: Any, target: str, attempt: int) -> Iterat
         report.outcome = report.outcome or "timeout"
         raise
     finally:
-        seconds = time.monotonic() - report.started
-        status = report.outcome or "unknown"
-        JOBS_FINISHED.labels(kind, target, status).inc()
-        JOB_DURATION.labels(kind, target).observe(seconds)
-        logger.info(
-            "%s %s %s: %s in %.3fs", kind, report.job_id, status, target, seconds,
-            extra={"event": "job_ended", "kind": kind, "job_id": report.job_id, "target": target,
-                   "attempt": attempt, "status": status, "duration_s": round(seconds, 4),
-                   "pid": os.getpid()},
-        )
+        report.ended()
+
+
+@contextmanager
+def job_reported(*, kind: str, job_id: Any, target: str, attempt: int) -> Iterator[JobReport]:
+    """``job_started`` then ``job_ending``, for a job run to its end in one call."""
+    job_started(kind=kind, job_id=job_id, target=target, attempt=attempt)
+    with job_ending(kind=kind, job_id=job_id, target=target) as report:
+        yield report
 
 
 def webhook_attempted(*, outcome: str) -> None:

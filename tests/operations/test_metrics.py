@@ -132,7 +132,8 @@ def test_worker_processes_count_what_they_run(client: Client, api) -> None:
         ids = [
             api.post("/api/v1/executions", {"type": "agent", "target_id": target, "inputs": inputs},
                      format="json").json()["execution_id"]
-            for target, inputs in (("echo", {"a": 1}), ("echo", {"b": 2}), ("fail", {}))
+            for target, inputs in (("echo", {"a": 1}), ("echo", {"b": 2}), ("fail", {}),
+                                   ("wait", {"seconds": 0.1}))
         ]
 
         def ended() -> bool:
@@ -163,6 +164,8 @@ def test_worker_processes_count_what_they_run(client: Client, api) -> None:
     assert delta("agentjobs_jobs_finished_total", kind="execution", target="echo", status="completed") == 2
     assert delta("agentjobs_jobs_finished_total", kind="execution", target="fail", status="failed") == 1
     assert delta("agentjobs_job_duration_seconds_count", kind="execution", target="echo") == 2
+    # An async def target, run on the worker's event loop rather than its thread.
+    assert delta("agentjobs_jobs_finished_total", kind="execution", target="wait", status="completed") == 1
     assert delta("agentjobs_jobs_created_total", kind="run", target="echo") == 1
     assert delta("agentjobs_jobs_finished_total", kind="run", target="echo", status="success") == 1
     assert value(after, "agentjobs_worker_clusters_alive") == 1
