@@ -209,10 +209,15 @@ def test_another_users_cron_is_a_404(api, bob_api) -> None:
     assert api.get(path).json()["enabled"] is True
 
 
-def test_deleting_the_thread_deletes_its_crons(api) -> None:
+def test_deleting_the_thread_or_the_assistant_deletes_its_crons(api) -> None:
     thread_id = _thread(api)
     cron = _thread_cron(api, thread_id)
     assert api.delete(f"/threads/{thread_id}").status_code == 204
+    assert api.get(f"/runs/crons/{cron['cron_id']}").status_code == 404
+    assistant_id = api.post("/assistants", {"graph_id": "echo"}, format="json").json()["assistant_id"]
+    cron = _cron(api, assistant_id=assistant_id)
+    assert cron["assistant_id"] == assistant_id
+    assert api.delete(f"/assistants/{assistant_id}").status_code == 204
     assert api.get(f"/runs/crons/{cron['cron_id']}").status_code == 404
 
 
