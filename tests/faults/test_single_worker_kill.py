@@ -51,6 +51,10 @@ WORKERS = 4
 ENV = {
     "DJANGO_SETTINGS_MODULE": "tests.faults.settings",  # the silent agent, for the heartbeat count
     "LOG_LEVEL": "INFO",  # django-q2 logs "ready for work at <pid>" per worker at INFO
+    # One job per worker process, as these tests count on: a kill then ends the job it targets and
+    # no other. (With runs in flight side by side, a kill -9 ends them all: test_concurrency_drain.)
+    "RUNS_CONCURRENCY_PER_WORKER": "1",
+    "EXECUTIONS_CONCURRENCY_PER_WORKER": "1",
 }
 EXECUTIONS_URL = "/api/v1/executions"
 BATCH = 10
