@@ -73,7 +73,7 @@ if HTTPS:
     SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "operations.apps.OperationsAdminConfig",  # django.contrib.admin, its index the operations page
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
