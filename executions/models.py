@@ -124,6 +124,14 @@ class Execution(models.Model):
     status = models.CharField(
         max_length=16, choices=ExecutionStatus.choices, default=ExecutionStatus.PENDING
     )
+    blocked = models.BooleanField(
+        default=False,
+        help_text="Pending until every execution it depends on (depends_on) has completed.",
+    )
+    batch_id = models.UUIDField(
+        null=True, blank=True, db_index=True,
+        help_text="The POST /executions/batch request that created it, with its siblings.",
+    )
     priority = models.SmallIntegerField(
         default=0,
         help_text=f"{PRIORITY_MIN} to {PRIORITY_MAX}: pending executions with a higher priority are "
@@ -215,7 +223,7 @@ class Execution(models.Model):
             # grows, and it holds only the rows still waiting.
             models.Index(
                 F("priority").desc(), F("created_at").asc(), F("id").asc(),
-                condition=Q(status="pending"), name="execution_claim_order",
+                condition=Q(status="pending", blocked=False), name="execution_claim_order",
             ),
         ]
         constraints = [
@@ -255,6 +263,29 @@ class Execution(models.Model):
         if end is None:
             end = timezone.now()
         return max(0.0, (end - self.started_at).total_seconds())
+
+
+class ExecutionDependency(models.Model):
+    """``downstream`` runs only after ``upstream`` completed (``depends_on``); if ``upstream`` fails
+    or is cancelled, ``downstream`` does not run (``executions.dependencies``). Dependencies must
+    exist when their dependent is created, so the graph has no cycles by construction."""
+
+    upstream = models.ForeignKey(
+        Execution, on_delete=models.CASCADE, related_name="downstream_links"
+    )
+    downstream = models.ForeignKey(
+        Execution, on_delete=models.CASCADE, related_name="upstream_links"
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["downstream", "upstream"], name="execution_dependency_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.upstream_id} -> {self.downstream_id}"
 
 
 class ExecutionEventType(models.TextChoices):

@@ -110,6 +110,7 @@ class ExecutionContext:
         self.config: dict = execution.config
         self.type: str = execution.type
         self.target_id: str = execution.target_id
+        self._dependencies: dict[str, Any] | None = None
         self._current_step = execution.current_step
         self._total_steps = execution.total_steps
         self._step_name = execution.step_name
@@ -120,6 +121,22 @@ class ExecutionContext:
         self._stop_reason: str | None = None
         self._progress_interval = settings.EXECUTIONS_PROGRESS_INTERVAL
         self._cancel_check_interval = settings.EXECUTIONS_CANCEL_CHECK_INTERVAL
+
+    @property
+    def dependencies(self) -> dict[str, Any]:
+        """The outputs of the executions this one depends on (``depends_on``), by their id; all of
+        them completed before it was claimed. Read once, on first use."""
+        if self._dependencies is None:
+            self._dependencies = {
+                str(pk): outputs
+                for pk, outputs in _reconnecting(
+                    lambda: list(
+                        Execution.objects.filter(downstream_links__downstream=self.execution_id)
+                        .values_list("id", "outputs")
+                    )
+                )
+            }
+        return self._dependencies
 
     # --- progress -------------------------------------------------------------------------------
 

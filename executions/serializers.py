@@ -3,6 +3,7 @@ from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
 from executions.models import PRIORITY_MAX, PRIORITY_MIN, Execution, ExecutionStatus, ExecutionType
+from project.api.errors import InvalidInput
 from webhooks.destinations import WebhookUrlInvalid, webhook_url_check
 
 
@@ -16,6 +17,13 @@ class ExecutionCreateSerializer(serializers.Serializer):
         help_text="-10 to 10, default 0: a worker claims the pending execution with the highest "
         "priority first, the oldest first within a priority.",
     )
+    depends_on = serializers.ListField(
+        child=serializers.CharField(max_length=64), required=False, max_length=50,
+        help_text="Ids of your executions that must complete first (at most 50); in a batch, "
+        "\"$N\" names the batch's item N (an earlier one). It waits pending, blocked_by the "
+        "unfinished ones, and gets their outputs as ctx.dependencies; if one fails or is "
+        "cancelled, it fails (or is cancelled) with error.type DependencyFailed.",
+    )
     webhook = serializers.CharField(
         required=False, max_length=2048,
         help_text="http(s) URL POSTed to when the execution ends: {type: execution.completed|"
@@ -27,6 +35,23 @@ class ExecutionCreateSerializer(serializers.Serializer):
             return webhook_url_check(value)
         except WebhookUrlInvalid as exc:
             raise serializers.ValidationError(str(exc)) from None
+
+
+class ExecutionBatchCreateSerializer(serializers.Serializer):
+    executions = serializers.ListField(
+        child=serializers.DictField(), min_length=1, max_length=100,
+        help_text="1 to 100 create bodies, created all or none.",
+    )
+
+    def validated_items(self) -> list[dict]:
+        """Each item checked as a create body; the first bad one is a 400 naming its index."""
+        validated = []
+        for index, item in enumerate(self.validated_data["executions"]):
+            body = ExecutionCreateSerializer(data=item)
+            if not body.is_valid():
+                raise InvalidInput({f"executions[{index}]": body.errors})
+            validated.append(body.validated_data)
+        return validated
 
 
 class ProgressSerializer(serializers.Serializer):
@@ -70,6 +95,8 @@ class ExecutionSerializer(serializers.ModelSerializer):
     schedule_id = serializers.UUIDField(
         allow_null=True, read_only=True, help_text="The schedule whose firing started it, if any."
     )
+    depends_on = serializers.SerializerMethodField()
+    blocked_by = serializers.SerializerMethodField()
 
     class Meta:
         model = Execution
@@ -81,6 +108,8 @@ class ExecutionSerializer(serializers.ModelSerializer):
             "inputs",
             "config",
             "priority",
+            "depends_on",
+            "blocked_by",
             "created_at",
             "started_at",
             "completed_at",
@@ -111,6 +140,20 @@ class ExecutionSerializer(serializers.ModelSerializer):
     def get_status_url(self, execution: Execution) -> str:
         return status_url(self.context.get("request"), execution)
 
+    @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
+    def get_depends_on(self, execution: Execution) -> list[str]:
+        return [str(link.upstream_id) for link in execution.upstream_links.all()]
+
+    @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
+    def get_blocked_by(self, execution: Execution) -> list[str]:
+        """The dependencies it still waits for (empty once it may run, or ended)."""
+        if execution.status != ExecutionStatus.PENDING:
+            return []
+        return [
+            str(link.upstream_id) for link in execution.upstream_links.all()
+            if link.upstream.status != ExecutionStatus.COMPLETED
+        ]
+
     @extend_schema_field(serializers.URLField(allow_null=True))
     def get_webhook(self, execution: Execution) -> str | None:
         return execution.webhook or None
@@ -118,6 +161,10 @@ class ExecutionSerializer(serializers.ModelSerializer):
 
 # The list answers one page object, not the bare array drf-spectacular assumes for list views.
 @extend_schema_serializer(many=False)
+class ExecutionBatchCreatedSerializer(serializers.Serializer):
+    executions = ExecutionCreatedSerializer(many=True)
+
+
 class ExecutionPageSerializer(serializers.Serializer):
     count = serializers.IntegerField(
         required=False, help_text="Page-number mode: the matching rows, exact up to 10,000."

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -15,10 +16,20 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from executions.completion import execution_ended_notify
+from executions.dependencies import (
+    MAX_DEPENDENCIES,
+    DependencyInvalid,
+    dependencies_failed,
+    dependencies_locked,
+    dependency_error,
+    dependency_ids,
+    is_blocked,
+)
 from executions.models import (
     PRIORITY_MAX,
     PRIORITY_MIN,
     Execution,
+    ExecutionDependency,
     ExecutionEventType,
     ExecutionStatus,
     ExecutionType,
@@ -132,43 +143,149 @@ def execution_create(
     webhook: str = "",
     priority: int | None = None,
     schedule_id: UUID | None = None,
+    depends_on: list[Any] | None = None,
 ) -> Execution:
     """Validate, store and queue a new execution. Workers get the id when the row commits.
     ``webhook``: a URL already checked (``webhooks.destinations``), POSTed to when it ends.
     ``priority``: −10 to 10, higher claimed first (default 0, or ``config.priority``).
-    ``schedule_id``: the schedule whose firing starts it."""
-    inputs = inputs if inputs is not None else {}
-    config = _validated_config(config if config is not None else {})
-    chosen_priority = _priority(priority, config)
-    validated_inputs = _validated(type, target_id, inputs)
+    ``schedule_id``: the schedule whose firing starts it. ``depends_on``: ids of ``owner``'s
+    executions that must complete before this one runs (``executions.dependencies``)."""
+    item = _item_validated(
+        type=type, target_id=target_id, inputs=inputs, config=config, priority=priority,
+        depends_on=depends_on,
+    )
     _check_active_limit(owner)
     with transaction.atomic():
-        execution = Execution.objects.create(
-            owner=owner,
-            type=type,
-            target_id=target_id,
-            inputs=validated_inputs,
-            config=config,
-            priority=chosen_priority,
-            retry_of=retry_of,
-            webhook=webhook or "",
-            schedule_id=schedule_id,
-            event_seq=1,
-            **(idempotency.stored() if idempotency else {}),
+        execution = _item_create(
+            item, owner=owner, retry_of=retry_of, webhook=webhook, schedule_id=schedule_id,
+            stored=idempotency.stored() if idempotency else {},
+            depends_on=_dependencies(owner, item.depends_on),
         )
-        execution.events.create(
-            seq=1,
-            type=ExecutionEventType.CREATED,
-            data={"status": ExecutionStatus.PENDING, "retry_of": str(retry_of.pk) if retry_of else None},
-        )
-        enqueue_execution_on_commit(execution)
     job_created(kind="execution", target=target_id)
+    return execution
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One create request, validated: what ``_item_create`` stores."""
+
+    type: str
+    target_id: str
+    inputs: dict
+    config: dict
+    priority: int
+    depends_on: list[UUID]
+    # Batch references (``"$2"``): indexes of earlier items of the same batch.
+    depends_on_items: list[int] = field(default_factory=list)
+
+
+def _item_validated(
+    *, type: str, target_id: str, inputs: Any, config: Any, priority: int | None,
+    depends_on: Any, batch_index: int | None = None,
+) -> _Item:
+    config = _validated_config(config if config is not None else {})
+    chosen_priority = _priority(priority, config)
+    validated_inputs = _validated(type, target_id, inputs if inputs is not None else {})
+    ids: list[UUID] = []
+    items: list[int] = []
+    raw = depends_on if depends_on is not None else []
+    if batch_index is not None and isinstance(raw, list):
+        items, raw = _batch_references(raw, batch_index)
+    try:
+        ids = dependency_ids(raw)
+    except DependencyInvalid as exc:
+        raise InvalidInput({"depends_on": [str(exc)]}) from None
+    if len(ids) + len(items) > MAX_DEPENDENCIES:
+        raise InvalidInput({"depends_on": [f"At most {MAX_DEPENDENCIES} dependencies."]})
+    return _Item(
+        type=type, target_id=target_id, inputs=validated_inputs, config=config,
+        priority=chosen_priority, depends_on=ids, depends_on_items=items,
+    )
+
+
+def _batch_references(raw: list, batch_index: int) -> tuple[list[int], list[Any]]:
+    """Split ``depends_on`` into references to earlier items (``"$N"``) and execution ids."""
+    items: list[int] = []
+    ids: list[Any] = []
+    for value in raw:
+        if isinstance(value, str) and value.startswith("$"):
+            try:
+                index = int(value[1:])
+            except ValueError:
+                raise InvalidInput({"depends_on": [f"'{value}' is not a batch reference ($N)."]}) from None
+            if not 0 <= index < batch_index:
+                raise InvalidInput(
+                    {"depends_on": [f"'{value}' must name an earlier item of the batch."]}
+                )
+            if index not in items:
+                items.append(index)
+        else:
+            ids.append(value)
+    return items, ids
+
+
+def _dependencies(owner, ids: list[UUID]) -> list[Execution]:
+    try:
+        return dependencies_locked(owner=owner, ids=ids)
+    except DependencyInvalid as exc:
+        raise InvalidInput({"depends_on": [str(exc)]}) from None
+
+
+def _item_create(
+    item: _Item, *, owner, depends_on: list[Execution], retry_of: Execution | None = None,
+    webhook: str = "", stored: dict | None = None, batch_id: UUID | None = None,
+    schedule_id: UUID | None = None,
+) -> Execution:
+    """Insert one validated execution with its links and ``created`` event, and queue it unless a
+    dependency holds it back. Runs inside the caller's transaction."""
+    failed = dependencies_failed(depends_on)
+    execution = Execution.objects.create(
+        owner=owner,
+        type=item.type,
+        target_id=item.target_id,
+        inputs=item.inputs,
+        config=item.config,
+        priority=item.priority,
+        blocked=failed is None and is_blocked(depends_on),
+        batch_id=batch_id,
+        retry_of=retry_of,
+        webhook=webhook or "",
+        schedule_id=schedule_id,
+        event_seq=1,
+        **(stored or {}),
+    )
+    if depends_on:
+        ExecutionDependency.objects.bulk_create(
+            [ExecutionDependency(upstream=row, downstream=execution) for row in depends_on]
+        )
+    execution.events.create(
+        seq=1,
+        type=ExecutionEventType.CREATED,
+        data={
+            "status": ExecutionStatus.PENDING,
+            "retry_of": str(retry_of.pk) if retry_of else None,
+            **({"depends_on": [str(row.pk) for row in depends_on]} if depends_on else {}),
+        },
+    )
+    if failed is not None:
+        # A dependency already failed: this one can never run, and says why at once.
+        error = dependency_error(dependency=failed.pk, root=failed.pk, root_status=failed.status)
+        execution_transition(
+            execution_id=execution.pk, allowed=[ExecutionStatus.PENDING],
+            event_type=ExecutionEventType.STATUS,
+            event_data={"status": ExecutionStatus.FAILED, "error": error},
+            status=ExecutionStatus.FAILED, error=error, completed_at=timezone.now(),
+        )
+        execution.refresh_from_db()
+    elif not execution.blocked:
+        enqueue_execution_on_commit(execution)
     return execution
 
 
 def execution_create_idempotent(
     *, owner, idempotency: Idempotency, type: str, target_id: str, inputs: dict | None = None,
     config: dict | None = None, webhook: str = "", priority: int | None = None,
+    depends_on: list[Any] | None = None,
 ) -> tuple[Execution, bool]:
     """Like ``execution_create``, but a retry of the request with the same key from the same owner
     returns the execution it first created instead of starting a second one; the same key with
@@ -177,7 +294,7 @@ def execution_create_idempotent(
         Execution, owner=owner, idempotency=idempotency, what="execution",
         create=lambda: execution_create(
             owner=owner, type=type, target_id=target_id, inputs=inputs, config=config,
-            idempotency=idempotency, webhook=webhook, priority=priority,
+            idempotency=idempotency, webhook=webhook, priority=priority, depends_on=depends_on,
         ),
     )
 
@@ -225,6 +342,7 @@ def execution_retry(*, execution: Execution, owner=None) -> Execution:
         retry_of=execution,
         webhook=execution.webhook,
         priority=execution.priority,
+        depends_on=list(execution.upstream_links.values_list("upstream_id", flat=True)),
     )
 
 
@@ -312,3 +430,78 @@ def executions_prune(
         if progress is not None:
             progress(deleted)
     return deleted
+
+
+BATCH_MAX = 100
+
+
+def executions_create_batch(
+    *, owner, items: list[dict[str, Any]], idempotency: Idempotency | None = None
+) -> tuple[list[Execution], bool]:
+    """Create the executions ``items`` describes (create bodies, already shape-checked), all or
+    none, in one transaction: every item is validated before any is stored, and a problem is an
+    ``InvalidInput`` naming the item's index. An item's ``depends_on`` may name earlier items as
+    ``"$N"``. With ``idempotency``, a retry of the same batch returns the executions it created.
+    Returns (executions in the items' order, created)."""
+    if not items:
+        raise InvalidInput({"executions": ["Give at least one execution."]})
+    if len(items) > BATCH_MAX:
+        raise InvalidInput({"executions": [f"At most {BATCH_MAX} executions per batch, got {len(items)}."]})
+    validated = []
+    for index, raw in enumerate(items):
+        try:
+            validated.append(
+                _item_validated(
+                    type=raw["type"], target_id=raw["target_id"], inputs=raw.get("inputs"),
+                    config=raw.get("config"), priority=raw.get("priority"),
+                    depends_on=raw.get("depends_on"), batch_index=index,
+                )
+            )
+        except InvalidInput as exc:
+            raise InvalidInput({f"executions[{index}]": exc.detail}) from None
+    webhooks = [raw.get("webhook") or "" for raw in items]
+    if idempotency is None:
+        return _batch_create(owner, validated, webhooks, None), True
+    keys = [idempotency.batch_item(index).key for index in range(len(validated))]
+    _first, created = create_once(
+        Execution, owner=owner, idempotency=idempotency.batch_item(0), what="the batch starting with",
+        create=lambda: _batch_create(owner, validated, webhooks, idempotency)[0],
+    )
+    rows = {
+        row.idempotency_key: row
+        for row in Execution.objects.filter(owner=owner, idempotency_key__in=keys)
+    }
+    return [rows[key] for key in keys], created
+
+
+def _batch_create(
+    owner, validated: list[_Item], webhooks: list[str], idempotency: Idempotency | None
+) -> list[Execution]:
+    limit = settings.EXECUTIONS_MAX_ACTIVE_PER_USER
+    if owner is not None and limit:
+        active = Execution.objects.owned_by(owner).active().count()
+        if active + len(validated) > limit:
+            raise TooManyActive(
+                detail=f"This batch would take you past {limit} pending or running executions "
+                f"(EXECUTIONS_MAX_ACTIVE_PER_USER; you have {active}); wait for some to finish "
+                "or cancel them."
+            )
+    batch_id = uuid.uuid4()
+    created: list[Execution] = []
+    with transaction.atomic():
+        for index, item in enumerate(validated):
+            try:
+                upstream = _dependencies(owner, item.depends_on)
+            except InvalidInput as exc:
+                raise InvalidInput({f"executions[{index}]": exc.detail}) from None
+            upstream += [created[earlier] for earlier in item.depends_on_items]
+            created.append(
+                _item_create(
+                    item, owner=owner, depends_on=upstream, webhook=webhooks[index],
+                    batch_id=batch_id,
+                    stored=idempotency.batch_item(index).stored() if idempotency else {},
+                )
+            )
+    for execution in created:
+        job_created(kind="execution", target=execution.target_id)
+    return created

@@ -148,9 +148,10 @@ def row_reader(connection: BaseDatabaseWrapper) -> Callable[[Sequence[Any]], Exe
 
 
 def _eligible(connection: BaseDatabaseWrapper, alias: str, *, targets: int, owners: int) -> str:
-    """The condition that the execution ``alias`` may be claimed now: pending, due, of the
-    timeout class of the message's execution (django-q2 armed the message's timeout, so a worker
-    may only take a row that times out the same way), and not of a target or owner at its limit
+    """The condition that the execution ``alias`` may be claimed now: pending, not blocked by a
+    dependency, due, of the timeout class of the message's execution (django-q2 armed the
+    message's timeout, so a worker may only take a row that times out the same way), and not of a
+    target or owner at its limit
     (``targets`` and ``owners`` placeholders)."""
     qn = connection.ops.quote_name
     table = qn(Execution._meta.db_table)
@@ -166,6 +167,7 @@ def _eligible(connection: BaseDatabaseWrapper, alias: str, *, targets: int, owne
         same = "IS"
     conditions = [
         f"{col('status')} = %s",
+        f"NOT {col('blocked')}",
         f"({col('not_before')} IS NULL OR {col('not_before')} <= %s)",
         (
             f"{timeout_of.format(alias)} {same} "

@@ -78,7 +78,30 @@ def _apply(
     fields: dict[str, Any],
     fetch_row: bool,
 ) -> tuple[int, Execution | None] | None:
-    """Update and append the event; (event seq, row if ``fetch_row``), or None if no row matched."""
+    """Update and append the event; (event seq, row if ``fetch_row``), or None if no row matched.
+    A row that reached a terminal status settles its dependents (``executions.dependencies``)."""
+    applied = _apply_once(
+        execution_id=execution_id, allowed=allowed, event_type=event_type, event_data=event_data,
+        where=where, fields=fields, fetch_row=fetch_row,
+    )
+    status = fields.get("status")
+    if applied is not None and status in ExecutionStatus.terminal():
+        from executions.dependencies import dependents_settle  # it makes transitions itself
+
+        dependents_settle(execution_id=execution_id, status=status)
+    return applied
+
+
+def _apply_once(
+    *,
+    execution_id: UUID | str,
+    allowed: Iterable[str] | None,
+    event_type: str,
+    event_data: dict[str, Any],
+    where: Q | None,
+    fields: dict[str, Any],
+    fetch_row: bool,
+) -> tuple[int, Execution | None] | None:
     allowed = _allowed_statuses(allowed, fields)
     alias = router.db_for_write(Execution)
     connection = connections[alias]

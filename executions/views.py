@@ -25,6 +25,8 @@ from executions.pagination import (
 )
 from executions.serializers import (
     ErrorResponseSerializer,
+    ExecutionBatchCreatedSerializer,
+    ExecutionBatchCreateSerializer,
     ExecutionCreatedSerializer,
     ExecutionCreateSerializer,
     ExecutionPageSerializer,
@@ -52,7 +54,7 @@ class ExecutionViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
 
     def get_throttles(self):
         # Only starting work is throttled; reads and cancels stay free.
-        return [CreateRateThrottle()] if self.action == "create" else []
+        return [CreateRateThrottle()] if self.action in ("create", "batch") else []
 
     def get_queryset(self):
         return selectors.executions_visible_to(self.request.user)
@@ -132,6 +134,44 @@ class ExecutionViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
             execution = services.execution_create(owner=request.user, **params.validated_data)
         body = ExecutionCreatedSerializer(execution, context={"request": request}).data
         headers["Location"] = body["status_url"]
+        return Response(body, status=status.HTTP_201_CREATED, headers=headers)
+
+    @extend_schema(
+        request=ExecutionBatchCreateSerializer,
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER,
+                description="Retrying the same batch with the same key returns the executions the "
+                "first one created (header Idempotent-Replayed: true); another batch with the same "
+                "key is a 409.",
+            )
+        ],
+        responses={
+            201: ExecutionBatchCreatedSerializer, 400: ErrorResponseSerializer,
+            409: ErrorResponseSerializer, 413: ErrorResponseSerializer,
+            429: ErrorResponseSerializer, **ERRORS_401,
+        },
+    )
+    @action(detail=False, methods=["post"])
+    def batch(self, request: Request) -> Response:
+        """Create up to 100 executions at once, all or none; an item's depends_on may name an
+        earlier item as "$N"."""
+        params = ExecutionBatchCreateSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        idempotency = Idempotency.from_header(
+            request.headers.get("Idempotency-Key"), method="POST", path=request.path, body=request.data
+        )
+        executions, created = services.executions_create_batch(
+            owner=request.user, items=params.validated_items(), idempotency=idempotency
+        )
+        headers = {}
+        if idempotency is not None:
+            headers["Idempotent-Replayed"] = "false" if created else "true"
+        body = {
+            "executions": ExecutionCreatedSerializer(
+                executions, many=True, context={"request": request}
+            ).data
+        }
         return Response(body, status=status.HTTP_201_CREATED, headers=headers)
 
     @extend_schema(responses={200: ExecutionSerializer, **ERRORS_401, **ERRORS_404})

@@ -501,6 +501,18 @@ RECIPES: dict[str, Recipe] = {
     ),
     "409 POST /api/v1/executions": lambda c: _idempotency_conflict(c),
     "429 POST /api/v1/executions": lambda c: _too_many_active(c),
+    "201 POST /api/v1/executions/batch": lambda c: c.call(
+        "POST", "/api/v1/executions/batch", json={"executions": [ECHO, {**ECHO, "depends_on": ["$0"]}]}
+    ),
+    "400 POST /api/v1/executions/batch": lambda c: c.call(
+        "POST", "/api/v1/executions/batch", json={"executions": [ECHO, {**ECHO, "depends_on": ["$1"]}]}
+    ),
+    "409 POST /api/v1/executions/batch": lambda c: _idempotency_conflict_at(
+        c, "/api/v1/executions/batch", {"executions": [ECHO]}, created=201, changed={"executions": [ECHO, ECHO]}
+    ),
+    "429 POST /api/v1/executions/batch": lambda c: _throttled(
+        c, "/api/v1/executions/batch", {"executions": [ECHO]}
+    ),
     "200 GET /api/v1/executions/{id}": lambda c: c.call(
         "GET", f"/api/v1/executions/{c.ids['execution']}"
     ),
@@ -545,6 +557,9 @@ RECIPES: dict[str, Recipe] = {
 SCHEDULE = {"type": "agent", "target_id": "echo", "cron": "0 0 1 1 *"}
 
 
+ECHO = {"type": "agent", "target_id": "echo"}
+
+
 def _idempotency_conflict(c: Ctx) -> requests.Response:
     key = {"Idempotency-Key": uuid.uuid4().hex}
     c.ok("POST", "/api/v1/executions", json={"type": "agent", "target_id": "echo"}, headers=key)
@@ -560,14 +575,17 @@ def _too_many_active(c: Ctx) -> requests.Response:
     return c.call("POST", "/api/v1/executions", json=body, session=c.carol)
 
 
-def _idempotency_conflict_at(c: Ctx, path: str, body: Any) -> requests.Response:
+def _idempotency_conflict_at(
+    c: Ctx, path: str, body: Any, *, created: int = 200, changed: Any = None
+) -> requests.Response:
     key = {"Idempotency-Key": uuid.uuid4().hex}
-    assert c.call("POST", path, json=body, headers=key).status_code == 200
-    changed = (
-        [{**item, "metadata": {"other": True}} for item in body]
-        if isinstance(body, list)
-        else {**body, "metadata": {"other": True}}
-    )
+    assert c.call("POST", path, json=body, headers=key).status_code == created
+    if changed is None:
+        changed = (
+            [{**item, "metadata": {"other": True}} for item in body]
+            if isinstance(body, list)
+            else {**body, "metadata": {"other": True}}
+        )
     return c.call("POST", path, json=changed, headers=key)
 
 
