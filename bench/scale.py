@@ -468,6 +468,7 @@ def measure(*, api_key: str, repeat: int, log: Callable[[str], None] = print) ->
             cursor.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
     # The 400 of a page past the bound is expected: no warning line per request.
     logging.getLogger("django.request").setLevel(logging.ERROR)
+    logging.getLogger("agentjobs.http").setLevel(logging.WARNING)  # a line per request
     api = Client(HTTP_X_API_KEY=api_key)
     staff = Client()
     staff.force_login(get_user_model().objects.get(username="scale-admin"))

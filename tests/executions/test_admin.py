@@ -205,6 +205,31 @@ def test_each_filter_narrows_the_list(admin_client, owner, make_user, one_of_eac
     assert f"owner__id__exact={other.pk}" in html
 
 
+def whole_table_reads(queries: list[dict]) -> list[str]:
+    """The statements that read every execution: a DISTINCT (filter choices, facets) or a COUNT
+    not bounded by a LIMIT."""
+    reads = []
+    for query in queries:
+        sql = query["sql"].upper()
+        if "EXECUTIONS_EXECUTION" not in sql:
+            continue
+        if "SELECT DISTINCT" in sql or ("COUNT(" in sql and " LIMIT " not in sql):
+            reads.append(query["sql"])
+    return reads
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"status__exact": "failed"}, {"priority__exact": "0"}, {"q": "echo"}, {"q": "0a1b"},
+     {"target": "echo", "owner__id__exact": "1"}, {"_facets": "1"}],
+)
+def test_changelist_never_reads_the_whole_table(admin_client, one_of_each, params):
+    with CaptureQueriesContext(connection) as captured:
+        response = admin_client.get(CHANGELIST, params)
+    assert response.status_code == 200
+    assert whole_table_reads(captured.captured_queries) == []
+
+
 def test_search_by_full_id_or_id_prefix_and_by_target(admin_client, owner):
     first = create(owner, "echo")
     second = create(owner, "summarize", {"text": "Hello there."})

@@ -8,11 +8,13 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
 from runs import services
-from runs.models import Run, RunStatus, Thread
+from runs.models import Run, RunEvent, RunStatus, Thread
 
 pytestmark = pytest.mark.django_db
 
@@ -39,6 +41,40 @@ def test_changelists_render_with_bounded_queries(staff_client, alice, django_ass
         assert response.status_code == 200
     threads = staff_client.get(reverse("admin:runs_thread_changelist")).content.decode()
     assert "pending" in threads and "busy" in threads
+
+
+def test_changelists_count_a_bounded_number_of_rows(staff_client, alice) -> None:
+    run = _pending_run(alice)
+    pages = [
+        ("runs_run", {}), ("runs_run", {"status__exact": "pending"}), ("runs_run", {"q": str(run.pk)[:8]}),
+        ("runs_thread", {}), ("runs_thread", {"q": "alice"}), ("runs_run", {"_facets": "1"}),
+    ]
+    for name, params in pages:
+        with CaptureQueriesContext(connection) as captured:
+            response = staff_client.get(reverse(f"admin:{name}_changelist"), params)
+        assert response.status_code == 200
+        unbounded = [
+            q["sql"] for q in captured.captured_queries
+            if ("COUNT(" in q["sql"].upper() and " LIMIT " not in q["sql"].upper())
+            or "SELECT DISTINCT" in q["sql"].upper() and "runs_run" in q["sql"]
+        ]
+        assert unbounded == [], (name, params)
+    found = staff_client.get(reverse("admin:runs_run_changelist"), {"q": str(run.pk)[:8]})
+    assert str(run.pk) in found.content.decode()
+    threads = staff_client.get(reverse("admin:runs_thread_changelist"), {"q": "alice"}).content.decode()
+    assert str(run.thread_id) in threads
+
+
+def test_run_page_shows_the_latest_events_and_links_to_all(staff_client, alice) -> None:
+    run = _pending_run(alice)
+    RunEvent.objects.bulk_create(
+        RunEvent(run=run, seq=seq, event="values", data=f"chunk {seq:04d}") for seq in range(1, 251)
+    )
+    page = staff_client.get(reverse("admin:runs_run_change", args=[run.pk])).content.decode()
+    assert "chunk 0250" in page and "chunk 0051" in page and "chunk 0050" not in page
+    assert "The latest 200 of 250 events" in page
+    every = staff_client.get(reverse("admin:runs_runevent_changelist"), {"run": str(run.pk)})
+    assert every.status_code == 200 and "chunk 0001" in every.content.decode()
 
 
 def test_thread_and_run_pages_show_state_and_kwargs(staff_client, alice) -> None:
