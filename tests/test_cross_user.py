@@ -18,7 +18,7 @@ from rest_framework.test import APIClient
 from accounts.models import api_key_create
 from executions.models import Execution
 from project.openapi import HTTP_METHODS, Route, api_routes
-from runs.models import Assistant, Run, Thread
+from runs.models import Assistant, Cron, Run, Thread
 from schedules.models import Schedule
 
 # Streams are async views that read the database from other threads: data must be committed.
@@ -69,6 +69,20 @@ REQUESTS: dict[str, list[dict[str, Any]]] = {
     "POST /threads/{thread_id}/runs/{run_id}/cancel": [
         {}, {"query": {"action": "rollback"}}, {"query": {"wait": "true"}},
     ],
+    "GET /threads/{thread_id}/storage": [{}],
+    "POST /threads/{thread_id}/stream/events": [{"json": {"channels": ["values"]}}],
+    "POST /threads/{thread_id}/commands": [
+        {"json": {"id": 1, "method": "state.get", "params": {}}},
+        {"json": {"id": 2, "method": "run.start", "params": {"assistant_id": "echo", "input": RUN_BODY["input"]}}},
+    ],
+    "POST /threads/{thread_id}/runs/crons": [{"json": {"assistant_id": "echo", "schedule": "0 0 1 1 *"}}],
+    "GET /runs/crons/{cron_id}": [{}],
+    "PATCH /runs/crons/{cron_id}": [{"json": {"enabled": False, "schedule": "* * * * *"}}],
+    "DELETE /runs/crons/{cron_id}": [{}],
+    "POST /a2a/{assistant_id}": [
+        {"json": {"jsonrpc": "2.0", "id": 1, "method": "message/send", "params": {"message": {
+            "role": "user", "messageId": "m1", "parts": [{"kind": "text", "text": "hi"}]}}}},
+    ],
 }
 # Like the real server, a join of a run the caller cannot see is a 200 reporting it missing: the
 # same answer as for a run that does not exist.
@@ -76,6 +90,10 @@ ANSWERS_NOT_FOUND_WITH_200 = {
     "GET /threads/{thread_id}/runs/{run_id}/join",
     "GET /threads/{thread_id}/runs/{run_id}/stream",
 }
+# The v2 protocol answers a command, whatever befalls it, with a 200 that carries the command's
+# error: for another user's thread, "not found" (run.start creates a thread that does not exist
+# at all, and refuses one that exists for someone else).
+ANSWERS_NOT_FOUND_AS_COMMAND_ERROR = {"POST /threads/{thread_id}/commands"}
 # Reported bugs, by "METHOD path": the test fails when one of them is fixed, so the entry goes.
 KNOWN_BUGS: dict[str, str] = {}
 
@@ -153,6 +171,12 @@ def alices(clients: tuple[APIClient, APIClient]) -> dict[str, str]:
         format="json",
     )
     assert schedule.status_code == 201, schedule.content
+    cron = api.post(
+        f"/threads/{thread_id}/runs/crons",
+        {"assistant_id": assistant.json()["assistant_id"], "schedule": "0 0 1 1 *", "metadata": meta},
+        format="json",
+    )
+    assert cron.status_code == 200, cron.content
     return {
         "assistant_id": assistant.json()["assistant_id"],
         "thread_id": thread_id,
@@ -160,6 +184,7 @@ def alices(clients: tuple[APIClient, APIClient]) -> dict[str, str]:
         "checkpoint_id": state.json()["checkpoint_id"],
         "pk": execution.json()["execution_id"],
         "schedule_id": schedule.json()["schedule_id"],
+        "cron_id": cron.json()["cron_id"],
         "namespace": "echo",
     }
 
@@ -181,6 +206,7 @@ def _rows() -> list[Any]:
         ),
         sorted(Execution.objects.values_list("pk", "status", "cancelled_at")),
         sorted(Schedule.objects.values_list("pk", "enabled", "cron", "next_run_at", "updated_at")),
+        sorted(Cron.objects.values_list("pk", "enabled", "schedule", "next_run_date", "updated_at")),
     ]
 
 
@@ -254,6 +280,10 @@ def _check_method(
             )
             assert body == _body(missing), body[:300]
             assert "404: Run not found" in body
+        elif key in ANSWERS_NOT_FOUND_AS_COMMAND_ERROR:
+            assert response.status_code == 200, (response.status_code, body[:300])
+            answer = response.json()
+            assert answer["type"] == "error" and "not found" in answer["message"], answer
         else:
             assert response.status_code == 404, (
                 f"{key} {request}: {response.status_code} {body[:300]}"

@@ -17,6 +17,8 @@ from executions.models import Execution
 from project.api.json_input import body_problem
 from runs import services as run_services
 from runs.models import Assistant, Run, Thread
+from runs.services.crons import cron_create
+from schedules.services import schedule_create
 
 pytestmark = pytest.mark.django_db
 
@@ -139,9 +141,11 @@ def objects(alice: Any) -> dict[str, str]:
     run = run_services.run_create(owner=alice, body=RUN, thread_id=thread.pk)
     assistant = run_services.assistant_create(owner=alice, graph_id="echo")
     execution = execution_services.execution_create(owner=alice, type="agent", target_id="echo")
+    schedule = schedule_create(owner=alice, type="agent", target_id="echo", cron="0 0 1 1 *")
+    cron = cron_create(owner=alice, body={"assistant_id": "echo", "schedule": "0 0 1 1 *"}, thread_id=thread.pk)
     return {
         "thread_id": str(thread.pk), "run_id": str(run.pk), "assistant_id": str(assistant.pk),
-        "id": str(execution.pk),
+        "id": str(execution.pk), "schedule_id": str(schedule.pk), "cron_id": str(cron.pk),
     }
 
 
