@@ -3,7 +3,7 @@
 Every operation of the schema is fuzzed with positive and negative cases, as each of two users
 (one with ``x-api-key``, one with ``Authorization: Bearer``) and now and then with no key. A share
 of the generated path ids are replaced by real objects of the acting user or of the other user, so
-cases reach real threads, runs, assistants and executions. Each response must:
+cases reach real threads, runs, assistants, executions and schedules. Each response must:
 
 - not be a 5xx, have a documented status, content type and headers, and match its schema;
 - never be a success when the path names the other user's object (a join may answer 200 with
@@ -69,6 +69,7 @@ ID_PARAMETERS = {
     "checkpoint_id": "checkpoint_id",
     "id": "execution_id",
     "cron_id": "cron_id",
+    "schedule_id": "schedule_id",
 }
 
 
@@ -143,6 +144,10 @@ def _seed(base_url: str, identity: Identity) -> None:
         "POST", f"/threads/{thread_id}/runs/crons",
         json={"assistant_id": assistant["assistant_id"], "schedule": "0 0 1 1 *", "metadata": meta},
     )
+    schedule = call(
+        "POST", "/api/v1/schedules",
+        json={"type": "agent", "target_id": "echo", "inputs": meta, "cron": "0 0 1 1 *"},
+    )
     identity.seed = {
         "assistant_id": assistant["assistant_id"],
         "thread_id": thread_id,
@@ -150,6 +155,7 @@ def _seed(base_url: str, identity: Identity) -> None:
         "checkpoint_id": state["checkpoint"]["checkpoint_id"],
         "execution_id": execution["execution_id"],
         "cron_id": cron["cron_id"],
+        "schedule_id": schedule["schedule_id"],
     }
 
 
