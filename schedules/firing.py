@@ -113,7 +113,13 @@ def _fire(*, schedule_id, due_at: datetime, now: datetime) -> bool:
     next_run_at: datetime | None = None
     try:
         with transaction.atomic():
-            schedule = Schedule.objects.filter(pk=schedule_id, enabled=True, next_run_at=due_at).first()
+            # skip_locked: a schedule another sweeper is firing is its to fire; this one moves on
+            # to the next due schedule instead of queueing behind it (PostgreSQL; SQLite has one
+            # writer at a time anyway). The conditional UPDATE below stays the guarantee.
+            schedule = (
+                Schedule.objects.select_for_update(skip_locked=True)
+                .filter(pk=schedule_id, enabled=True, next_run_at=due_at).first()
+            )
             if schedule is None:
                 return False
             # The latest fire time that has passed: after an outage, one firing for the last
