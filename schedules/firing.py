@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime
+import time
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -68,11 +69,37 @@ _timer_lock = threading.Lock()
 _TIMER_MARGIN = 0.02
 
 
+# Firing records kept this long: a fire time's unique key matters only while it could still fire
+# (next_run_at only moves forward), and the admin shows the recent ones. An every-minute schedule
+# records half a million a year otherwise.
+FIRINGS_KEPT_DAYS = 30
+_FIRINGS_PRUNE_EVERY = 3600.0
+_firings_pruned_at: float | None = None
+
+
 def schedules_sweep() -> None:
     """The schedules' part of every worker's recovery sweep: fire what is due, and when the next
-    fire time comes before the next sweep, wake up for it on time."""
+    fire time comes before the next sweep, wake up for it on time; hourly, forget old firings."""
+    global _firings_pruned_at
     schedules_fire_due()
     _timer_set()
+    clock = time.monotonic()
+    if _firings_pruned_at is None or clock - _firings_pruned_at >= _FIRINGS_PRUNE_EVERY:
+        _firings_pruned_at = clock
+        firings_prune(older_than=timezone.now() - timedelta(days=FIRINGS_KEPT_DAYS))
+
+
+def firings_prune(*, older_than: datetime, limit: int = 5000) -> int:
+    """Delete up to ``limit`` firing records made before ``older_than``, oldest first (queued
+    ones wait for their turn and stay). Their executions stay."""
+    ids = list(
+        ScheduleFiring.objects.filter(fired_at__lt=older_than)
+        .exclude(outcome=FiringOutcome.QUEUED).order_by("fired_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    if ids:
+        ScheduleFiring.objects.filter(pk__in=ids).delete()
+    return len(ids)
 
 
 def _timer_set() -> None:

@@ -136,7 +136,9 @@ class ScheduleFiring(models.Model):
             models.Index(
                 fields=["schedule", "scheduled_for"], condition=Q(outcome="queued"),
                 name="schedule_firing_queued",
-            )
+            ),
+            # The hourly prune of old records (schedules.firing.firings_prune).
+            models.Index(fields=["fired_at"], name="schedule_firing_fired_at"),
         ]
 
     def __str__(self) -> str:

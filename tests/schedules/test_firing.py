@@ -14,9 +14,14 @@ from django.utils import timezone
 
 from executions.models import Execution, ExecutionStatus
 from executions.services import execution_cancel
-from schedules.firing import MAX_QUEUED, schedules_fire_due
+from schedules.firing import MAX_QUEUED, firings_prune, schedules_fire_due
 from schedules.models import FiringOutcome, Schedule, ScheduleFiring
-from schedules.services import schedule_create, schedule_set_enabled, schedule_update
+from schedules.services import (
+    schedule_create,
+    schedule_set_enabled,
+    schedule_trigger,
+    schedule_update,
+)
 from tests.conftest import ROOT, subprocess_env
 
 pytestmark = pytest.mark.django_db
@@ -216,3 +221,20 @@ def test_two_processes_sweeping_the_same_clock_fire_each_window_exactly_once(
         assert schedule.next_run_at == base + timedelta(minutes=windows)
 
 
+
+
+def test_old_firing_records_are_pruned_but_queued_ones_and_executions_stay(alice):
+    schedule = every_minute(alice, overlap="queue")
+    due = schedule.next_run_at
+    for minute in range(3):  # started, queued, queued
+        schedules_fire_due(now=due + timedelta(minutes=minute))
+    [execution] = executions_of(schedule)
+    ScheduleFiring.objects.update(fired_at=timezone.now() - timedelta(days=40))
+    recent = schedule_trigger(schedule=schedule)  # a manual firing, recorded now
+
+    assert firings_prune(older_than=timezone.now() - timedelta(days=30)) == 1
+
+    left = ScheduleFiring.objects.filter(schedule=schedule)
+    assert sorted(left.values_list("outcome", flat=True)) == ["queued", "queued", "started"]
+    assert left.get(outcome="started").execution == recent
+    assert set(executions_of(schedule)) == {execution, recent}
