@@ -12,7 +12,9 @@ message, skipped by the claim. Every end of an execution goes through ``dependen
 - cancelled: the same cascade, the dependents being cancelled instead (cancelling a parent
   cancels what was waiting for it).
 
-A dependent created while its dependency ends cannot be missed: the create reads its dependencies
+If a process dies between an end and its settle, the sweep's ``dependents_settle_missed`` finds
+the blocked executions whose dependencies all ended and settles them. A dependent created while
+its dependency ends cannot be missed: the create reads its dependencies
 ``FOR UPDATE`` (PostgreSQL; SQLite's writer is single), so either the create sees the end or the
 end's settle sees the new link.
 """
@@ -165,3 +167,22 @@ def _cascade(root: UUID, root_status: str) -> None:
                         execution_ended_notify(execution_id=downstream_id)
     finally:
         _cascading.active = False
+
+
+def dependents_settle_missed(*, limit: int = 1000) -> int:
+    """Settle the blocked executions whose dependencies all ended, which a process that died
+    between an end and its ``dependents_settle`` left waiting; how many dependencies it settled."""
+    active = list(ExecutionStatus.active())
+    stuck = (
+        ExecutionDependency.objects.filter(
+            downstream__status=ExecutionStatus.PENDING, downstream__blocked=True
+        )
+        .exclude(upstream__status__in=active)
+        .values_list("upstream_id", "upstream__status")
+        .distinct()[:limit]
+    )
+    settled = 0
+    for upstream_id, status in stuck:
+        dependents_settle(execution_id=upstream_id, status=status)
+        settled += 1
+    return settled

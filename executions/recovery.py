@@ -35,6 +35,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from executions.completion import execution_ended_notify
+from executions.dependencies import dependents_settle_missed
 from executions.models import Execution, ExecutionEventType, ExecutionStatus
 from executions.queueing import broker_queue_size, enqueue_execution
 from executions.transitions import execution_transition
@@ -153,6 +154,7 @@ def executions_requeue_stranded(*, older_than: float | None = None) -> int:
     stranded = Execution.objects.annotate(last_enqueued=Coalesce("requeued_at", "created_at")).filter(
         Q(not_before__isnull=True) | Q(not_before__lte=timezone.now()),
         status=ExecutionStatus.PENDING,
+        blocked=False,  # waits for a dependency: it holds no message until then
         last_enqueued__lt=cutoff,
     )
     if not stranded.exists():
@@ -190,7 +192,8 @@ def executions_enqueue_due_retries() -> int:
 
 def sweep_once() -> None:
     sweeps: list[Callable[[], object]] = [
-        executions_reap_stale, executions_enqueue_due_retries, executions_requeue_stranded, *_sweeps
+        executions_reap_stale, executions_enqueue_due_retries, executions_requeue_stranded,
+        dependents_settle_missed, *_sweeps,
     ]
     for sweep in sweeps:
         try:

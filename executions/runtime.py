@@ -618,6 +618,11 @@ class AsyncExecutionContext:
     async def log(self, message: str, **data: Any) -> None:
         await sync_to_async(self._ctx.log)(message, **data)
 
+    async def dependencies(self) -> dict[str, Any]:
+        """``ExecutionContext.dependencies`` (read in the database thread): an async target awaits
+        ``ctx.dependencies()``."""
+        return await sync_to_async(lambda: self._ctx.dependencies)()
+
     @property
     def cancelled(self) -> bool:
         """True once the execution was cancelled or lost (the loop's watcher keeps this current)."""

@@ -219,3 +219,36 @@ def test_a_retried_batch_with_the_same_key_returns_the_same_executions(api):
     assert again.json() == first.json()
     assert other.status_code == 409
     assert Execution.objects.count() == 2
+
+
+def test_the_sweep_settles_dependents_whose_settle_was_lost(api):
+    from executions.dependencies import dependents_settle_missed
+
+    done = create(api, "done")
+    gone = create(api, "gone")
+    waiting = create(api, "waiting", done)
+    doomed = create(api, "doomed", gone)
+    # As if their process died between the end and the settle.
+    Execution.objects.filter(pk=done).update(status="completed", outputs={})
+    Execution.objects.filter(pk=gone).update(status="failed")
+
+    assert dependents_settle_missed() == 2
+
+    assert get(api, waiting)["blocked_by"] == [] and get(api, doomed)["status"] == "failed"
+    assert drain() == [waiting]
+
+
+def test_an_async_target_awaits_its_dependencies_outputs(api):
+    @agent("collect_async")
+    async def collect_async(inputs, ctx):
+        return {"saw": await ctx.dependencies()}
+
+    try:
+        first = create(api, "first")
+        second = api.post(
+            URL, {"type": "agent", "target_id": "collect_async", "depends_on": [first]}, format="json"
+        ).json()["execution_id"]
+        drain()
+        assert get(api, second)["outputs"] == {"saw": {first: {"name": "first", "saw": {}}}}
+    finally:
+        registry.unregister("agent", "collect_async")
