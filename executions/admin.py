@@ -33,7 +33,13 @@ from django.views.decorators.http import require_POST
 from rest_framework.exceptions import APIException
 
 from executions.admin_streams import MAY_NOT_VIEW, USE_GET, progress_stream
-from executions.models import PRIORITY_MAX, PRIORITY_MIN, Execution, ExecutionStatus
+from executions.models import (
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    Execution,
+    ExecutionDependency,
+    ExecutionStatus,
+)
 from executions.pagination import EstimatedCountPaginator
 from executions.services import execution_cancel, executions_cancel_many, executions_retry_many
 from executions.statements import indexed_distinct_values
@@ -283,6 +289,7 @@ class ExecutionAdmin(admin.ModelAdmin):
             },
         ),
         ("Progress", {"fields": ("progress", "duration")}),
+        ("Dependencies", {"fields": ("upstream", "downstream", "batch_graph")}),
         (
             "Timing",
             {
@@ -300,6 +307,9 @@ class ExecutionAdmin(admin.ModelAdmin):
         ("Data", {"fields": ("inputs_pretty", "config_pretty", "outputs_pretty", "error_pretty")}),
     )
     readonly_fields = (
+        "upstream",
+        "downstream",
+        "batch_graph",
         "id",
         "status_badge",
         "type",
@@ -384,6 +394,61 @@ class ExecutionAdmin(admin.ModelAdmin):
                 for pk in retries
             ),
         )
+
+    @admin.display(description="depends on")
+    def upstream(self, obj: Execution) -> SafeString:
+        rows = Execution.objects.filter(downstream_links__downstream=obj).order_by("created_at")
+        return self._execution_links(rows.values_list("pk", "target_id", "status"))
+
+    @admin.display(description="its dependents")
+    def downstream(self, obj: Execution) -> SafeString:
+        rows = Execution.objects.filter(upstream_links__upstream=obj).order_by("created_at")
+        return self._execution_links(rows.values_list("pk", "target_id", "status"))
+
+    def _execution_links(self, rows: Iterable[tuple[uuid.UUID, str, str]]) -> SafeString:
+        rows = list(rows)
+        if not rows:
+            return format_html("{}", self.get_empty_value_display())
+        return format_html_join(
+            ", ", '<a href="{}">{}</a> {} ({})',
+            (
+                (reverse("admin:executions_execution_change", args=[pk]), str(pk)[:8], target, status)
+                for pk, target, status in rows
+            ),
+        )
+
+    @admin.display(description="its batch")
+    def batch_graph(self, obj: Execution) -> SafeString:
+        """The batch it came in, one line per execution in the batch's order with the items it
+        waits for: a small picture of the batch's graph."""
+        if obj.batch_id is None:
+            return format_html("{}", self.get_empty_value_display())
+        members = list(
+            Execution.objects.filter(batch_id=obj.batch_id)
+            .order_by("created_at", "id").values_list("pk", "target_id", "status")
+        )
+        index = {pk: position for position, (pk, _, _) in enumerate(members)}
+        waits: dict[uuid.UUID, list[str]] = {pk: [] for pk in index}
+        for upstream_id, downstream_id in ExecutionDependency.objects.filter(
+            downstream__batch_id=obj.batch_id
+        ).values_list("upstream_id", "downstream_id"):
+            waits[downstream_id].append(
+                f"${index[upstream_id]}" if upstream_id in index else str(upstream_id)[:8]
+            )
+        lines = format_html_join(
+            "",
+            '<li{}>${} <a href="{}">{}</a> {} <span class="status-{}">{}</span>{}</li>',
+            (
+                (
+                    format_html(' style="{}"', "font-weight: bold") if pk == obj.pk else "",
+                    position, reverse("admin:executions_execution_change", args=[pk]),
+                    str(pk)[:8], target, status, status,
+                    f" ← {', '.join(sorted(waits[pk]))}" if waits[pk] else "",
+                )
+                for position, (pk, target, status) in enumerate(members)
+            ),
+        )
+        return format_html('<ul class="batch-graph">{}</ul>', lines)
 
     @admin.display(description="inputs")
     def inputs_pretty(self, obj: Execution) -> SafeString:

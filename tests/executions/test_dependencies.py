@@ -252,3 +252,20 @@ def test_an_async_target_awaits_its_dependencies_outputs(api):
         assert get(api, second)["outputs"] == {"saw": {first: {"name": "first", "saw": {}}}}
     finally:
         registry.unregister("agent", "collect_async")
+
+
+def test_the_admin_shows_upstream_downstream_and_the_batch_graph(api, admin_client):
+    from django.urls import reverse
+
+    response = api.post(
+        BATCH, {"executions": [item("a"), item("b", "$0"), item("c", "$0", "$1")]}, format="json"
+    )
+    a, b, c = (row["execution_id"] for row in response.json()["executions"])
+
+    page = admin_client.get(reverse("admin:executions_execution_change", args=[b]))
+
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert reverse("admin:executions_execution_change", args=[a]) in html  # depends on
+    assert reverse("admin:executions_execution_change", args=[c]) in html  # its dependent
+    assert "$2 <a" in html and "← $0, $1" in html
