@@ -90,7 +90,8 @@ STATUSES: dict[str, tuple[int, ...]] = {
     "post /store/items/search": (200, 422),
     "post /store/namespaces": (200, 422),
     # The v2 protocol: a command's own failures are 200s with a ProtocolError body.
-    "post /threads/{thread_id}/commands": (200, 400, 422, 429),
+    # 404: another user's thread, or a missing one for any command but run.start.
+    "post /threads/{thread_id}/commands": (200, 400, 404, 422, 429),
     "post /threads/{thread_id}/stream/events": (200, 400, 404, 422, 429),
     # MCP: JSON-RPC errors are 200s; a notification is a 202; no sessions, so DELETE is a 404.
     "post /mcp": (200, 202, 400),

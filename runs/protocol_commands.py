@@ -22,8 +22,8 @@ from typing import Any
 from rest_framework.exceptions import APIException
 
 from runs import services
-from runs.errors import NotFound
-from runs.models import Run, ThreadStatus
+from runs.errors import NotFound, thread_not_found
+from runs.models import Run, Thread, ThreadStatus
 from runs.protocol_events import (
     PROTOCOL_STREAM_MODES,
     remember_run_for_replay,
@@ -79,7 +79,8 @@ def _envelope_problem(envelope: Any) -> str | None:
 
 
 def protocol_command(*, user: Any, thread_id: str, envelope: Any) -> tuple[int, dict[str, Any]]:
-    """(HTTP status, body) of one command on the thread."""
+    """(HTTP status, body) of one command on the thread; a 404 (raised) when the thread is
+    another user's, or missing for any command but ``run.start``."""
     problem = _envelope_problem(envelope)
     if problem is not None:
         command_id = envelope.get("id") if isinstance(envelope, dict) else None
@@ -87,6 +88,10 @@ def protocol_command(*, user: Any, thread_id: str, envelope: Any) -> tuple[int, 
         return 400, error_body(command_id if valid_id else None, "invalid_argument", problem)
     thread_pk = services.parse_uuid(thread_id, "thread")
     command_id, method = envelope["id"], envelope["method"]
+    owner_id = Thread.objects.filter(pk=thread_pk).values_list("owner_id", flat=True).first()
+    if (owner_id is None and method != "run.start") or (owner_id is not None and owner_id != user.pk):
+        # Another user's thread, or none (only run.start makes one): a 404, as everywhere in the API.
+        raise thread_not_found(thread_pk)
     params = envelope.get("params") or {}
     handler = HANDLERS.get(method)
     try:

@@ -105,8 +105,10 @@ def test_commands_and_event_stream_over_plain_http(live) -> None:
     thread_id = str(uuid.uuid4())
     url = f"{live.url}/threads/{thread_id}"
     with httpx.Client(headers=headers, timeout=TIMEOUT) as http:
-        # No thread yet: its events are a 404, as a stream of a missing thread is.
+        # No thread yet: its events are a 404, as a stream of a missing thread is, and so is any
+        # command but run.start, which makes it.
         assert http.post(f"{url}/stream/events", json={"channels": ["lifecycle"]}).status_code == 404
+        assert http.post(f"{url}/commands", json={"id": 1, "method": "agent.getTree"}).status_code == 404
         started = http.post(
             f"{url}/commands",
             json={"id": 7, "method": "run.start", "params": {"assistant_id": "echo", "input": echo_input("x")}},
@@ -160,5 +162,9 @@ def test_commands_and_event_stream_over_plain_http(live) -> None:
     # Another user's thread is not theirs to command or watch.
     with httpx.Client(headers={"x-api-key": live.other_api_key}, timeout=TIMEOUT) as other:
         assert other.post(f"{url}/stream/events", json={"channels": ["values"]}).status_code == 404
-        theirs = other.post(f"{url}/commands", json={"id": 1, "method": "agent.getTree"}).json()
-        assert theirs["type"] == "error"
+        theirs = other.post(f"{url}/commands", json={"id": 1, "method": "agent.getTree"})
+        assert theirs.status_code == 404
+        taken = other.post(
+            f"{url}/commands", json={"id": 2, "method": "run.start", "params": {"assistant_id": "echo"}}
+        )
+        assert taken.status_code == 404
