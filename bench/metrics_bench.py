@@ -46,8 +46,8 @@ def fill_one_process() -> None:
         for target in TARGETS:
             telemetry.job_created(kind=kind, target=target)
             for status in STATUSES:
-                telemetry.JOBS_FINISHED.labels(kind, target, status).inc()
-                telemetry.JOB_DURATION.labels(kind, target).observe(1.5)
+                telemetry.instruments().jobs_finished.labels(kind, target, status).inc()
+                telemetry.instruments().job_duration.labels(kind, target).observe(1.5)
     for route in ROUTES:
         for method, status in (("GET", 200), ("POST", 201), ("GET", 404)):
             telemetry.http_answered(route=route, method=method, status=status, seconds=0.01)

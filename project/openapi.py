@@ -21,8 +21,9 @@ SECURITY: list[dict[str, list[str]]] = [{"ApiKeyAuth": []}, {"BearerAuth": []}]
 BODY_METHODS = ("post", "put", "patch")
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
 # Routes that are not the API: the admin (HTML, session login), the schema and its viewers, the
-# orchestrator's probes (/healthz, /readyz), and A2A's discovery documents (agent cards).
-NOT_API = re.compile(r"^/(admin|api/schema|api/docs|api/redoc|docs|healthz|readyz)(/|$)|^.*/\.well-known/")
+# orchestrator's probes (/healthz, /readyz), A2A's discovery documents (agent cards) and the
+# landing page (/).
+NOT_API = re.compile(r"^/(admin|api/schema|api/docs|api/redoc|docs|healthz|readyz)(/|$)|^.*/\.well-known/|^/$")
 
 
 @dataclass(frozen=True)

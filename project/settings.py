@@ -459,5 +459,7 @@ LOGGING = {
         # One line per HTTP request (agentjobs.http) and per job start and end (agentjobs.jobs);
         # ACCESS_LOG=0 silences both.
         "agentjobs": {"level": "INFO" if env_bool("ACCESS_LOG", True) else "WARNING"},
+        # Its "Not Found: /x" and "Bad Request" lines repeat the request's line above; 5xx stay.
+        **({"django.request": {"level": "ERROR"}} if env_bool("ACCESS_LOG", True) else {}),
     },
 }

@@ -19,10 +19,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Counter, Histogram
+if TYPE_CHECKING:
+    from prometheus_client import Counter, Histogram
 
 logger = logging.getLogger("agentjobs.jobs")
 
@@ -30,41 +32,67 @@ logger = logging.getLogger("agentjobs.jobs")
 # every series is read from every process's file at each scrape (operations.metric_files).
 DURATION_BUCKETS = (0.01, 0.05, 0.25, 1, 2.5, 10, 30, 60, 300, 900, 3600)
 
-JOBS_CREATED = Counter(
-    "agentjobs_jobs_created", "Jobs created through the APIs.", ["kind", "target"]
-)
-JOBS_FINISHED = Counter(
-    "agentjobs_jobs_finished",
-    "Attempts that ended in a worker, by how they ended (completed, failed, cancelled, retrying, "
-    "timeout, error, interrupted, superseded, ...).",
-    ["kind", "target", "status"],
-)
-JOB_DURATION = Histogram(
-    "agentjobs_job_duration_seconds",
-    "Seconds from a worker's claim to the attempt's end (any status).",
-    ["kind", "target"],
-    buckets=DURATION_BUCKETS,
-)
-WEBHOOK_DELIVERIES = Counter(
-    "agentjobs_webhook_deliveries",
-    "Webhook delivery attempts, by outcome (delivered, retrying, failed).",
-    ["outcome"],
-)
-HTTP_REQUESTS = Counter(
-    "agentjobs_http_requests",
-    "HTTP requests answered, by route pattern, method and status code.",
-    ["route", "method", "status"],
-)
-HTTP_DURATION = Histogram(
-    "agentjobs_http_request_duration_seconds",
-    "Seconds to answer an HTTP request (to its first byte for a stream).",
-    ["route"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
-)
+@dataclass(frozen=True)
+class Instruments:
+    jobs_created: Counter
+    jobs_finished: Counter
+    job_duration: Histogram
+    webhook_deliveries: Counter
+    http_requests: Counter
+    http_duration: Histogram
+
+
+@cache
+def instruments() -> Instruments:
+    """Built at the first count, not at import: prometheus_client costs about a tenth of a
+    second to import, which every management command would pay. In no registry: ``/metrics``
+    reads the processes' files, and two threads racing to the first count cannot register a
+    name twice."""
+    from prometheus_client import Counter, Histogram
+
+    return Instruments(
+        jobs_created=Counter(
+            "agentjobs_jobs_created", "Jobs created through the APIs.", ["kind", "target"],
+            registry=None,
+        ),
+        jobs_finished=Counter(
+            "agentjobs_jobs_finished",
+            "Attempts that ended in a worker, by how they ended (completed, failed, cancelled, "
+            "retrying, timeout, error, interrupted, superseded, ...).",
+            ["kind", "target", "status"],
+            registry=None,
+        ),
+        job_duration=Histogram(
+            "agentjobs_job_duration_seconds",
+            "Seconds from a worker's claim to the attempt's end (any status).",
+            ["kind", "target"],
+            buckets=DURATION_BUCKETS,
+            registry=None,
+        ),
+        webhook_deliveries=Counter(
+            "agentjobs_webhook_deliveries",
+            "Webhook delivery attempts, by outcome (delivered, retrying, failed).",
+            ["outcome"],
+            registry=None,
+        ),
+        http_requests=Counter(
+            "agentjobs_http_requests",
+            "HTTP requests answered, by route pattern, method and status code.",
+            ["route", "method", "status"],
+            registry=None,
+        ),
+        http_duration=Histogram(
+            "agentjobs_http_request_duration_seconds",
+            "Seconds to answer an HTTP request (to its first byte for a stream).",
+            ["route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+            registry=None,
+        ),
+    )
 
 
 def job_created(*, kind: str, target: str) -> None:
-    JOBS_CREATED.labels(kind, target).inc()
+    instruments().jobs_created.labels(kind, target).inc()
 
 
 @dataclass
@@ -82,8 +110,9 @@ class JobReport:
     def ended(self) -> None:
         seconds = time.monotonic() - self.started
         status = self.outcome or "unknown"
-        JOBS_FINISHED.labels(self.kind, self.target, status).inc()
-        JOB_DURATION.labels(self.kind, self.target).observe(seconds)
+        metrics = instruments()
+        metrics.jobs_finished.labels(self.kind, self.target, status).inc()
+        metrics.job_duration.labels(self.kind, self.target).observe(seconds)
         logger.info(
             "%s %s %s: %s in %.3fs", self.kind, self.job_id, status, self.target, seconds,
             extra={"event": "job_ended", "kind": self.kind, "job_id": self.job_id,
@@ -134,12 +163,13 @@ def job_reported(*, kind: str, job_id: Any, target: str, attempt: int) -> Iterat
 
 
 def webhook_attempted(*, outcome: str) -> None:
-    WEBHOOK_DELIVERIES.labels(outcome).inc()
+    instruments().webhook_deliveries.labels(outcome).inc()
 
 
 def http_answered(*, route: str, method: str, status: int, seconds: float) -> None:
-    HTTP_REQUESTS.labels(route, method, str(status)).inc()
-    HTTP_DURATION.labels(route).observe(seconds)
+    metrics = instruments()
+    metrics.http_requests.labels(route, method, str(status)).inc()
+    metrics.http_duration.labels(route).observe(seconds)
 
 
 def multiprocess_files_clean(directory: Path, *, dead_only: bool) -> int:

@@ -2,9 +2,14 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from operations import health, metrics
+from operations import health, landing, metrics
+
+# Every app's admin.py, here rather than at start-up (operations.apps.OperationsAdminConfig):
+# management commands that never load the URLconf start without them.
+admin.autodiscover()
 
 urlpatterns = [
+    path("", landing.landing, name="landing"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     # Before runs.urls: the Agent Server's GET /metrics, in both of its formats.

@@ -155,6 +155,11 @@ def test_worker_processes_count_what_they_run(client: Client, api) -> None:
             timeout=10,
         )
         after = scrape(client)
+        # One line at each job's start and end, in the worker's log.
+        log = cluster.log()
+        assert f"execution {ids[0]} started: echo (attempt 1)" in log
+        assert f"execution {ids[0]} completed: echo in " in log
+        assert f"execution {ids[2]} failed: fail in " in log
     finally:
         cluster.stop()
 

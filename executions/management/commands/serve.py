@@ -50,7 +50,9 @@ class Command(BaseCommand):
         multiprocess_files_clean(settings.PROMETHEUS_MULTIPROC_DIR, dead_only=True)
         server = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", host,
-             "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "5"],
+             "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "5",
+             # Django has no lifespan handler; uvicorn's probe of one only logs a warning.
+             "--lifespan", "off"],
             process_group=0,
         )
         children = [(server, "the server", SERVER_STOP)]
