@@ -191,8 +191,8 @@ class Ctx:
 RUN = {"assistant_id": "echo", "input": {"messages": [{"role": "user", "content": "hi"}]}}
 BOTH_CONFIGURABLE_AND_CONTEXT = {**RUN, "config": {"configurable": {"a": 1}}, "context": {"a": 1}}
 RANDOM = "00000000-0000-4000-8000-000000000000"
-SCHEDULE = {"schedule": "0 0 * * *"}
-CRON = {**RUN, **SCHEDULE}
+CRON_SCHEDULE = {"schedule": "0 0 * * *"}
+CRON = {**RUN, **CRON_SCHEDULE}
 
 Recipe = Callable[[Ctx], requests.Response]
 
@@ -449,12 +449,12 @@ RECIPES: dict[str, Recipe] = {
         "POST", f"/threads/{c.ids['thread']}/runs/crons", json=CRON
     ),
     "400 POST /threads/{thread_id}/runs/crons": lambda c: c.call(
-        "POST", f"/threads/{c.ids['thread']}/runs/crons", json={**BOTH_CONFIGURABLE_AND_CONTEXT, **SCHEDULE}
+        "POST", f"/threads/{c.ids['thread']}/runs/crons", json={**BOTH_CONFIGURABLE_AND_CONTEXT, **CRON_SCHEDULE}
     ),
     "429 POST /threads/{thread_id}/runs/crons": lambda c: _throttled(c, f"/threads/{RANDOM}/runs/crons", CRON),
     "200 POST /runs/crons": lambda c: c.call("POST", "/runs/crons", json=CRON),
     "400 POST /runs/crons": lambda c: c.call(
-        "POST", "/runs/crons", json={**BOTH_CONFIGURABLE_AND_CONTEXT, **SCHEDULE}
+        "POST", "/runs/crons", json={**BOTH_CONFIGURABLE_AND_CONTEXT, **CRON_SCHEDULE}
     ),
     "404 POST /runs/crons": lambda c: c.call("POST", "/runs/crons", json={**CRON, "assistant_id": RANDOM}),
     "429 POST /runs/crons": lambda c: _throttled(c, "/runs/crons", CRON),
