@@ -31,8 +31,7 @@ import weakref
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from functools import partial, reduce
-from operator import or_
+from functools import partial
 from typing import Any, cast
 from uuid import UUID
 
@@ -359,21 +358,29 @@ class RunWrites:
 _write_batch = sync_to_async(RunWrites._write)
 
 
-# Runs per statement of a watch's poll (SQLite's expression depth caps a statement's ORs).
-POLL_CHUNK = 100
+# Runs per statement of a watch's poll.
+POLL_CHUNK = 500
 
 
 def _poll_runs(claims: list[RunClaim], beat: bool) -> dict[UUID, tuple[str, str, str, int]]:
     """(status, cancel_action, worker, attempts) of each claim's run, by id; with ``beat``, after
-    beating the heartbeat of those still running under their claim. A few statements for every
-    run of the process rather than two per run."""
+    beating the heartbeat of those still running under their worker. A few statements for every
+    run of the process rather than two per run.
+
+    The beat names the worker, not each claim's attempt: a run goes back to pending only from a
+    worker that is stopping (``release``), so the runs a live worker holds under its name are all
+    its current claims; one that recovery ended or another worker took is not beaten."""
     rows: dict[UUID, tuple[str, str, str, int]] = {}
     try:
         for start in range(0, len(claims), POLL_CHUNK):
             chunk = claims[start:start + POLL_CHUNK]
             if beat:
-                held = reduce(or_, (claim.holds() for claim in chunk))
-                Run.objects.filter(held, status=RunStatus.RUNNING).update(heartbeat_at=timezone.now())
+                by_worker: dict[str, list[UUID]] = {}
+                for claim in chunk:
+                    by_worker.setdefault(claim.worker, []).append(claim.run_id)
+                now = timezone.now()
+                for worker, ids in by_worker.items():
+                    Run.objects.filter(pk__in=ids, worker=worker, status=RunStatus.RUNNING).update(heartbeat_at=now)
             for pk, *row in Run.objects.filter(pk__in=[claim.run_id for claim in chunk]).values_list(
                 "pk", "status", "cancel_action", "worker", "attempts"
             ):
@@ -418,16 +425,20 @@ class RunWatch:
     async def _watch(self) -> None:
         poll = sync_to_async(_poll_runs)
         interval = _cancel_check_interval()
-        beat_every = max(1, round(_heartbeat_interval() / interval))
-        ticks = 0
+        beat_every = _heartbeat_interval()
+        # By the clock, not by polls: a poll may wait behind the process's writes (hundreds of
+        # runs in flight share its database thread), and ten slow polls outlasted the timeout.
+        beaten_at = time.monotonic()
         while self.drivers:
             await asyncio.sleep(interval)
-            ticks += 1
             watched = list(self.drivers.values())
             if not watched:
                 break
+            beat = time.monotonic() - beaten_at >= beat_every
+            if beat:
+                beaten_at = time.monotonic()
             try:
-                rows = await poll([driver.claim for driver in watched], ticks % beat_every == 0)
+                rows = await poll([driver.claim for driver in watched], beat)
             except Exception:  # a failed poll must not kill the runs; the next one may work
                 logger.exception("cancel check of %d runs failed", len(watched))
                 continue
