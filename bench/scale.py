@@ -151,6 +151,48 @@ def load(size: int, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     from runs.models import Assistant
 
     dialect = Dialect(connection.vendor)
+    from executions.models import Execution
+    from runs.models import Run, Thread
+
+    # NOT NULL columns other features add after this bench was written get their model default,
+    # so the loader keeps working as the models grow.
+    written = {
+        Execution: {
+            "id", "owner_id", "type", "target_id", "inputs", "config", "status", "created_at",
+            "started_at", "completed_at", "cancelled_at", "current_step", "total_steps", "step_name",
+            "percentage", "outputs", "error", "worker", "heartbeat_at", "attempts", "event_seq",
+            "request_hash", "webhook", "priority",
+        },
+        Thread: {
+            "thread_id", "owner_id", "metadata", "config", "status", "values", "resting_status",
+            "interrupts", "has_run", "temporary", "created_at", "updated_at", "state_updated_at",
+            "request_hash",
+        },
+        Run: {
+            "run_id", "thread_id", "assistant_id", "owner_id", "status", "metadata", "kwargs",
+            "multitask_strategy", "created_at", "updated_at", "started_at", "ended_at", "heartbeat_at",
+            "worker", "attempts", "cancel_action", "result", "error", "on_completion", "request_hash",
+        },
+    }
+    defaults: dict[str, Any] = {}
+
+    def extra_fields(model: Any) -> list[Any]:
+        return [
+            f for f in model._meta.concrete_fields
+            if f.column not in written[model] and not f.null and f.has_default()
+        ]
+
+    def extra_columns(model: Any) -> str:
+        return "".join(f", {connection.ops.quote_name(f.column)}" for f in extra_fields(model))
+
+    def extra_values(model: Any) -> str:
+        values = ""
+        for f in extra_fields(model):
+            key = f"default_{model._meta.model_name}_{f.column}"
+            defaults[key] = f.get_db_prep_save(f.get_default(), connection)
+            values += f", %({key})s"
+        return values
+
     d = dialect
     span = DAYS * 86400
     threads = max(1, size // 5)
@@ -160,12 +202,17 @@ def load(size: int, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     User = get_user_model()
     started = time.monotonic()
     with transaction.atomic():
+        tables = (
+            "runs_runevent", "runs_run", "runs_thread", "executions_executionevent",
+            "executions_execution",
+        )
         with connection.cursor() as cursor:
-            for table in (
-                "runs_runevent", "runs_run", "runs_thread", "executions_executionevent",
-                "executions_execution",
-            ):
-                cursor.execute(f"DELETE FROM {table}")
+            if d.vendor == "postgresql":
+                # CASCADE: rows of other apps pointing at these (crons, schedules' firings) go too.
+                cursor.execute(f"TRUNCATE {', '.join(tables)} CASCADE")
+            else:
+                for table in tables:
+                    cursor.execute(f"DELETE FROM {table}")
         User.objects.filter(username__startswith="scale-").delete()
         user = User.objects.create_user("scale-bench")
         other = User.objects.create_user("scale-other")
@@ -192,7 +239,7 @@ def load(size: int, *, log: Callable[[str], None] = print) -> dict[str, Any]:
                     id, owner_id, type, target_id, inputs, config, status, created_at, started_at,
                     completed_at, cancelled_at, current_step, total_steps, step_name, percentage,
                     outputs, error, worker, heartbeat_at, attempts, event_seq, request_hash, webhook,
-                    priority
+                    priority{extra_columns(Execution)}
                 )
                 SELECT {d.uuid("e")}, {owner},
                     CASE WHEN {target} = 'demo.pipeline' THEN 'pipeline' ELSE 'agent' END, {target},
@@ -209,7 +256,7 @@ def load(size: int, *, log: Callable[[str], None] = print) -> dict[str, Any]:
                     CASE WHEN s = 'pending' THEN '' ELSE 'bench-host:4242' END,
                     CASE WHEN s = 'pending' THEN NULL ELSE {d.ago(age + " - 1")} END,
                     CASE WHEN s = 'pending' THEN 0 ELSE 1 END, 2, '', '',
-                    CASE WHEN n % 50 = 0 THEN 5 ELSE 0 END
+                    CASE WHEN n % 50 = 0 THEN 5 ELSE 0 END{extra_values(Execution)}
                 FROM (SELECT n, {status} AS s FROM g) AS rows
                 """,
             ),
@@ -229,13 +276,14 @@ def load(size: int, *, log: Callable[[str], None] = print) -> dict[str, Any]:
                 INSERT INTO runs_thread (
                     thread_id, owner_id, metadata, config, status, "values", resting_status,
                     interrupts, has_run, temporary, created_at, updated_at, state_updated_at,
-                    request_hash
+                    request_hash{extra_columns(Thread)}
                 )
                 SELECT {d.uuid("t")}, {user.pk},
                     {d.json("'user_id'", "'user-' || " + d.text("n % 1000"), "'graph_id'", "'agent'")},
                     {d.json()}, 'idle', {d.json("'messages'", "n % 7")}, 'idle', {d.json()},
                     TRUE, FALSE, {d.ago(f"(n * {span}.0 / {threads})")},
-                    {d.ago(f"(n * {span}.0 / {threads}) - 60")}, {d.ago(f"(n * {span}.0 / {threads}) - 60")}, ''
+                    {d.ago(f"(n * {span}.0 / {threads}) - 60")}, {d.ago(f"(n * {span}.0 / {threads}) - 60")},
+                    ''{extra_values(Thread)}
                 FROM g
                 """,
             ),
@@ -249,14 +297,14 @@ def load(size: int, *, log: Callable[[str], None] = print) -> dict[str, Any]:
                 INSERT INTO runs_run (
                     run_id, thread_id, assistant_id, owner_id, status, metadata, kwargs,
                     multitask_strategy, created_at, updated_at, started_at, ended_at, heartbeat_at,
-                    worker, attempts, cancel_action, result, error, on_completion, request_hash
+                    worker, attempts, cancel_action, result, error, on_completion, request_hash{extra_columns(Run)}
                 )
                 SELECT {d.uuid("r")}, t.thread_id, '{assistant.pk.hex if d.vendor == "sqlite" else assistant.pk}',
                     {user.pk}, rows.s, {d.json()}, {d.json("'input'", d.json("'n'", "rows.n"))}, 'enqueue',
                     {d.ago(run_age)}, {d.ago(run_age + " - 2")},
                     CASE WHEN rows.s = 'pending' THEN NULL ELSE {d.ago(run_age + " - 0.5")} END,
                     CASE WHEN rows.s IN ('pending', 'running') THEN NULL ELSE {d.ago(run_age + " - 2")} END,
-                    NULL, '', 1, '', NULL, NULL, '', ''
+                    NULL, '', 1, '', NULL, NULL, '', ''{extra_values(Run)}
                 FROM (SELECT n, {run_status} AS s FROM g) AS rows
                 JOIN (SELECT thread_id, ROW_NUMBER() OVER (ORDER BY created_at DESC) - 1 AS k
                       FROM runs_thread) AS t ON t.k = rows.n % {threads}
@@ -274,7 +322,7 @@ def load(size: int, *, log: Callable[[str], None] = print) -> dict[str, Any]:
         with connection.cursor() as cursor:
             for label, sql in statements:
                 began = time.monotonic()
-                cursor.execute(_escaped(sql), params)
+                cursor.execute(_escaped(sql), {**params, **defaults})
                 rows = f"{cursor.rowcount:,} rows" if cursor.rowcount >= 0 else "rows"
                 log(f"  loaded {label}: {rows} in {time.monotonic() - began:.1f} s")
             # One execution and one run whose pages have 5,000 events each.
