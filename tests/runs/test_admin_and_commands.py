@@ -145,3 +145,22 @@ def test_threads_prune_command(alice) -> None:
     assert set(Thread.objects.values_list("pk", flat=True)) == {busy_old.pk, recent.pk}
     with pytest.raises(CommandError):
         call_command("threads", "prune", "--older-than", "-1")
+
+
+def test_threads_prune_walks_the_due_threads_in_batches(alice) -> None:
+    long_ago = timezone.now() - timedelta(days=40)
+    due = [services.thread_create(owner=alice) for _ in range(5)]
+    busy = _pending_run(alice).thread
+    for index, thread in enumerate([*due, busy]):
+        # Two share an update time: the batches' position breaks the tie by id.
+        moment = long_ago + timedelta(seconds=min(index, 3))
+        Thread.objects.filter(pk=thread.pk).update(updated_at=moment)
+    batches: list[int] = []
+
+    deleted = services.threads_prune_inactive(
+        older_than=timezone.now() - timedelta(days=30), batch_size=2, progress=batches.append
+    )
+
+    assert deleted == 5 and batches == [2, 4, 5]
+    assert list(Thread.objects.values_list("pk", flat=True)) == [busy.pk]
+    assert Run.objects.filter(thread=busy).exists()
