@@ -38,6 +38,7 @@ from executions.models import (
     PRIORITY_MIN,
     Execution,
     ExecutionDependency,
+    ExecutionEvent,
     ExecutionStatus,
 )
 from executions.pagination import EstimatedCountPaginator
@@ -624,6 +625,8 @@ class ExecutionAdmin(admin.ModelAdmin):
                 # event_seq is the last number used, so the row already knows the total.
                 timeline_total=execution.event_seq,
                 timeline_truncated=execution.event_seq > len(events),
+                timeline_all_url=reverse("admin:executions_executionevent_changelist")
+                + f"?execution={execution.pk}",
                 can_cancel=execution.is_active and self.has_operate_permission(request),
                 cancel_url=reverse("admin:executions_execution_cancel", args=[execution.pk]),
             )
@@ -641,3 +644,30 @@ class ExecutionAdmin(admin.ModelAdmin):
 
 def _count(n: int) -> str:
     return f"{n} execution" if n == 1 else f"{n} executions"
+
+
+@admin.register(ExecutionEvent)
+class ExecutionEventAdmin(admin.ModelAdmin):
+    """Every event of an execution (``?execution=<id>``); its page shows only the latest ones."""
+
+    list_display = ("seq", "execution", "type", "data_preview", "at")
+    list_display_links = None
+    list_per_page = 200
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
+    show_facets = admin.ShowFacets.NEVER
+    ordering = ("execution", "seq")
+
+    @admin.display(description="data")
+    def data_preview(self, event: ExecutionEvent) -> str:
+        text = json_text(event.data, sort_keys=True)
+        return text if len(text) <= 300 else text[:300] + "…"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

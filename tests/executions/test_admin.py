@@ -555,3 +555,25 @@ def test_changelist_query_count_does_not_grow_with_rows(
     assert len(shown_ids(response)) == 43
     # The owner of every row is on the page, read through the join.
     assert "many39" in response.content.decode()
+
+
+def test_change_page_shows_the_latest_events_and_links_to_all(admin_client, owner):
+    from executions.admin import TIMELINE_LIMIT
+    from executions.models import ExecutionEvent
+
+    execution = create(owner, "echo")
+    first = execution.event_seq + 1
+    last = first + TIMELINE_LIMIT + 9
+    ExecutionEvent.objects.bulk_create(
+        ExecutionEvent(execution=execution, seq=seq, type="log", data={"line": f"line {seq:04d}"})
+        for seq in range(first, last + 1)
+    )
+    Execution.objects.filter(pk=execution.pk).update(event_seq=last)
+
+    page = admin_client.get(reverse("admin:executions_execution_change", args=[execution.pk]))
+    html = page.content.decode()
+    assert f"line {last:04d}" in html and f"line {first:04d}" not in html
+    link = re.search(r'<a href="([^"]+)">all of them</a>', html)
+    assert link is not None
+    every = admin_client.get(link.group(1).replace("&amp;", "&")).content.decode()
+    assert f"line {first:04d}" in every
