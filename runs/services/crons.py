@@ -221,9 +221,12 @@ def cron_fire(*, cron: Cron, now: datetime) -> CronFiring | None:
     )
     past_end = cron.end_time is not None and scheduled > cron.end_time
     with transaction.atomic():
-        moved = Cron.objects.filter(pk=cron.pk, enabled=True, next_run_date=scheduled).update(
-            next_run_date=following
-        )
+        unfired = Cron.objects.filter(pk=cron.pk, enabled=True, next_run_date=scheduled)
+        # A cron another sweeper is firing is skipped rather than waited for (PostgreSQL; SQLite
+        # has one writer at a time anyway): that sweeper moves it on, this one goes to the next.
+        if unfired.select_for_update(skip_locked=True).values_list("pk", flat=True).first() is None:
+            return None
+        moved = unfired.update(next_run_date=following)
         if not moved or past_end:
             return None
         try:
