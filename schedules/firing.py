@@ -62,13 +62,6 @@ def schedules_fire_due(*, now: datetime | None = None, limit: int = 200) -> int:
     return fired
 
 
-# The fire time this process's timer is set for, if any: one timer per process at a time.
-_timer_for: datetime | None = None
-_timer_lock = threading.Lock()
-# Past the fire time, so that a timer a little early on the database's clock still finds it due.
-_TIMER_MARGIN = 0.02
-
-
 # Firing records kept this long: a fire time's unique key matters only while it could still fire
 # (next_run_at only moves forward), and the admin shows the recent ones. An every-minute schedule
 # records half a million a year otherwise.
@@ -100,6 +93,13 @@ def firings_prune(*, older_than: datetime, limit: int = 5000) -> int:
     if ids:
         ScheduleFiring.objects.filter(pk__in=ids).delete()
     return len(ids)
+
+
+# The fire time this process's timer is set for, if any: one timer per process at a time.
+_timer_for: datetime | None = None
+_timer_lock = threading.Lock()
+# Past the fire time, so that a timer a little early on the database's clock still finds it due.
+_TIMER_MARGIN = 0.02
 
 
 def _timer_set() -> None:
