@@ -153,10 +153,11 @@ def _assistant_still_there(assistant: Assistant, exists: Any) -> None:
 def _thread_for_run(
     cursor: Any, *, owner, thread_pk: uuid.UUID, assistant: Assistant, create: bool,
     stateless: bool, now: datetime, thread_metadata: dict | None = None,
-) -> None:
+) -> dict[str, Any]:
     """Lock the run's thread and mark it busy with the run's graph and assistant in its metadata,
     creating it first when asked (a stateless run's is new and temporary): 429 over the
-    active-runs cap, then 404 when the thread is not the owner's."""
+    active-runs cap, then 404 when the thread is not the owner's. Returns the thread's metadata
+    as it was before."""
     db, count_active = cursor.db, bool(settings.RUNS_MAX_ACTIVE_PER_USER)
     probes = statements.run_probes_params(owner, assistant, count_active)
     assigned = {"graph_id": assistant.graph_id, "assistant_id": str(assistant.pk)}
@@ -170,7 +171,7 @@ def _thread_for_run(
             metadata={**(thread_metadata or {}), **assigned}, created_at=now, updated_at=now,
         )
         statements.insert(cursor, thread)
-        return
+        return thread_metadata or {}
     if create:
         # INSERT .. ON CONFLICT DO NOTHING: concurrent creates of one thread id never fail.
         statements.insert(cursor, Thread(thread_id=thread_pk, owner=owner), ignore_conflicts=True)
@@ -201,6 +202,20 @@ def _thread_for_run(
             statements.thread_metadata_sql(db.vendor),
             [metadata_field.get_db_prep_save(merged, db), where[0]],
         )
+    return metadata
+
+
+# Where a run's metadata is among its INSERT's parameters (``statements.insert_params``).
+_METADATA_COLUMN = [field.name for field in Run._meta.concrete_fields].index("metadata")
+
+
+def _run_metadata(body: dict, assistant: Assistant, thread_metadata: dict, *, stateless: bool) -> dict:
+    """A run's metadata as the real server makes it: the assistant's, the thread's, the request's,
+    then the graph and assistant ids (a stateless run: the assistant id only)."""
+    assigned = {"assistant_id": str(assistant.pk)}
+    if not stateless:
+        assigned = {"graph_id": assistant.graph_id, **assigned}
+    return {**(assistant.metadata or {}), **thread_metadata, **(body.get("metadata") or {}), **assigned}
 
 
 def run_create(
@@ -245,7 +260,7 @@ def run_create(
         assistant_id=assistant.pk,
         owner=owner,
         status=RunStatus.PENDING,
-        metadata=body.get("metadata") or {},
+        metadata=_run_metadata(body, assistant, {}, stateless=stateless),
         kwargs=_run_kwargs(
             body=body, run_id=run_id, thread_id=thread_pk, assistant=assistant, owner=owner,
             temporary=stateless, after_seconds=after_seconds,
@@ -261,9 +276,15 @@ def run_create(
 
     with transaction.atomic():
         with connection.cursor() as cursor:
-            _thread_for_run(
+            metadata_before = _thread_for_run(
                 cursor, owner=owner, thread_pk=thread_pk, assistant=assistant,
                 create=create_thread, stateless=stateless, now=now, thread_metadata=thread_metadata,
+            )
+        if metadata_before:
+            # The thread's metadata joins the run's, as read under the thread's lock.
+            run.metadata = _run_metadata(body, assistant, metadata_before, stateless=stateless)
+            run_params[_METADATA_COLUMN] = Run._meta.get_field("metadata").get_db_prep_save(
+                run.metadata, connection
             )
         # enqueue queues behind whatever is active: only the other strategies look at it.
         inflight = [] if strategy == MultitaskStrategy.ENQUEUE else list(

@@ -242,7 +242,10 @@ def test_a_thread_cron_fires_once_per_time_on_its_thread(api, settings) -> None:
     assert len(runs) == 1
     run = runs[0]
     assert run["assistant_id"] == cron["assistant_id"] and run["status"] == "pending"
-    assert run["metadata"] == {"job": "nightly"}
+    # A run's metadata as any run's: the assistant's, the thread's, the cron's, the ids.
+    assert run["metadata"] == {
+        "created_by": "system", "graph_id": "echo", "assistant_id": cron["assistant_id"], "job": "nightly",
+    }
     assert run["kwargs"]["input"] == ECHO["input"]
     assert run["kwargs"]["webhook"] == "http://127.0.0.1:9/hook"
     assert run["kwargs"]["config"]["tags"] == ["cron"]
@@ -306,7 +309,9 @@ def test_a_stateless_cron_makes_a_new_thread_each_time(api) -> None:
     assert len(threads) == 2
     for thread in threads:
         runs = _runs(api, thread["thread_id"])
-        assert len(runs) == 1 and runs[0]["metadata"] == {"report": "daily"}
+        assert len(runs) == 1 and runs[0]["metadata"] == {
+            "created_by": "system", "report": "daily", "assistant_id": kept["assistant_id"],
+        }
     # "delete": each run's thread goes when the run ends (the worker does it), like /runs.
     firings = CronFiring.objects.filter(cron_id=deleted["cron_id"])
     assert firings.count() == 2

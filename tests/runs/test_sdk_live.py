@@ -169,7 +169,11 @@ def test_background_run_get_list_join_delete(client) -> None:
     joined = client.runs.join(thread_id, run["run_id"])
     assert joined["messages"][-1]["content"] == "echo: bg"
     fetched = client.runs.get(thread_id, run["run_id"])
-    assert fetched["status"] == "success" and fetched["metadata"] == {"m": 1}
+    # As the real server: the assistant's and the thread's metadata, the request's, the ids.
+    assert fetched["status"] == "success" and fetched["metadata"] == {
+        "created_by": "system", "m": 1, "graph_id": "echo", "assistant_id": ECHO_ASSISTANT_ID,
+    }
+    assert run["metadata"] == fetched["metadata"]
     assert [r["run_id"] for r in client.runs.list(thread_id)] == [run["run_id"]]
     assert client.runs.list(thread_id, status="error") == []
     client.runs.delete(thread_id, run["run_id"])
@@ -225,6 +229,8 @@ def test_stateless_runs_and_batch(client, live) -> None:
         [{"assistant_id": "echo", "input": echo_input(f"b{i}")} for i in range(3)]
     )
     assert len(batch) == 3 and len({r["thread_id"] for r in batch}) == 3
+    # A stateless run's metadata: the assistant's and its id, as on the real server.
+    assert batch[0]["metadata"] == {"created_by": "system", "assistant_id": ECHO_ASSISTANT_ID}
     # Background stateless runs delete their temporary threads when they end.
     wait_for(lambda: client.threads.count() == 1, timeout=20, message="temporary threads deleted")
 
