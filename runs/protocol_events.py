@@ -21,10 +21,11 @@ stored event's id times ``SEQ_SPAN`` plus its rank: increasing along the thread,
 resumes after any of them.
 
 Where a stream starts: after ``since`` when the body gives it; otherwise at the start of the run
-the thread's last ``run.start`` / ``input.respond`` began, until a stream that sent that run's end
-closes (langgraph-sdk opens its lifecycle stream after ``run.start`` answers, without ``since``:
-a fast run may be over by then, and it must still see it end); otherwise live, from now. That
-marker is kept in the shared cache (Redis when configured).
+the thread's last ``run.start`` / ``input.respond`` began, until that run's end has been sent on a
+stream of lifecycle events only, or a stream that sent it closed (langgraph-sdk opens its
+lifecycle stream after ``run.start`` answers, without ``since``: a fast run may be over by then,
+and it must still see it end); otherwise live, from now. That marker is kept in the shared cache
+(Redis when configured).
 """
 
 from __future__ import annotations
@@ -299,6 +300,10 @@ async def follow_protocol(
     thread is deleted or the client leaves; a heartbeat comment after 5 s of silence."""
     read = in_executor(_thread_events)
     ended_runs: set[str] = set()
+    # A stream of runs' lifecycle only (langgraph-sdk's watcher, the one that needs the replay)
+    # forgets the run at once when it sees the run end: a client leaving is noticed late, and the
+    # next session's watcher on the thread must not see this run end as its own.
+    watcher_only = wanted.channels <= {"lifecycle", "input"}
     try:
         async with watch(thread_channel(thread_id)) as watcher:
             last_write = time.monotonic()
@@ -313,6 +318,8 @@ async def follow_protocol(
                             continue
                         if _is_root_end(event):
                             ended_runs.add(str(row.run_id))
+                            if watcher_only:
+                                _forget_ended(thread_id, [str(row.run_id)])
                         yield _frame(event)
                         last_write = time.monotonic()
                 if len(rows) == READ_BATCH:
