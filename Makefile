@@ -51,6 +51,7 @@ bench: install-dev
 ## bench-metrics: what a scrape of GET /metrics costs on 100,000 executions and 40 processes' counters
 bench-metrics: install-dev
 	$(BIN)/python bench/metrics_bench.py $(BENCH_ARGS)
+
 ## bench-scale: lists, searches and admin pages on a quarter's data set (PostgreSQL: DATABASE_URL)
 SIZE ?= 1000000
 bench-scale: install-dev

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -100,8 +101,11 @@ class Cursor:
     def decode(cls, text: str) -> Cursor:
         try:
             raw = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-            return cls(datetime.fromisoformat(raw["t"]), str(raw["i"]), bool(raw["b"]))
-        except (ValueError, KeyError, TypeError, binascii.Error):
+            at = datetime.fromisoformat(raw["t"])
+            if at.tzinfo is None:
+                raise ValueError("a cursor's time has its offset")
+            return cls(at, str(uuid.UUID(raw["i"])), bool(raw["b"]))
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
             raise ValidationError(
                 {"cursor": ["Not a cursor of this list: use the `next` or `previous` link as given."]}
             ) from None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import uuid
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
@@ -38,6 +41,10 @@ def rows(alice, bob) -> list[str]:
         Execution.objects.filter(pk=execution.pk).update(created_at=execution.created_at)
     ordered = sorted(made, key=lambda e: (e.created_at, str(e.pk)), reverse=True)
     return [str(e.pk) for e in ordered]
+
+
+def cursor_of(value: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
 
 
 def ids(body: dict) -> list[str]:
@@ -95,6 +102,9 @@ def test_cursor_links_keep_the_filters_and_page_size(api, rows):
     [
         ({"cursor": "not-a-cursor"}, "cursor"),
         ({"cursor": "eyJ0IjogMX0"}, "cursor"),  # base64 JSON without the position
+        ({"cursor": cursor_of({"t": "2026-01-01T00:00:00+00:00", "i": "nope", "b": 0})}, "cursor"),
+        ({"cursor": cursor_of({"t": "2026-01-01T00:00:00", "i": str(uuid.uuid4()), "b": 0})}, "cursor"),
+        ({"cursor": cursor_of([1, 2])}, "cursor"),
         ({"cursor": "", "ordering": "-started_at"}, "ordering"),
         ({"cursor": "", "page": 2}, "page"),
         ({"cursor": "", "page_size": 101}, "page_size"),
