@@ -221,7 +221,7 @@ def load(size: int, *, log: Callable[[str], None] = print) -> dict[str, Any]:
         assistant = Assistant.objects.create(owner=user, graph_id="agent", name="scale bench")
 
         # Every tenth execution belongs to someone else: the owner scoping must use an index.
-        owner = f"CASE WHEN n % 10 = 9 THEN {other.pk} ELSE {user.pk} END"
+        owner = f"CASE WHEN n % 10 = 4 THEN {other.pk} ELSE {user.pk} END"
         age = f"(n * {span}.0 / {size})"
         status = _status_case("n", size, ("pending", "running"), ("completed", "failed", "cancelled"))
         outputs = d.json("'summary'", "'A short summary of report ' || " + d.text("n"), "'tokens'", "n % 900")
