@@ -108,7 +108,10 @@ def test_redis_restarted_without_persistence_while_200_jobs_are_queued(api, rest
     assert {e.status for e in executions} == {ExecutionStatus.COMPLETED}
     # Each ran once: the re-enqueued message was the only one, and claims are conditional.
     assert {e.attempts for e in executions} == {1}
-    assert executions.filter(requeued_at__isnull=False).count() == 150
+    # Every message was lost, so only the sweep's requeues could start them; a requeued message
+    # is a wake-up that claims the first claimable row (priority, then age), so a row may run on
+    # the message requeued for another before the sweep reaches its own.
+    assert executions.filter(requeued_at__isnull=False).exists()
     runs = Run.objects.filter(pk__in=run_ids)
     assert {r.status for r in runs} == {RunStatus.SUCCESS}
     assert {r.attempts for r in runs} == {1}

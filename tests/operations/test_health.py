@@ -1,11 +1,24 @@
 """/healthz and /readyz as a load balancer or Kubernetes sees them, with a real qcluster."""
 
+import uuid
+
 import pytest
 from django.test import Client
+from django_q.conf import Conf
 
 from tests.conftest import Cluster, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def cluster_name(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A cluster name of these tests' own: /readyz then sees only the clusters they start, not
+    one that another test of this process (a live stack) keeps running under the usual name."""
+    name = f"readyz-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(Conf, "Q_STAT", f"django_q:{name}:cluster")
+    monkeypatch.setattr(Conf, "PREFIX", name)  # the salt of the statuses' signatures
+    return name
 
 
 def test_healthz_answers_without_looking_at_anything_else(client: Client) -> None:
@@ -16,7 +29,7 @@ def test_healthz_answers_without_looking_at_anything_else(client: Client) -> Non
     assert client.post("/healthz").status_code == 405
 
 
-def test_readyz_without_workers_is_503_with_the_reason(client: Client) -> None:
+def test_readyz_without_workers_is_503_with_the_reason(client: Client, cluster_name: str) -> None:
     response = client.get("/readyz")
     assert response.status_code == 503
     body = response.json()
@@ -35,13 +48,13 @@ def test_readyz_leaves_workers_out_when_told(client: Client, settings) -> None:
 
 
 @pytest.mark.live
-def test_readyz_follows_the_workers_going_and_coming_back(client: Client) -> None:
+def test_readyz_follows_the_workers_going_and_coming_back(client: Client, cluster_name: str) -> None:
     def ready() -> bool:
         return client.get("/readyz").status_code == 200
 
-    cluster = Cluster(workers=2)
+    cluster = Cluster(workers=2, Q_CLUSTER_NAME=cluster_name)
     try:
-        wait_for(ready, timeout=30, message=cluster.log)
+        wait_for(ready, timeout=30, message=lambda: f"{client.get('/readyz').json()}\n{cluster.log()}")
         body = client.get("/readyz").json()
         assert body["checks"]["workers"]["workers"] == 2
         assert body["checks"]["workers"]["clusters"] == 1
@@ -51,9 +64,9 @@ def test_readyz_follows_the_workers_going_and_coming_back(client: Client) -> Non
     wait_for(lambda: client.get("/readyz").status_code == 503, timeout=15)
     assert client.get("/readyz").json()["reason"].startswith("workers:")
 
-    cluster = Cluster(workers=1)
+    cluster = Cluster(workers=1, Q_CLUSTER_NAME=cluster_name)
     try:
-        wait_for(ready, timeout=30, message=cluster.log)
+        wait_for(ready, timeout=30, message=lambda: f"{client.get('/readyz').json()}\n{cluster.log()}")
         assert client.get("/readyz").json()["checks"]["workers"]["workers"] == 1
     finally:
         cluster.stop()
