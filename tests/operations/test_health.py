@@ -1,24 +1,11 @@
 """/healthz and /readyz as a load balancer or Kubernetes sees them, with a real qcluster."""
 
-import uuid
-
 import pytest
 from django.test import Client
-from django_q.conf import Conf
 
 from tests.conftest import Cluster, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def cluster_name(monkeypatch: pytest.MonkeyPatch) -> str:
-    """A cluster name of these tests' own: /readyz then sees only the clusters they start, not
-    one that another test of this process (a live stack) keeps running under the usual name."""
-    name = f"readyz-{uuid.uuid4().hex[:8]}"
-    monkeypatch.setattr(Conf, "Q_STAT", f"django_q:{name}:cluster")
-    monkeypatch.setattr(Conf, "PREFIX", name)  # the salt of the statuses' signatures
-    return name
 
 
 def test_healthz_answers_without_looking_at_anything_else(client: Client) -> None:

@@ -88,7 +88,7 @@ def test_requests_are_counted_by_route_not_by_path(client: Client, api) -> None:
     assert not any("00000000" in (path or "") for path in paths)
 
 
-def test_json_format_as_on_the_agent_server(client: Client, api) -> None:
+def test_json_format_as_on_the_agent_server(client: Client, api, cluster_name: str) -> None:
     api.post("/api/v1/executions", {"type": "agent", "target_id": "echo", "inputs": {}}, format="json")
     body = client.get("/metrics?format=json").json()
     assert body["queue"]["executions"]["n_pending"] == 1
