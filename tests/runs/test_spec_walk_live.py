@@ -116,7 +116,10 @@ def _recipes(w: Walk) -> dict[str, Callable[[], int]]:
         "GET /threads/{thread_id}/runs/{run_id}/join": lambda: w.call("GET", f"/threads/{t}/runs/{r}/join"),
         "GET /threads/{thread_id}/runs/{run_id}/stream": lambda: w.call("GET", f"/threads/{t}/runs/{r}/stream"),
         "POST /threads/{thread_id}/runs/{run_id}/cancel": lambda: w.call(
-            "POST", f"/threads/{t}/runs/{w.ok('POST', f'/threads/{t}/runs', json=RUN)['run_id']}/cancel"
+            # A run due in a minute: an echo run may end before the cancel, which is then a 404.
+            "POST",
+            f"/threads/{t}/runs/{w.ok('POST', f'/threads/{t}/runs', json={**RUN, 'after_seconds': 60})['run_id']}"
+            "/cancel",
         ),
         "DELETE /threads/{thread_id}/runs/{run_id}": lambda: w.call("DELETE", f"/threads/{t}/runs/{r}"),
         "POST /runs/crons": lambda: w.call("POST", "/runs/crons", json=CRON),
