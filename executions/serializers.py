@@ -165,6 +165,9 @@ class ExecutionBatchCreatedSerializer(serializers.Serializer):
     executions = ExecutionCreatedSerializer(many=True)
 
 
+# The list action answers one page object, not a list of them (drf-spectacular wraps a list
+# action's serializer in an array unless told).
+@extend_schema_serializer(many=False)
 class ExecutionPageSerializer(serializers.Serializer):
     count = serializers.IntegerField(
         required=False, help_text="Page-number mode: the matching rows, exact up to 10,000."
